@@ -1,1 +1,88 @@
-fn main() {}
+//! `geomirror`: the one binary. Thin CLI dispatch; each subcommand calls
+//! into a crate of the workspace.
+
+mod demo;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use geomirror_config::NodeConfig;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "geomirror", version, about = "Symmetric active-active geo-mirroring for block storage over NBD")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node from a config file.
+    Node {
+        /// The node's TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file and print the effective configuration.
+    CheckConfig {
+        /// The TOML config to check.
+        file: PathBuf,
+    },
+    /// Run the demo: a ready-made setup on a default config, until Ctrl-C.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let result = match cli.command {
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Node { config } => runtime().and_then(|rt| rt.block_on(run_node(config))),
+        Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("failed to {e:#}");
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")
+}
+
+fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    let config = NodeConfig::load(file).context("load the config")?;
+    print!("{}", config.to_toml());
+    Ok(())
+}
+
+async fn run_node(path: PathBuf) -> anyhow::Result<()> {
+    let config = NodeConfig::load(&path).context("load the config")?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    geomirror_node::run(config, shutdown, None).await.context("run the node")
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub(crate) async fn cancel_on_signal(token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("signal received");
+    token.cancel();
+}

@@ -1,0 +1,73 @@
+//! The admin HTTP listener: `GET /metrics` (Prometheus text) and
+//! `GET /status` (JSON [`NodeStatus`]). Binds to loopback by default.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Json};
+use axum::routing::get;
+use geomirror_wire::status::{NodeStatus, VolumeStatus};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::nbd::Exports;
+
+/// What the admin handlers read.
+pub struct AdminState {
+    /// Node name.
+    pub name: String,
+    /// When the node started.
+    pub started: Instant,
+    /// The NBD listen address, as bound.
+    pub nbd_listen: String,
+    /// The volumes.
+    pub exports: Arc<Exports>,
+    /// Renders the metrics.
+    pub prometheus: PrometheusHandle,
+}
+
+impl AdminState {
+    /// The status snapshot.
+    pub fn status(&self) -> NodeStatus {
+        NodeStatus {
+            name: self.name.clone(),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            nbd_listen: self.nbd_listen.clone(),
+            volumes: self
+                .exports
+                .volumes()
+                .map(|v| VolumeStatus {
+                    name: v.name().to_string(),
+                    size_bytes: v.size(),
+                    block_bytes: v.meta().block_bytes,
+                    extent_bytes: v.meta().extent_bytes,
+                    reads_total: v.reads_total(),
+                    writes_total: v.writes_total(),
+                    serving: true,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Serves the admin API on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/status", get(status_handler))
+        .with_state(state);
+    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+}
+
+async fn metrics_handler(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.prometheus.render())
+}
+
+async fn status_handler(State(state): State<Arc<AdminState>>) -> Json<NodeStatus> {
+    Json(state.status())
+}

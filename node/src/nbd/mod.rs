@@ -1,0 +1,170 @@
+//! The NBD server: accepts host connections, runs the fixed newstyle
+//! handshake ([`handshake`]) and serves pipelined requests
+//! ([`transmission`]) against the node's volumes.
+//!
+//! Written against the protocol specification (NetworkBlockDevice/nbd
+//! `doc/proto.md`); the byte-level codec is in `geomirror_wire::nbd`. This
+//! module is the only place that knows NBD error numbers ([`errno_for`]).
+//!
+//! Bad input never changes data: a malformed header or an oversized WRITE
+//! closes that connection with a logged reason; out-of-range or unknown
+//! requests get the protocol's error reply; other clients are unaffected.
+
+pub mod handshake;
+pub mod transmission;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use geomirror_wire::nbd::{Command, Errno};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::metrics as m;
+use crate::store::StoreError;
+use crate::volume::{Volume, VolumeError};
+
+/// The volumes offered to hosts, by export name.
+#[derive(Default)]
+pub struct Exports {
+    volumes: BTreeMap<String, Arc<Volume>>,
+}
+
+impl Exports {
+    /// Offers `volume` under its name.
+    pub fn insert(&mut self, volume: Arc<Volume>) {
+        self.volumes.insert(volume.name().to_string(), volume);
+    }
+
+    /// Looks an export up; the empty name means the only export, if there is
+    /// exactly one (as qemu-nbd's default export).
+    pub fn get(&self, name: &str) -> Option<&Arc<Volume>> {
+        if name.is_empty() && self.volumes.len() == 1 {
+            return self.volumes.values().next();
+        }
+        self.volumes.get(name)
+    }
+
+    /// Export names in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.volumes.keys().map(String::as_str)
+    }
+
+    /// All volumes.
+    pub fn volumes(&self) -> impl Iterator<Item = &Arc<Volume>> {
+        self.volumes.values()
+    }
+}
+
+/// Server limits, from `[nbd]` in the config.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerLimits {
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Requests in flight per connection.
+    pub max_inflight_per_connection: usize,
+    /// Largest READ/WRITE payload.
+    pub max_request_bytes: u32,
+}
+
+/// Serves hosts on `listener` until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, exports: Arc<Exports>, limits: ServerLimits, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let open = metrics::gauge!(m::NBD_CONNECTIONS_OPEN);
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "NBD accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        metrics::counter!(m::NBD_CONNECTIONS).increment(1);
+        open.increment(1.0);
+        let exports = exports.clone();
+        let shutdown = shutdown.clone();
+        let open = open.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, peer, exports, limits, shutdown).await;
+            open.decrement(1.0);
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    exports: Arc<Exports>,
+    limits: ServerLimits,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let (read_half, mut write_half) = stream.into_split();
+    let mut reader = tokio::io::BufReader::with_capacity(crate::limits::NBD_READ_BUFFER_BYTES, read_half);
+    info!(%peer, "host connected");
+    let outcome = tokio::time::timeout(
+        crate::limits::NBD_HANDSHAKE_TIMEOUT,
+        handshake::negotiate(&mut reader, &mut write_half, &exports, limits.max_request_bytes),
+    )
+    .await;
+    let session = match outcome {
+        Ok(Ok(handshake::Outcome::Transmission(session))) => session,
+        Ok(Ok(handshake::Outcome::Aborted)) => {
+            info!(%peer, "host disconnected: handshake ended by the client");
+            return;
+        }
+        Ok(Err(e)) => {
+            if e.is_protocol_violation() {
+                metrics::counter!(m::NBD_PROTOCOL_ERRORS).increment(1);
+                warn!(%peer, reason = %e, "host disconnected during handshake");
+            } else {
+                info!(%peer, reason = %e, "host disconnected during handshake");
+            }
+            return;
+        }
+        Err(_) => {
+            metrics::counter!(m::NBD_PROTOCOL_ERRORS).increment(1);
+            warn!(%peer, "host disconnected: handshake not finished within {:?}", crate::limits::NBD_HANDSHAKE_TIMEOUT);
+            return;
+        }
+    };
+    let export = session.volume.name().to_string();
+    info!(%peer, %export, structured = session.structured, "host entered transmission");
+    let reason = transmission::serve(reader, write_half, session, limits, shutdown).await;
+    if reason.is_protocol_violation() {
+        metrics::counter!(m::NBD_PROTOCOL_ERRORS).increment(1);
+        warn!(%peer, %export, reason = %reason, "host disconnected");
+    } else {
+        info!(%peer, %export, reason = %reason, "host disconnected");
+    }
+}
+
+/// The NBD error for a failed request: the one mapping from our errors to
+/// the protocol's numbers.
+pub fn errno_for(command: Command, error: &VolumeError) -> Errno {
+    match error {
+        VolumeError::Store(StoreError::OutOfRange { .. }) => match command {
+            Command::Write | Command::WriteZeroes => Errno::NoSpc,
+            _ => Errno::Inval,
+        },
+        VolumeError::Store(StoreError::NotFast) => Errno::NotSup,
+        VolumeError::Store(StoreError::Io(e)) => match e.raw_os_error() {
+            Some(libc::ENOSPC) => Errno::NoSpc,
+            Some(libc::ENOMEM) => Errno::NoMem,
+            _ => Errno::Io,
+        },
+    }
+}

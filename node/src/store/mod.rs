@@ -1,0 +1,74 @@
+//! Block stores: where a volume's bytes live.
+//!
+//! [`BlockStore`] is a synchronous, positioned-I/O interface (callers run it
+//! off the async runtime's threads). [`file::FileStore`] is the real one: a
+//! sparse file per volume with a checksummed metadata file beside it (see
+//! `docs/on-disk.md`). [`memory::MemoryStore`] backs unit tests and the
+//! deterministic simulation. Both pass the same conformance suite.
+//!
+//! Invariants: a store never changes a byte outside the range it was asked
+//! to change; `sync` returns only when every completed write is durable.
+
+pub mod file;
+pub mod memory;
+pub mod meta;
+
+#[cfg(test)]
+mod conformance;
+
+use std::io;
+
+/// How a zero-write may be carried out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZeroMode {
+    /// The range may become a hole (NBD WRITE_ZEROES without NO_HOLE).
+    MayUnmap,
+    /// The range must stay allocated (NO_HOLE).
+    KeepAllocated,
+}
+
+/// Errors of a block store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The request reaches past the end of the volume.
+    #[error("range {offset}+{length} is outside the volume ({size} bytes)")]
+    OutOfRange {
+        /// Start of the request.
+        offset: u64,
+        /// Its length.
+        length: u64,
+        /// The volume size.
+        size: u64,
+    },
+    /// A fast zero was asked for and the store cannot zero this range quickly.
+    #[error("zeroing cannot be done quickly here")]
+    NotFast,
+    /// The operating system failed the I/O.
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Positioned, synchronous block I/O over one volume.
+pub trait BlockStore: Send + Sync + 'static {
+    /// Volume size in bytes.
+    fn size(&self) -> u64;
+    /// Fills `buf` from `offset`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), StoreError>;
+    /// Writes `data` at `offset`.
+    fn write_at(&self, data: &[u8], offset: u64) -> Result<(), StoreError>;
+    /// Makes every completed write durable.
+    fn sync(&self) -> Result<(), StoreError>;
+    /// Discards a range; it reads back as zeroes afterwards.
+    fn trim(&self, offset: u64, length: u64) -> Result<(), StoreError>;
+    /// Writes zeroes over a range. With `fast_only`, fails with
+    /// [`StoreError::NotFast`] instead of writing zeroes slowly.
+    fn write_zeroes(&self, offset: u64, length: u64, mode: ZeroMode, fast_only: bool) -> Result<(), StoreError>;
+
+    /// Checks that `offset..offset+length` lies inside the volume.
+    fn check_range(&self, offset: u64, length: u64) -> Result<(), StoreError> {
+        match offset.checked_add(length) {
+            Some(end) if end <= self.size() => Ok(()),
+            _ => Err(StoreError::OutOfRange { offset, length, size: self.size() }),
+        }
+    }
+}
