@@ -261,7 +261,7 @@ impl NodeConfig {
         if self.node.data_dir.as_os_str().is_empty() {
             return Err(invalid("node.data_dir".into(), "must not be empty".into()));
         }
-        if self.nbd.listen == self.admin.listen {
+        if self.nbd.listen == self.admin.listen && self.nbd.listen.port() != 0 {
             return Err(invalid("admin.listen".into(), format!("{} is also nbd.listen", self.admin.listen)));
         }
         if self.nbd.max_connections == 0 || self.nbd.max_connections > defaults::NBD_MAX_CONNECTIONS_LIMIT {
@@ -320,7 +320,7 @@ impl NodeConfig {
                 if peer.name == self.node.name {
                     return Err(invalid("peer.name".into(), "must differ from node.name".into()));
                 }
-                if peer.listen == self.nbd.listen || peer.listen == self.admin.listen {
+                if peer.listen.port() != 0 && (peer.listen == self.nbd.listen || peer.listen == self.admin.listen) {
                     return Err(invalid("peer.listen".into(), format!("{} is already used by nbd or admin", peer.listen)));
                 }
                 if peer.heartbeat_interval.get().is_zero() {
