@@ -4,6 +4,7 @@
 //!   decode functions over byte slices. The node's server and the test
 //!   clients drive the I/O; this crate only says what the bytes mean, so
 //!   the decoders can be fuzzed and unit-tested without sockets.
+//! - [`peer`]: the peer protocol between the two nodes (postcard frames).
 //! - [`status`]: the typed `/status` snapshot that the node serves and the
 //!   CLI, TUI and tests read.
 //!
@@ -13,4 +14,5 @@
 #![warn(missing_docs)]
 
 pub mod nbd;
+pub mod peer;
 pub mod status;
