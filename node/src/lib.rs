@@ -10,6 +10,7 @@
 //! before it is durable; no input from the network can panic the node.
 
 pub mod admin;
+pub mod claims;
 pub mod limits;
 pub mod metrics;
 pub mod nbd;
