@@ -32,6 +32,18 @@ enum Command {
     },
     /// Run the demo: a ready-made setup on a default config, until Ctrl-C.
     Demo(demo::DemoArgs),
+    /// The WAN link simulator (a TCP proxy with delay, bandwidth, partitions),
+    /// or, with a subcommand, change a running one through its control API.
+    Sim(geomirror_sim::cli::SimArgs),
+    /// Write a CA and a certificate per node for the peer link.
+    Certs {
+        /// Output directory (an existing CA there is reused).
+        #[arg(long)]
+        out: PathBuf,
+        /// A node name; repeat for each node.
+        #[arg(long = "node", required = true)]
+        nodes: Vec<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,6 +59,8 @@ fn main() -> std::process::ExitCode {
         Command::CheckConfig { file } => check_config(&file),
         Command::Node { config } => runtime().and_then(|rt| rt.block_on(run_node(config))),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
+        Command::Sim(args) => runtime().and_then(|rt| rt.block_on(geomirror_sim::cli::run(args))),
+        Command::Certs { out, nodes } => certs(&out, &nodes),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -60,6 +74,14 @@ fn main() -> std::process::ExitCode {
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")
+}
+
+fn certs(out: &std::path::Path, nodes: &[String]) -> anyhow::Result<()> {
+    let written = geomirror_node::peer::certs::generate(out, nodes).context("generate certificates")?;
+    for path in written {
+        println!("{}", path.display());
+    }
+    Ok(())
 }
 
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {

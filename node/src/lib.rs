@@ -14,6 +14,7 @@ pub mod claims;
 pub mod limits;
 pub mod metrics;
 pub mod nbd;
+pub mod peer;
 pub mod store;
 pub mod volume;
 

@@ -4,6 +4,7 @@
 //! claims record file; [`replica`] the async layer that runs host reads and
 //! writes against the state and the peer link.
 
+pub mod record;
 pub mod state;
 
 #[cfg(test)]

@@ -1,0 +1,6 @@
+//! The peer link: mutual TLS ([`tls`]), certificate generation ([`certs`]),
+//! and the two connections (priority and bulk lanes) to the other node
+//! ([`link`]).
+
+pub mod certs;
+pub mod tls;
