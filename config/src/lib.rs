@@ -310,6 +310,9 @@ impl NodeConfig {
             if v.max_owned_extents == 0 {
                 return Err(invalid(key("max_owned_extents"), "must be at least 1".into()));
             }
+            if v.mode != ReplicationMode::Async {
+                return Err(invalid(key("mode"), format!("{:?} is not implemented yet; use \"async\"", v.mode)));
+            }
             if v.predict_extents > defaults::PREDICT_EXTENTS_LIMIT {
                 return Err(invalid(key("predict_extents"), format!("must be at most {}", defaults::PREDICT_EXTENTS_LIMIT)));
             }

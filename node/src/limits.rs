@@ -17,3 +17,22 @@ pub const NBD_HANDSHAKE_OPTIONS_MAX: usize = 256;
 pub const ZERO_FALLBACK_CHUNK_BYTES: usize = 1 << 20;
 /// Size of the metadata file we accept on reopen; a larger one is corrupt.
 pub const VOLUME_META_BYTES_MAX: u64 = 64 * 1024;
+/// Messages queued on the priority lane before senders wait (back-pressure).
+pub const OUTBOX_MESSAGES_MAX: usize = 4096;
+/// Messages queued on the bulk lane before the copy stream waits.
+pub const BULK_QUEUE_MESSAGES_MAX: usize = 64;
+/// Deadline of one TCP connect to the peer; then the dialer backs off and retries.
+pub const PEER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Longest pause between reconnection attempts (exponential back-off with jitter).
+pub const PEER_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+/// Blocks in one copy message (256 KiB at 4 KiB blocks).
+pub const COPY_RUN_BLOCKS_MAX: u64 = 64;
+/// Copy messages sent and not yet durable at the peer; beyond it the copy
+/// stream waits for progress. At 256 KiB per message this is 128 MiB, above
+/// the bandwidth-delay product of a 10 Gbit/s, 80 ms link.
+pub const COPY_INFLIGHT_MESSAGES_MAX: usize = 512;
+/// Extents one claim may name; a larger claim is refused with an error.
+pub const CLAIM_EXTENTS_MAX: usize = 4096;
+/// Extents acquired together for one host request; a longer request is
+/// split into groups (each acquired and written in turn).
+pub const WRITE_GROUP_EXTENTS_MAX: u64 = 16;

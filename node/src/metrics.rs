@@ -108,3 +108,104 @@ impl VolumeMetrics {
         self.latency[op as usize].record(seconds);
     }
 }
+
+/// Host writes that waited for a claim or handover round trip.
+pub const CLAIM_ROUND_TRIPS: &str = "geomirror_claim_round_trips_total";
+/// Reads (pieces of reads) pulled from the peer.
+pub const PULLS: &str = "geomirror_pulls_total";
+/// Extents handed over to this node by the peer.
+pub const HANDOVERS: &str = "geomirror_handovers_total";
+/// Extents this node owns.
+pub const OWNED_EXTENTS: &str = "geomirror_owned_extents";
+/// Extents in this node's claims record (owned by the peer).
+pub const PEER_OWNED_EXTENTS: &str = "geomirror_peer_owned_extents";
+/// Bytes written here and not yet sent to the peer.
+pub const UNSENT_BYTES: &str = "geomirror_unsent_bytes";
+/// Bytes written here and not yet durable at the peer.
+pub const NOT_DURABLE_AT_PEER_BYTES: &str = "geomirror_not_durable_at_peer_bytes";
+/// Block bytes sent on the copy stream (zero runs count as their block size
+/// in `..._logical`, and as nothing here).
+pub const COPY_SENT_BYTES: &str = "geomirror_copy_sent_bytes_total";
+/// Frame bytes sent to the peer, by lane.
+pub const PEER_SENT_BYTES: &str = "geomirror_peer_sent_bytes_total";
+/// Copy messages applied from the peer.
+pub const COPIES_APPLIED: &str = "geomirror_copies_applied_total";
+/// Copy messages dropped because their epoch was stale.
+pub const COPIES_STALE: &str = "geomirror_copies_stale_total";
+/// Claims granted to the peer.
+pub const CLAIMS_GRANTED: &str = "geomirror_claims_granted_total";
+/// Extents released by this node.
+pub const RELEASES: &str = "geomirror_releases_total";
+
+/// A counter that can also be read back (for `/status`).
+pub struct Count {
+    counter: Counter,
+    value: std::sync::atomic::AtomicU64,
+}
+
+impl Count {
+    fn new(counter: Counter) -> Self {
+        Count { counter, value: std::sync::atomic::AtomicU64::new(0) }
+    }
+    /// Adds `n`.
+    pub fn increment(&self, n: u64) {
+        self.counter.increment(n);
+        self.value.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+    /// The total so far.
+    pub fn get(&self) -> u64 {
+        self.value.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Replication metric handles of one volume.
+pub struct ReplicaMetrics {
+    /// Host writes that waited for a round trip.
+    pub claim_round_trips: Count,
+    /// Pulls.
+    pub pulls: Count,
+    /// Handovers received.
+    pub handovers: Count,
+    /// Copy bytes sent.
+    pub copy_sent_bytes: Counter,
+    /// Frame bytes sent on the bulk lane.
+    pub bulk_sent_bytes: Counter,
+    /// Copies applied.
+    pub copies_applied: Counter,
+    /// Stale copies dropped.
+    pub copies_stale: Counter,
+    /// Claims granted to the peer.
+    pub claims_granted: Counter,
+    /// Releases.
+    pub releases: Counter,
+    /// Owned extents.
+    pub owned: metrics::Gauge,
+    /// Peer-owned extents.
+    pub peer_owned: metrics::Gauge,
+    /// Unsent bytes.
+    pub unsent: metrics::Gauge,
+    /// Not durable at the peer.
+    pub not_durable: metrics::Gauge,
+}
+
+impl ReplicaMetrics {
+    /// Registers the handles for `volume`.
+    pub fn new(volume: &str) -> Self {
+        let v = volume.to_string();
+        ReplicaMetrics {
+            claim_round_trips: Count::new(counter!(CLAIM_ROUND_TRIPS, "volume" => v.clone())),
+            pulls: Count::new(counter!(PULLS, "volume" => v.clone())),
+            handovers: Count::new(counter!(HANDOVERS, "volume" => v.clone())),
+            copy_sent_bytes: counter!(COPY_SENT_BYTES, "volume" => v.clone()),
+            bulk_sent_bytes: counter!(PEER_SENT_BYTES, "volume" => v.clone(), "lane" => "bulk"),
+            copies_applied: counter!(COPIES_APPLIED, "volume" => v.clone()),
+            copies_stale: counter!(COPIES_STALE, "volume" => v.clone()),
+            claims_granted: counter!(CLAIMS_GRANTED, "volume" => v.clone()),
+            releases: counter!(RELEASES, "volume" => v.clone()),
+            owned: metrics::gauge!(OWNED_EXTENTS, "volume" => v.clone()),
+            peer_owned: metrics::gauge!(PEER_OWNED_EXTENTS, "volume" => v.clone()),
+            unsent: metrics::gauge!(UNSENT_BYTES, "volume" => v.clone()),
+            not_durable: metrics::gauge!(NOT_DURABLE_AT_PEER_BYTES, "volume" => v),
+        }
+    }
+}

@@ -243,6 +243,8 @@ pub enum Message {
     },
     /// Copy stream progress, from the receiver.
     CopyProgress {
+        /// Volume.
+        volume: VolumeSlot,
         /// Every copy up to this seq has been applied (in memory).
         received: u64,
         /// Every copy up to this seq is durable (after fdatasync).
@@ -254,6 +256,21 @@ pub enum Message {
         id: u64,
         /// Why.
         message: String,
+    },
+    /// Copy stream: a run of blocks that are all zeroes (sent without data).
+    CopyZeroes {
+        /// Stream sequence number (shared with [`Message::Copy`]).
+        seq: u64,
+        /// Volume.
+        volume: VolumeSlot,
+        /// The extent.
+        extent: Extent,
+        /// The sender's ownership epoch.
+        epoch: Epoch,
+        /// First block.
+        first: BlockIndex,
+        /// Number of blocks.
+        count: u32,
     },
 }
 
@@ -333,8 +350,9 @@ mod tests {
             Message::Heartbeat { id: 5 },
             Message::HeartbeatReply { id: 5 },
             Message::Copy { seq: 1, volume: 0, extent: Extent(0), epoch: Epoch(1), run },
-            Message::CopyProgress { received: 10, durable: 8 },
+            Message::CopyProgress { volume: 0, received: 10, durable: 8 },
             Message::Error { id: 6, message: "no".into() },
+            Message::CopyZeroes { seq: 2, volume: 0, extent: Extent(1), epoch: Epoch(3), first: BlockIndex(256), count: 16 },
         ]
     }
 
@@ -349,7 +367,7 @@ mod tests {
     #[test]
     fn golden_bytes_do_not_change() {
         assert_eq!(Message::Heartbeat { id: 5 }.encode().as_ref(), &[11, 5]);
-        assert_eq!(Message::CopyProgress { received: 10, durable: 8 }.encode().as_ref(), &[14, 10, 8]);
+        assert_eq!(Message::CopyProgress { volume: 1, received: 10, durable: 8 }.encode().as_ref(), &[14, 1, 10, 8]);
         assert_eq!(
             Message::Claim { id: 2, volume: 0, counter: Epoch(6), extents: vec![Extent(10), Extent(300)] }.encode().as_ref(),
             &[4, 2, 0, 6, 2, 10, 172, 2]
@@ -376,8 +394,8 @@ mod tests {
         }
 
         #[test]
-        fn truncations_of_valid_messages_are_rejected_or_shorter(i in 0usize..16, cut in 0usize..64) {
-            let m = &samples()[i % 16];
+        fn truncations_of_valid_messages_are_rejected_or_shorter(i in 0usize..17, cut in 0usize..64) {
+            let m = &samples()[i % 17];
             let bytes = m.encode();
             let cut = cut.min(bytes.len());
             if cut < bytes.len() {

@@ -15,6 +15,49 @@ pub struct NodeStatus {
     pub nbd_listen: String,
     /// The volumes served.
     pub volumes: Vec<VolumeStatus>,
+    /// The peer link, for a two-site node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PeerStatus>,
+}
+
+/// The peer link in [`NodeStatus`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// The peer's node name.
+    pub name: String,
+    /// `up`, `connecting` or `down`.
+    pub link: String,
+    /// Seconds in that state.
+    pub since_seconds: f64,
+    /// Why the link last went down or failed to come up.
+    pub last_error: Option<String>,
+    /// Whether this node dials the peer (else it accepts).
+    pub dials: bool,
+    /// Where this node reaches the peer.
+    pub connect: String,
+    /// Where this node accepts the peer.
+    pub listen: String,
+}
+
+/// Replication figures of one volume in [`VolumeStatus`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReplicationStatus {
+    /// Extents this node owns (may hold writes the peer lacks).
+    pub owned_extents: u64,
+    /// Extents the peer owns (reads of them are pulled).
+    pub peer_owned_extents: u64,
+    /// Bytes written here and not yet sent.
+    pub unsent_bytes: u64,
+    /// Bytes written here and not yet durable at the peer.
+    pub not_durable_at_peer_bytes: u64,
+    /// Host writes that waited for a claim or handover round trip.
+    pub claim_round_trips: u64,
+    /// Reads pulled from the peer.
+    pub pulls: u64,
+    /// Extents handed over to this node.
+    pub handovers: u64,
+    /// Why the volume is not served, if it is not.
+    pub problem: Option<String>,
 }
 
 /// One volume in [`NodeStatus`].
@@ -34,4 +77,7 @@ pub struct VolumeStatus {
     pub writes_total: u64,
     /// Whether hosts are being served (false while a volume is fenced or mismatched).
     pub serving: bool,
+    /// Replication figures, for a two-site node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationStatus>,
 }

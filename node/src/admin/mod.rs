@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
-use geomirror_wire::status::{NodeStatus, VolumeStatus};
+use geomirror_wire::status::{NodeStatus, PeerStatus, ReplicationStatus, VolumeStatus};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,8 @@ pub struct AdminState {
     pub exports: Arc<Exports>,
     /// Renders the metrics.
     pub prometheus: PrometheusHandle,
+    /// The peer link, for a two-site node.
+    pub link: Option<Arc<crate::peer::link::PeerLink>>,
 }
 
 impl AdminState {
@@ -41,16 +43,45 @@ impl AdminState {
             volumes: self
                 .exports
                 .volumes()
-                .map(|v| VolumeStatus {
-                    name: v.name().to_string(),
-                    size_bytes: v.size(),
-                    block_bytes: v.meta().block_bytes,
-                    extent_bytes: v.meta().extent_bytes,
-                    reads_total: v.reads_total(),
-                    writes_total: v.writes_total(),
-                    serving: true,
+                .map(|v| {
+                    let replication = v.replica().map(|r| {
+                        let s = r.status();
+                        let block = u64::from(v.meta().block_bytes);
+                        ReplicationStatus {
+                            owned_extents: s.figures.owned_extents as u64,
+                            peer_owned_extents: s.figures.peer_owned_extents as u64,
+                            unsent_bytes: s.figures.unsent_blocks as u64 * block,
+                            not_durable_at_peer_bytes: s.figures.not_durable_blocks as u64 * block,
+                            claim_round_trips: r.metrics().claim_round_trips.get(),
+                            pulls: r.metrics().pulls.get(),
+                            handovers: r.metrics().handovers.get(),
+                            problem: s.problem,
+                        }
+                    });
+                    VolumeStatus {
+                        name: v.name().to_string(),
+                        size_bytes: v.size(),
+                        block_bytes: v.meta().block_bytes,
+                        extent_bytes: v.meta().extent_bytes,
+                        reads_total: v.reads_total(),
+                        writes_total: v.writes_total(),
+                        serving: v.replica().is_none_or(|r| r.is_serving()),
+                        replication,
+                    }
                 })
                 .collect(),
+            peer: self.link.as_ref().map(|link| {
+                let s = link.status();
+                PeerStatus {
+                    name: link.config.peer_name.clone(),
+                    link: s.state.to_string(),
+                    since_seconds: s.since.elapsed().as_secs_f64(),
+                    last_error: s.last_error,
+                    dials: link.config.dials(),
+                    connect: link.config.connect.to_string(),
+                    listen: link.config.listen.to_string(),
+                }
+            }),
         }
     }
 }

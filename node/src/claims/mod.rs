@@ -5,6 +5,7 @@
 //! writes against the state and the peer link.
 
 pub mod record;
+pub mod replica;
 pub mod state;
 
 #[cfg(test)]

@@ -51,6 +51,7 @@ pub enum RecordError {
 }
 
 /// A volume's record file.
+#[derive(Clone)]
 pub struct RecordFile {
     path: PathBuf,
 }

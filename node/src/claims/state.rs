@@ -266,6 +266,11 @@ impl ReplicaState {
         s
     }
 
+    /// Knobs.
+    pub fn knobs(&self) -> Knobs {
+        self.knobs
+    }
+
     /// Geometry.
     pub fn geometry(&self) -> Geometry {
         self.geometry
@@ -361,6 +366,25 @@ impl ReplicaState {
             Some(ExtentState::PeerOwned { .. }) | Some(ExtentState::Acquiring { .. }) => ReadSource::Peer,
             _ => ReadSource::Local,
         }
+    }
+
+    /// Whether [`begin_write`](Self::begin_write) would admit a write to
+    /// `range` without a message to the peer.
+    pub fn would_admit(&self, range: RangeInclusive<u64>) -> bool {
+        range.into_iter().all(|i| matches!(self.extents.get(&Extent(i)), Some(ExtentState::Owned(o)) if !o.handing_out))
+    }
+
+    /// A handover we were asked for will not complete (the session ended):
+    /// writes to the extent may go on.
+    pub fn abandon_handover(&mut self, e: Extent) {
+        if let Some(ExtentState::Owned(o)) = self.extents.get_mut(&e) {
+            o.handing_out = false;
+        }
+    }
+
+    /// The record must be written again (a write of it failed).
+    pub fn mark_record_changed(&mut self) {
+        self.record_changed = true;
     }
 
     /// Asks to write extents `range`. Admits the write only when all are
@@ -679,6 +703,13 @@ impl ReplicaState {
     /// peer records as ours are adopted and fully re-sent.
     pub fn on_sync(&mut self, counter: Epoch, peer_own: &[ExtentClaim], peer_record: &[ExtentClaim], now: Instant) {
         self.observe_counter(counter);
+        // Releases not yet sent belong to the old session: the peer still
+        // records those extents as ours, so they are adopted below and
+        // released again once re-sent.
+        self.releases.clear();
+        let extents = self.geometry.extents();
+        let peer_own = peer_own.iter().filter(|c| c.extent.0 < extents);
+        let peer_record: Vec<&ExtentClaim> = peer_record.iter().filter(|c| c.extent.0 < extents).collect();
         for c in peer_own {
             self.observe_counter(c.epoch);
             match self.extents.get(&c.extent).cloned() {
@@ -699,6 +730,7 @@ impl ReplicaState {
             }
         }
         for c in peer_record {
+            let c = *c;
             self.observe_counter(c.epoch);
             match self.extents.get(&c.extent).cloned() {
                 Some(ExtentState::Owned(mut o)) if c.epoch > o.epoch => {

@@ -161,6 +161,7 @@ pub fn errno_for(command: Command, error: &VolumeError) -> Errno {
             _ => Errno::Inval,
         },
         VolumeError::Store(StoreError::NotFast) => Errno::NotSup,
+        VolumeError::PeerUnavailable(_) | VolumeError::NotServing(_) => Errno::Io,
         VolumeError::Store(StoreError::Io(e)) => match e.raw_os_error() {
             Some(libc::ENOSPC) => Errno::NoSpc,
             Some(libc::ENOMEM) => Errno::NoMem,

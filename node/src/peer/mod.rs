@@ -3,4 +3,5 @@
 //! ([`link`]).
 
 pub mod certs;
+pub mod link;
 pub mod tls;

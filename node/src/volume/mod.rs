@@ -2,15 +2,16 @@
 //! block store.
 //!
 //! Every store call runs on the blocking pool, never on a runtime worker.
-//! This is where replication hooks in: the write path will consult the
-//! claims record before acknowledging, the read path before serving
-//! (DESIGN.md section 4).
+//! On a two-site node the volume has a [`Replica`]: writes are admitted only
+//! to extents this node owns (claiming or taking them over first), and reads
+//! of extents the peer owns are pulled from it (DESIGN.md section 4).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::claims::replica::{Replica, WriteOp};
 use crate::metrics::VolumeMetrics;
 use crate::store::meta::VolumeMeta;
 use crate::store::{BlockStore, StoreError, ZeroMode};
@@ -21,6 +22,13 @@ pub enum VolumeError {
     /// The store failed or refused the request.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The request needs the peer (a claim, a handover, a pull) and the
+    /// peer could not be reached within `peer_timeout`.
+    #[error("peer unavailable: {0}")]
+    PeerUnavailable(String),
+    /// The volume is not served (it does not match the peer's).
+    #[error("volume not served: {0}")]
+    NotServing(String),
 }
 
 /// One volume being served.
@@ -30,6 +38,8 @@ pub struct Volume {
     metrics: VolumeMetrics,
     reads_total: AtomicU64,
     writes_total: AtomicU64,
+    /// The mirror of this volume at the peer, for a two-site node.
+    replica: Option<Arc<Replica>>,
 }
 
 impl Volume {
@@ -37,7 +47,18 @@ impl Volume {
     pub fn new(meta: VolumeMeta, store: Arc<dyn BlockStore>) -> Self {
         assert_eq!(meta.size, store.size(), "metadata and store disagree on the size");
         let metrics = VolumeMetrics::new(&meta.name);
-        Volume { meta, store, metrics, reads_total: AtomicU64::new(0), writes_total: AtomicU64::new(0) }
+        Volume { meta, store, metrics, reads_total: AtomicU64::new(0), writes_total: AtomicU64::new(0), replica: None }
+    }
+
+    /// Routes reads and writes through the claims of a two-site pair.
+    pub fn with_replica(mut self, replica: Arc<Replica>) -> Self {
+        self.replica = Some(replica);
+        self
+    }
+
+    /// The replica, for a two-site node.
+    pub fn replica(&self) -> Option<&Arc<Replica>> {
+        self.replica.as_ref()
     }
 
     /// Export name.
@@ -78,12 +99,17 @@ impl Volume {
     /// Reads `length` bytes at `offset`.
     pub async fn read(&self, offset: u64, length: u32) -> Result<Bytes, VolumeError> {
         self.check_range(offset, length.into())?;
-        let store = self.store.clone();
-        let data = blocking(move || {
-            let mut buf = BytesMut::zeroed(length as usize);
-            store.read_at(&mut buf, offset).map(|()| buf.freeze())
-        })
-        .await?;
+        let data = match &self.replica {
+            Some(replica) => replica.read(offset, length).await?,
+            None => {
+                let store = self.store.clone();
+                blocking(move || {
+                    let mut buf = BytesMut::zeroed(length as usize);
+                    store.read_at(&mut buf, offset).map(|()| buf.freeze())
+                })
+                .await?
+            }
+        };
         self.reads_total.fetch_add(1, Ordering::Relaxed);
         self.metrics.reads.increment(1);
         self.metrics.read_bytes.increment(length.into());
@@ -94,12 +120,17 @@ impl Volume {
     pub async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), VolumeError> {
         self.check_range(offset, data.len() as u64)?;
         let len = data.len() as u64;
-        let store = self.store.clone();
-        blocking(move || {
-            store.write_at(&data, offset)?;
-            if fua { store.sync() } else { Ok(()) }
-        })
-        .await?;
+        match &self.replica {
+            Some(replica) => replica.write(offset, len, WriteOp::Data(data), fua).await?,
+            None => {
+                let store = self.store.clone();
+                blocking(move || {
+                    store.write_at(&data, offset)?;
+                    if fua { store.sync() } else { Ok(()) }
+                })
+                .await?
+            }
+        }
         self.writes_total.fetch_add(1, Ordering::Relaxed);
         self.metrics.writes.increment(1);
         self.metrics.write_bytes.increment(len);
@@ -116,6 +147,12 @@ impl Volume {
 
     /// Discards a range (reads back as zeroes).
     pub async fn trim(&self, offset: u64, length: u64, fua: bool) -> Result<(), VolumeError> {
+        if let Some(replica) = &self.replica {
+            self.check_range(offset, length)?;
+            replica.write(offset, length, WriteOp::Trim, fua).await?;
+            self.metrics.discards.increment(1);
+            return Ok(());
+        }
         self.zero_like(offset, length, fua, move |store| store.trim(offset, length)).await
     }
 
@@ -128,6 +165,12 @@ impl Volume {
         fast_only: bool,
         fua: bool,
     ) -> Result<(), VolumeError> {
+        if let Some(replica) = &self.replica {
+            self.check_range(offset, length)?;
+            replica.write(offset, length, WriteOp::Zero { mode, fast_only }, fua).await?;
+            self.metrics.discards.increment(1);
+            return Ok(());
+        }
         self.zero_like(offset, length, fua, move |store| store.write_zeroes(offset, length, mode, fast_only)).await
     }
 
