@@ -56,14 +56,14 @@ fn relative_paths_resolve_against_the_config_directory() {
 #[test]
 fn two_site_sections_are_accepted() {
     let text = format!(
-        "{EXAMPLE}\nextent_size = \"4MiB\"\nmax_owned_extents = 16\npredict_extents = 0\nrelease_after = \"5s\"\nmode = \"sync-memory\"\n\
+        "{EXAMPLE}\nextent_size = \"4MiB\"\nmax_owned_extents = 16\npredict_extents = 0\nrelease_after = \"5s\"\nmode = \"async\"\n\
          [peer]\nname = \"site-b\"\nlisten = \"127.0.0.1:7001\"\nconnect = \"127.0.0.1:7002\"\npeer_timeout = \"3s\"\n\
          [tls]\nca = \"certs/ca.pem\"\ncert = \"certs/a.pem\"\nkey = \"certs/a-key.pem\"\n"
     );
     let c = parse(&text).unwrap();
     let v = &c.volumes[0];
     assert_eq!(v.extent_size.bytes(), 4 << 20);
-    assert_eq!(v.mode, ReplicationMode::SyncMemory);
+    assert_eq!(v.mode, ReplicationMode::Async);
     assert_eq!(c.peer.as_ref().unwrap().peer_timeout.get().as_secs(), 3);
     assert_eq!(c.tls.as_ref().unwrap().ca, Path::new("/etc/geomirror/certs/ca.pem"));
 }
@@ -115,6 +115,12 @@ fn peer_needs_tls_and_sane_timeouts() {
     assert_eq!(invalid_key(&with), "peer.peer_timeout");
     let same = format!("{EXAMPLE}{}{tls}", peer.replace("site-b", "site-a"));
     assert_eq!(invalid_key(&same), "peer.name");
+}
+
+#[test]
+fn modes_not_built_yet_are_refused() {
+    let key = invalid_key(&format!("{EXAMPLE}mode = \"sync-memory\"\n"));
+    assert_eq!(key, "volume[0].mode");
 }
 
 #[test]
