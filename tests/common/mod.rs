@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod nbd_client;
+pub mod two_site;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

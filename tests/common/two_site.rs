@@ -1,0 +1,182 @@
+//! Two real nodes (and optionally the WAN simulator between them) for the
+//! multi-process tests.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{NodeProcess, geomirror_bin, http_get, run_ok};
+
+/// Knobs of a two-site test setup.
+#[derive(Clone, Debug)]
+pub struct TwoSiteOptions {
+    pub volume_size: &'static str,
+    pub extent_size: &'static str,
+    pub release_after: &'static str,
+    pub peer_timeout: &'static str,
+    pub max_owned_extents: u32,
+    pub predict_extents: u32,
+    /// Round trip of a `geomirror sim` between the peers, if any.
+    pub rtt: Option<&'static str>,
+    /// Volume size at site B if it should differ (a misconfiguration).
+    pub b_volume_size: Option<&'static str>,
+}
+
+impl Default for TwoSiteOptions {
+    fn default() -> Self {
+        TwoSiteOptions {
+            volume_size: "64MiB",
+            extent_size: "1MiB",
+            release_after: "30s",
+            peer_timeout: "3s",
+            max_owned_extents: 64,
+            predict_extents: 4,
+            rtt: None,
+            b_volume_size: None,
+        }
+    }
+}
+
+/// A free loopback port (bound then released; fine for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `geomirror sim` process.
+pub struct SimProcess {
+    child: Child,
+    pub listen: SocketAddr,
+    pub control: SocketAddr,
+}
+
+impl SimProcess {
+    pub fn start(upstream: SocketAddr, rtt: &str) -> SimProcess {
+        let mut child = Command::new(geomirror_bin())
+            .args(["sim", "--listen", "127.0.0.1:0", "--to", &upstream.to_string(), "--rtt", rtt, "--control", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn geomirror sim");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let field = |name: &str| -> SocketAddr {
+            let start = line.find(&format!("{name}=")).unwrap_or_else(|| panic!("no {name}= in `{line}`")) + name.len() + 1;
+            line[start..].split_whitespace().next().unwrap().parse().unwrap()
+        };
+        SimProcess { listen: field("listen"), control: field("control"), child }
+    }
+
+    /// Runs `geomirror sim <args> --control ADDR`.
+    pub fn control(&self, args: &[&str]) {
+        let mut all: Vec<String> = vec!["sim".into()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        all.push("--control".into());
+        all.push(self.control.to_string());
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        run_ok(30, geomirror_bin().to_str().unwrap(), &refs);
+    }
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Site A (dials) and site B (accepts), each with one volume `vol0`.
+pub struct TwoSites {
+    pub dir: tempfile::TempDir,
+    pub a: NodeProcess,
+    pub b: NodeProcess,
+    pub sim: Option<SimProcess>,
+    pub a_config: PathBuf,
+    pub b_config: PathBuf,
+}
+
+fn site_config(dir: &Path, own: &str, peer: &str, listen: &str, connect: &str, size: &str, o: &TwoSiteOptions) -> String {
+    format!(
+        "[node]\nname = \"{own}\"\ndata_dir = \"{data}\"\n[nbd]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [peer]\nname = \"{peer}\"\nlisten = \"{listen}\"\nconnect = \"{connect}\"\npeer_timeout = \"{timeout}\"\nheartbeat_interval = \"250ms\"\n\
+         [tls]\nca = \"{certs}/ca.pem\"\ncert = \"{certs}/{own}.pem\"\nkey = \"{certs}/{own}-key.pem\"\n\
+         [[volume]]\nname = \"vol0\"\nsize = \"{size}\"\nextent_size = \"{extent}\"\nmax_owned_extents = {max}\npredict_extents = {predict}\nrelease_after = \"{release}\"\n",
+        data = dir.join(format!("data-{own}")).display(),
+        certs = dir.join("certs").display(),
+        timeout = o.peer_timeout,
+        extent = o.extent_size,
+        max = o.max_owned_extents,
+        predict = o.predict_extents,
+        release = o.release_after,
+    )
+}
+
+impl TwoSites {
+    pub fn start(o: TwoSiteOptions) -> TwoSites {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        run_ok(30, geomirror_bin().to_str().unwrap(), &["certs", "--out", certs.to_str().unwrap(), "--node", "site-a", "--node", "site-b"]);
+        let b_peer = format!("127.0.0.1:{}", free_port());
+        let b_config = dir.path().join("site-b.toml");
+        let b_size = o.b_volume_size.unwrap_or(o.volume_size);
+        std::fs::write(&b_config, site_config(dir.path(), "site-b", "site-a", &b_peer, "127.0.0.1:9", b_size, &o)).unwrap();
+        let b = NodeProcess::start(&b_config);
+        let sim = o.rtt.map(|rtt| SimProcess::start(b_peer.parse().unwrap(), rtt));
+        let connect = sim.as_ref().map(|s| s.listen.to_string()).unwrap_or(b_peer);
+        let a_config = dir.path().join("site-a.toml");
+        std::fs::write(&a_config, site_config(dir.path(), "site-a", "site-b", "127.0.0.1:0", &connect, o.volume_size, &o)).unwrap();
+        let a = NodeProcess::start(&a_config);
+        let sites = TwoSites { dir, a, b, sim, a_config, b_config };
+        if o.b_volume_size.is_none() {
+            sites.wait_link_up(Duration::from_secs(15));
+        }
+        sites
+    }
+
+    /// Waits until both nodes report the peer link up.
+    pub fn wait_link_up(&self, limit: Duration) {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if link_state(&self.a) == "up" && link_state(&self.b) == "up" {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("peer link did not come up; A log:\n{}\nB log:\n{}", self.a.logs().join("\n"), self.b.logs().join("\n"));
+    }
+
+    /// Restarts site A from its config (after a kill).
+    pub fn restart_a(&mut self) {
+        self.a = NodeProcess::start(&self.a_config);
+    }
+}
+
+/// The node's peer link state from `/status`.
+pub fn link_state(node: &NodeProcess) -> String {
+    status(node)["peer"]["link"].as_str().unwrap_or("none").to_string()
+}
+
+/// `/status` as JSON.
+pub fn status(node: &NodeProcess) -> serde_json::Value {
+    serde_json::from_str(&http_get(node.admin, "/status")).expect("status JSON")
+}
+
+/// A replication figure of vol0 from `/status`.
+pub fn figure(node: &NodeProcess, name: &str) -> u64 {
+    status(node)["volumes"][0]["replication"][name].as_u64().unwrap_or_else(|| panic!("no figure {name}"))
+}
+
+/// Polls until `f` holds or `limit` passes; returns whether it held.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
