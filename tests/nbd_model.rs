@@ -4,19 +4,12 @@
 
 mod common;
 
-use std::sync::OnceLock;
-
 use common::nbd_client::NbdClient;
 use common::*;
 use geomirror_wire::nbd::{Command, cflag};
 use proptest::prelude::*;
 
 const SIZE: u64 = 1 << 20;
-
-fn node() -> &'static SingleNode {
-    static NODE: OnceLock<SingleNode> = OnceLock::new();
-    NODE.get_or_init(|| SingleNode::start("vol0", "1MiB"))
-}
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -39,14 +32,23 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
-    #[test]
-    fn random_operations_read_back_like_the_model(ops in proptest::collection::vec(op(), 1..30), structured: bool) {
-        let n = node();
+/// One node for all cases (the node outlives every case; each case starts
+/// from what the volume holds).
+#[test]
+fn random_operations_read_back_like_the_model() {
+    let n = SingleNode::start("vol0", "1MiB");
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 24, ..ProptestConfig::default() });
+    let strategy = (proptest::collection::vec(op(), 1..30), any::<bool>());
+    runner
+        .run(&strategy, |(ops, structured)| check_case(&n, &ops, structured))
+        .unwrap();
+}
+
+fn check_case(n: &SingleNode, ops: &[Op], structured: bool) -> Result<(), TestCaseError> {
+    {
         let mut c = NbdClient::connect(n.node.nbd, "vol0", structured).unwrap();
         let mut model = c.read(0, SIZE as u32).unwrap().unwrap();
-        for op in &ops {
+        for op in ops {
             match *op {
                 Op::Write { offset, len, seed, fua } => {
                     let data: Vec<u8> = (0..len).map(|i| seed.wrapping_mul(31).wrapping_add(i as u8)).collect();
@@ -69,4 +71,5 @@ proptest! {
         prop_assert!(first_diff.is_none(), "volume differs from the model at byte {:?}", first_diff);
         c.disconnect();
     }
+    Ok(())
 }

@@ -46,14 +46,10 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts `geomirror node --config PATH` and waits for its "node ready" line.
     pub fn start(config_path: &Path) -> NodeProcess {
-        let mut child = Command::new(geomirror_bin())
-            .args(["node", "--config"])
-            .arg(config_path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn geomirror node");
+        let mut command = Command::new(geomirror_bin());
+        command.args(["node", "--config"]).arg(config_path).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
+        die_with_parent(&mut command);
+        let mut child = command.spawn().expect("spawn geomirror node");
         let stderr = child.stderr.take().expect("stderr is piped");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -135,6 +131,19 @@ impl NodeProcess {
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// Makes a spawned process get SIGKILL if the test process dies first
+/// (a failed test must not leave nodes running).
+pub fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
     }
 }
 

@@ -53,12 +53,13 @@ pub struct SimProcess {
 
 impl SimProcess {
     pub fn start(upstream: SocketAddr, rtt: &str) -> SimProcess {
-        let mut child = Command::new(geomirror_bin())
+        let mut command = Command::new(geomirror_bin());
+        command
             .args(["sim", "--listen", "127.0.0.1:0", "--to", &upstream.to_string(), "--rtt", rtt, "--control", "127.0.0.1:0"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn geomirror sim");
+            .stderr(Stdio::null());
+        super::die_with_parent(&mut command);
+        let mut child = command.spawn().expect("spawn geomirror sim");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let field = |name: &str| -> SocketAddr {
