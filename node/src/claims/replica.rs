@@ -251,6 +251,15 @@ impl Replica {
             NeedSession,
             Reply(Arc<Session>, u64, oneshot::Receiver<Result<Message, LinkError>>),
         }
+        // The common case: every extent already owned, no message needed.
+        {
+            let mut st = self.state.lock().expect("state lock");
+            if st.would_admit(range.clone()) {
+                let admitted = st.begin_write(range.clone(), Instant::now());
+                assert_eq!(admitted, WriteAccess::Admitted, "would_admit and begin_write disagree");
+                return Ok(());
+            }
+        }
         loop {
             let mut changed = self.changed.subscribe();
             let session = self.link.current();
