@@ -109,10 +109,8 @@ async fn wait_until_up(sites: &mut [Site], admins: &[SocketAddr]) -> anyhow::Res
         }
         let mut up = 0;
         for admin in admins {
-            if let Ok(body) = http_get(*admin, "/status").await {
-                if body.contains("\"link\":\"up\"") {
-                    up += 1;
-                }
+            if http_get(*admin, "/status").await.is_ok_and(|body| body.contains("\"link\":\"up\"")) {
+                up += 1;
             }
         }
         if up == admins.len() {

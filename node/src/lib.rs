@@ -184,9 +184,8 @@ pub async fn run(
     if let Some(task) = link_task {
         let _ = task.await;
     }
-    match admin_task.await {
-        Ok(Err(e)) => error!(error = %e, "admin listener failed"),
-        _ => {}
+    if let Ok(Err(e)) = admin_task.await {
+        error!(error = %e, "admin listener failed");
     }
     for volume in exports.volumes() {
         if let Err(e) = volume.flush().await {

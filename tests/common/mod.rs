@@ -58,10 +58,8 @@ impl NodeProcess {
             let mut ready_tx = Some(ready_tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if line.contains("node ready") {
-                    if let Some(tx) = ready_tx.take() {
-                        let _ = tx.send(line.clone());
-                    }
+                if let Some(tx) = ready_tx.take_if(|_| line.contains("node ready")) {
+                    let _ = tx.send(line.clone());
                 }
                 sink.lock().unwrap().push(line);
             }

@@ -398,11 +398,10 @@ mod tests {
             let m = &samples()[i % 17];
             let bytes = m.encode();
             let cut = cut.min(bytes.len());
-            if cut < bytes.len() {
-                if let Ok(decoded) = Message::decode(&bytes[..cut]) {
+            if cut < bytes.len()
+                && let Ok(decoded) = Message::decode(&bytes[..cut]) {
                     prop_assert_ne!(&decoded, m);
                 }
-            }
         }
     }
 }

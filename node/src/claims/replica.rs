@@ -400,10 +400,10 @@ impl Replica {
                 Some(None) => {
                     self.link.ready_session(deadline).await.map_err(unavailable)?;
                 }
-                Some(Some((session, id, rx))) => match {
+                Some(Some((session, id, rx))) => {
                     session.settle_if_closed(id);
-                    tokio::time::timeout_at(deadline, rx).await
-                } {
+                    let answer = tokio::time::timeout_at(deadline, rx).await;
+                    match answer {
                     Ok(Ok(Ok(Message::PullReply { data: Some(data), .. }))) if data.len() == length as usize => {
                         self.metrics.pulls.increment(1);
                         return Ok(data);
@@ -417,7 +417,8 @@ impl Replica {
                     Ok(Ok(Err(LinkError::Down))) | Ok(Err(_)) => {}
                     Ok(Ok(Err(e))) => return Err(unavailable(e)),
                     Err(_) => return Err(unavailable(format!("the peer did not answer a pull within {:?}", self.peer_timeout))),
-                },
+                    }
+                }
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(unavailable(format!("extent {} is owned by the peer, which is unreachable", extent.0)));
@@ -515,7 +516,7 @@ impl Replica {
         let range = g.blocks_in(extent);
         for run in runs {
             let count = run.data.len() as u64 / g.block_bytes;
-            if run.data.len() as u64 % g.block_bytes != 0 || run.first.0 < range.start || run.first.0 + count > range.end {
+            if !(run.data.len() as u64).is_multiple_of(g.block_bytes) || run.first.0 < range.start || run.first.0 + count > range.end {
                 return Err(format!("run at block {} of {} bytes is outside extent {}", run.first.0, run.data.len(), extent.0));
             }
         }
@@ -712,7 +713,7 @@ impl Replica {
     ) -> Result<(), String> {
         let g = self.geometry;
         let count = match &data {
-            Some(d) if d.len() as u64 % g.block_bytes == 0 && !d.is_empty() => d.len() as u64 / g.block_bytes,
+            Some(d) if (d.len() as u64).is_multiple_of(g.block_bytes) && !d.is_empty() => d.len() as u64 / g.block_bytes,
             Some(d) => return Err(format!("copy of {} bytes is not a whole number of blocks", d.len())),
             None if zero_blocks > 0 => u64::from(zero_blocks),
             None => return Err("empty zero run".into()),

@@ -227,7 +227,7 @@ pub struct ReplicaState {
 impl ReplicaState {
     /// A fresh state: everything clean.
     pub fn new(geometry: Geometry, knobs: Knobs) -> Self {
-        assert!(geometry.extent_bytes % geometry.block_bytes == 0, "extent is a whole number of blocks");
+        assert!(geometry.extent_bytes.is_multiple_of(geometry.block_bytes), "extent is a whole number of blocks");
         assert!(knobs.max_owned > 0, "max_owned_extents is at least 1");
         ReplicaState {
             geometry,
@@ -807,15 +807,13 @@ impl ReplicaState {
             let f = self.inflight.pop_front().expect("checked");
             for (i, label) in f.labels.into_iter().enumerate() {
                 let b = BlockIndex(f.first.0 + i as u64);
-                if let Some(d) = self.dirty.get(&b) {
-                    if !d.queued && d.latest <= label {
-                        self.dirty.remove(&b);
-                        let e = self.geometry.extent_of(b);
-                        if let Some(n) = self.not_durable.get_mut(&e) {
-                            *n -= 1;
-                            if *n == 0 {
-                                self.not_durable.remove(&e);
-                            }
+                if self.dirty.get(&b).is_some_and(|d| !d.queued && d.latest <= label) {
+                    self.dirty.remove(&b);
+                    let e = self.geometry.extent_of(b);
+                    if let Some(n) = self.not_durable.get_mut(&e) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.not_durable.remove(&e);
                         }
                     }
                 }
@@ -828,12 +826,10 @@ impl ReplicaState {
         for f in std::mem::take(&mut self.inflight) {
             for i in 0..f.labels.len() as u64 {
                 let b = BlockIndex(f.first.0 + i);
-                if let Some(d) = self.dirty.get_mut(&b) {
-                    if !d.queued {
-                        d.queued = true;
-                        self.queued += 1;
-                        self.queue.push_back(b);
-                    }
+                if let Some(d) = self.dirty.get_mut(&b).filter(|d| !d.queued) {
+                    d.queued = true;
+                    self.queued += 1;
+                    self.queue.push_back(b);
                 }
             }
         }

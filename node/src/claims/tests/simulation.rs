@@ -332,8 +332,8 @@ impl Sim {
         let n = self.rng.random_range(0..2);
         match self.rng.random_range(0..10) {
             0 if self.nodes[n].op.is_none() => self.start_op(n),
-            0 | 1 | 2 => self.advance_op(n),
-            3 | 4 | 5 => {
+            0..=2 => self.advance_op(n),
+            3..=5 => {
                 let bulk = self.rng.random_bool(0.5);
                 self.deliver(n, bulk)
             }
