@@ -1,0 +1,335 @@
+//! Running fio jobs against an NBD export and reading its JSON output.
+//!
+//! Every job uses fio's `nbd` ioengine (libnbd) with `--uri`, buffered
+//! (`--direct=0`: the engine ignores it, the servers use the page cache) and
+//! `--output-format=json`. Both completion (`clat`) and total (`lat`)
+//! latency percentiles are requested: with this engine part of a request's
+//! time is spent inside the submit call (`slat`: libnbd writes the request
+//! and payload to the socket there), so `clat` alone understates the latency
+//! an application sees; `lat` = `slat` + `clat` is that latency.
+//!
+//! fio's nbd engine prints `fio: connected to NBD server` on stdout before the
+//! JSON document; [`parse_output`] skips anything before the first line that
+//! opens a JSON object.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::procs;
+
+/// How long a job runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Timing {
+    /// Until `size` bytes were transferred once (used to prefill).
+    Once,
+    /// `--time_based`: `runtime_s` seconds measured after `ramp_s` seconds
+    /// that are not counted.
+    TimeBased {
+        /// Measured seconds.
+        runtime_s: u32,
+        /// Warm-up seconds, excluded from the results.
+        ramp_s: u32,
+    },
+}
+
+/// One fio job: a single workload on a single export.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// Job name (shows in fio's output).
+    pub name: String,
+    /// fio `--rw`: `randwrite`, `randread`, `write`, `read`.
+    pub rw: &'static str,
+    /// fio `--bs`, e.g. `4k`, `1m`.
+    pub block_size: &'static str,
+    /// fio `--iodepth`: requests in flight on the one NBD connection.
+    pub iodepth: u32,
+    /// fio `--size`: the region of the export the job touches, from offset 0.
+    pub size: String,
+    /// How long it runs.
+    pub timing: Timing,
+}
+
+/// Which half of fio's per-job results a job's figures come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// The `read` half.
+    Read,
+    /// The `write` half.
+    Write,
+}
+
+impl Job {
+    /// The direction the job's figures are read from (mixed workloads are
+    /// not used here; they would report `Read`).
+    pub fn direction(&self) -> Direction {
+        if self.rw.contains("read") { Direction::Read } else { Direction::Write }
+    }
+
+    /// The fio command line (without the program name) for export `uri`.
+    pub fn args(&self, uri: &str) -> Vec<String> {
+        let mut args = vec![
+            format!("--name={}", self.name),
+            "--ioengine=nbd".into(),
+            format!("--uri={uri}"),
+            format!("--rw={}", self.rw),
+            format!("--bs={}", self.block_size),
+            format!("--iodepth={}", self.iodepth),
+            format!("--size={}", self.size),
+            "--direct=0".into(),
+            "--output-format=json".into(),
+            // Only the percentiles we report: keeps the saved JSON small.
+            "--clat_percentiles=1".into(),
+            "--lat_percentiles=1".into(),
+            "--percentile_list=50:99".into(),
+        ];
+        if let Timing::TimeBased { runtime_s, ramp_s } = self.timing {
+            args.extend(["--time_based".into(), format!("--runtime={runtime_s}"), format!("--ramp_time={ramp_s}")]);
+        }
+        args
+    }
+
+    /// A generous deadline after which the job is considered hung.
+    fn deadline(&self) -> Duration {
+        match self.timing {
+            Timing::Once => Duration::from_secs(300),
+            Timing::TimeBased { runtime_s, ramp_s } => Duration::from_secs(u64::from(runtime_s + ramp_s) + 60),
+        }
+    }
+}
+
+/// Figures of one direction (read or write) of one job.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct DirStats {
+    /// Requests completed in the measured period.
+    pub total_ios: u64,
+    /// Requests per second.
+    pub iops: f64,
+    /// Bytes per second.
+    pub bw_bytes: f64,
+    /// Mean submission latency (time inside the submit call), µs.
+    pub slat_mean_us: f64,
+    /// Mean completion latency (submit returned → completion), µs.
+    pub clat_mean_us: f64,
+    /// Completion latency percentiles, µs.
+    pub clat_p50_us: Option<f64>,
+    /// 99th percentile of completion latency, µs.
+    pub clat_p99_us: Option<f64>,
+    /// Mean total latency (slat + clat), µs.
+    pub lat_mean_us: f64,
+    /// Median total latency, µs.
+    pub lat_p50_us: Option<f64>,
+    /// 99th percentile of total latency, µs.
+    pub lat_p99_us: Option<f64>,
+}
+
+/// Parsed results of one fio job.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct JobStats {
+    /// fio's own CPU use (`usr_cpu` + `sys_cpu`), % of one CPU over the
+    /// measured period.
+    pub client_cpu_percent: f64,
+    /// The read half.
+    pub read: DirStats,
+    /// The write half.
+    pub write: DirStats,
+}
+
+impl JobStats {
+    /// The half of `direction`.
+    pub fn dir(&self, direction: Direction) -> &DirStats {
+        match direction {
+            Direction::Read => &self.read,
+            Direction::Write => &self.write,
+        }
+    }
+}
+
+/// A finished job: parsed figures plus fio's whole JSON document.
+#[derive(Clone, Debug)]
+pub struct Run {
+    /// The figures.
+    pub stats: JobStats,
+    /// fio's JSON output, as it was.
+    pub raw: Value,
+}
+
+/// Runs `job` against `uri`; fio's output files go to `work_dir`.
+pub fn run(job: &Job, uri: &str, work_dir: &Path) -> Result<Run> {
+    let args = job.args(uri);
+    let output = procs::run_to_completion("fio", &args, work_dir, &job.name, job.deadline())
+        .with_context(|| format!("run fio job `{}` on {uri}", job.name))?;
+    if !output.status.success() {
+        bail!(
+            "fio job `{}` on {uri} failed ({}); command: fio {}\nfio stderr (tail):\n{}\nfio stdout (tail):\n{}",
+            job.name,
+            output.status,
+            args.join(" "),
+            procs::tail_lines(&output.stderr, 15),
+            procs::tail_lines(&output.stdout, 15),
+        );
+    }
+    let (stats, raw) = parse_output(&output.stdout).with_context(|| {
+        format!("read fio's JSON for job `{}`; stderr (tail):\n{}", job.name, procs::tail_lines(&output.stderr, 15))
+    })?;
+    Ok(Run { stats, raw })
+}
+
+/// Parses fio's `--output-format=json` stdout (possibly preceded by log lines)
+/// into the figures of its first job, and returns the whole document too.
+pub fn parse_output(stdout: &str) -> Result<(JobStats, Value)> {
+    let start = json_start(stdout).context("fio printed no JSON document")?;
+    let value: Value = serde_json::Deserializer::from_str(&stdout[start..])
+        .into_iter::<Value>()
+        .next()
+        .context("fio's JSON document is empty")?
+        .context("fio's JSON document does not parse")?;
+    let job = value.get("jobs").and_then(|jobs| jobs.get(0)).context("fio's JSON has no `jobs[0]`")?;
+    let error = job.get("error").and_then(Value::as_i64).unwrap_or(0);
+    if error != 0 {
+        bail!("fio reports error {error} for job `{}`", job.get("jobname").and_then(Value::as_str).unwrap_or("?"));
+    }
+    let cpu = |key: &str| job.get(key).and_then(Value::as_f64).unwrap_or(0.0);
+    let stats = JobStats {
+        client_cpu_percent: cpu("usr_cpu") + cpu("sys_cpu"),
+        read: dir_stats(job, "read")?,
+        write: dir_stats(job, "write")?,
+    };
+    Ok((stats, value))
+}
+
+/// Byte offset of the first line that starts with `{`.
+fn json_start(text: &str) -> Option<usize> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if line.trim_start().starts_with('{') {
+            return Some(offset + (line.len() - line.trim_start().len()));
+        }
+        offset += line.len();
+    }
+    None
+}
+
+fn dir_stats(job: &Value, half: &str) -> Result<DirStats> {
+    let d = job.get(half).with_context(|| format!("fio's JSON has no `{half}` section"))?;
+    let num = |v: &Value, key: &str| v.get(key).and_then(Value::as_f64);
+    let mean_us = |key: &str| d.get(key).and_then(|s| num(s, "mean")).unwrap_or(0.0) / 1000.0;
+    let pct_us = |key: &str, p: f64| d.get(key).and_then(|s| percentile_ns(s, p)).map(|ns| ns / 1000.0);
+    Ok(DirStats {
+        total_ios: d.get("total_ios").and_then(Value::as_u64).unwrap_or(0),
+        iops: num(d, "iops").with_context(|| format!("fio's `{half}` section has no `iops`"))?,
+        bw_bytes: num(d, "bw_bytes").with_context(|| format!("fio's `{half}` section has no `bw_bytes`"))?,
+        slat_mean_us: mean_us("slat_ns"),
+        clat_mean_us: mean_us("clat_ns"),
+        clat_p50_us: pct_us("clat_ns", 50.0),
+        clat_p99_us: pct_us("clat_ns", 99.0),
+        lat_mean_us: mean_us("lat_ns"),
+        lat_p50_us: pct_us("lat_ns", 50.0),
+        lat_p99_us: pct_us("lat_ns", 99.0),
+    })
+}
+
+/// The `p`th percentile (ns) of a latency section: fio keys them as strings
+/// like `"50.000000"`. Absent when the job did no I/O in that direction.
+fn percentile_ns(section: &Value, p: f64) -> Option<f64> {
+    let table = section.get("percentile")?.as_object()?;
+    table.iter().find(|(key, _)| key.parse::<f64>().is_ok_and(|k| (k - p).abs() < 1e-9)).and_then(|(_, v)| v.as_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Shape of fio 3.33's output with the nbd engine (trimmed), including
+    /// the line the engine prints before the JSON document.
+    const SAMPLE: &str = r#"fio: connected to NBD server
+{
+  "fio version" : "fio-3.33",
+  "jobs" : [
+    {
+      "jobname" : "randwrite-4k-qd1",
+      "error" : 0,
+      "read" : {
+        "io_bytes" : 0, "bw_bytes" : 0, "iops" : 0.000000, "total_ios" : 0,
+        "slat_ns" : { "min" : 0, "max" : 0, "mean" : 0.0, "N" : 0 },
+        "clat_ns" : { "min" : 0, "max" : 0, "mean" : 0.0, "N" : 0 },
+        "lat_ns" : { "min" : 0, "max" : 0, "mean" : 0.0, "N" : 0 }
+      },
+      "write" : {
+        "io_bytes" : 37285888, "bw_bytes" : 18633627, "iops" : 4549.225387, "total_ios" : 9103,
+        "slat_ns" : { "min" : 7333, "max" : 3779557, "mean" : 56903.5, "N" : 9103 },
+        "clat_ns" : { "min" : 4960, "max" : 7867123, "mean" : 160380.5, "N" : 9103,
+                      "percentile" : { "50.000000" : 93696, "99.000000" : 1843200 } },
+        "lat_ns" : { "min" : 58259, "max" : 7867123, "mean" : 217284.0, "N" : 9103,
+                     "percentile" : { "50.000000" : 211968, "99.000000" : 2000000 } }
+      },
+      "usr_cpu" : 3.75,
+      "sys_cpu" : 24.85
+    }
+  ]
+}
+"#;
+
+    #[test]
+    fn parses_the_nbd_engine_output() {
+        let (stats, raw) = parse_output(SAMPLE).unwrap();
+        let w = &stats.write;
+        assert_eq!(w.total_ios, 9103);
+        assert!((w.iops - 4549.225387).abs() < 1e-6);
+        assert_eq!(w.bw_bytes, 18633627.0);
+        assert_eq!(w.clat_p50_us, Some(93.696));
+        assert_eq!(w.clat_p99_us, Some(1843.2));
+        assert_eq!(w.lat_p50_us, Some(211.968));
+        assert!((w.slat_mean_us - 56.9035).abs() < 1e-9);
+        assert!((w.lat_mean_us - 217.284).abs() < 1e-9);
+        // The idle direction has no percentiles.
+        assert_eq!(stats.read.total_ios, 0);
+        assert_eq!(stats.read.clat_p50_us, None);
+        assert_eq!(stats.dir(Direction::Write), w);
+        assert!((stats.client_cpu_percent - 28.6).abs() < 1e-9);
+        assert_eq!(raw["fio version"], "fio-3.33");
+    }
+
+    #[test]
+    fn reports_fio_job_errors_and_missing_json() {
+        let failed = SAMPLE.replace(r#""error" : 0"#, r#""error" : 5"#);
+        let err = parse_output(&failed).unwrap_err().to_string();
+        assert!(err.contains("error 5") && err.contains("randwrite-4k-qd1"), "{err}");
+        assert!(parse_output("fio: connected to NBD server\n").is_err());
+        assert!(parse_output("{ \"jobs\" : [] }").is_err());
+    }
+
+    #[test]
+    fn job_arguments() {
+        let job = Job {
+            name: "randread-4k-qd1".into(),
+            rw: "randread",
+            block_size: "4k",
+            iodepth: 1,
+            size: "256m".into(),
+            timing: Timing::TimeBased { runtime_s: 5, ramp_s: 1 },
+        };
+        let args = job.args("nbd://127.0.0.1:1234/vol0");
+        let wanted = [
+            "--ioengine=nbd",
+            "--uri=nbd://127.0.0.1:1234/vol0",
+            "--rw=randread",
+            "--iodepth=1",
+            "--size=256m",
+            "--time_based",
+            "--runtime=5",
+            "--ramp_time=1",
+            "--direct=0",
+        ];
+        for want in wanted {
+            assert!(args.iter().any(|a| a == want), "missing {want} in {args:?}");
+        }
+        assert_eq!(job.direction(), Direction::Read);
+        let prefill = Job { rw: "write", timing: Timing::Once, ..job };
+        assert!(!prefill.args("u").iter().any(|a| a == "--time_based"));
+        assert_eq!(prefill.direction(), Direction::Write);
+    }
+}
