@@ -3,6 +3,9 @@
 
 mod demo;
 
+/// Threads of the blocking pool (store I/O); more requests queue for them.
+const BLOCKING_THREADS_MAX: usize = 64;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -73,7 +76,13 @@ fn main() -> std::process::ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")
+    // Store I/O runs on the blocking pool; writes to one file serialize in
+    // the kernel anyway, so a bounded pool only saves threads.
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(crate::BLOCKING_THREADS_MAX)
+        .build()
+        .context("start the async runtime")
 }
 
 fn certs(out: &std::path::Path, nodes: &[String]) -> anyhow::Result<()> {

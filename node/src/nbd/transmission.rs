@@ -111,11 +111,12 @@ where
                     request.length, ctx.max_request_bytes
                 ));
             }
-            let mut payload = BytesMut::zeroed(request.length as usize);
-            if let Err(e) = reader.read_exact(&mut payload).await {
-                break if e.kind() == std::io::ErrorKind::UnexpectedEof { Disconnect::ClientClosed } else { Disconnect::Io(e) };
+            match read_payload(&mut reader, request.length as usize).await {
+                Ok(payload) => Some(payload),
+                Err(e) => {
+                    break if e.kind() == std::io::ErrorKind::UnexpectedEof { Disconnect::ClientClosed } else { Disconnect::Io(e) };
+                }
             }
-            Some(payload.freeze())
         } else {
             None
         };
@@ -138,6 +139,18 @@ where
         Ok(Err(e)) if !matches!(reason, Disconnect::Protocol(_)) => Disconnect::Io(e),
         _ => reason,
     }
+}
+
+/// Reads exactly `len` bytes into a fresh buffer without zero-filling it first.
+async fn read_payload<R: AsyncRead + Unpin>(reader: &mut R, len: usize) -> std::io::Result<Bytes> {
+    let mut payload = BytesMut::with_capacity(len);
+    while payload.len() < len {
+        let mut limited = (&mut *reader).take((len - payload.len()) as u64);
+        if limited.read_buf(&mut payload).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(payload.freeze())
 }
 
 async fn write_replies<W: AsyncWrite + Unpin>(writer: W, mut rx: mpsc::Receiver<Reply>) -> std::io::Result<()> {
