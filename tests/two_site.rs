@@ -133,37 +133,61 @@ fn fio_verify_at_both_sites_on_disjoint_ranges() {
     }
 }
 
+/// Starts a node named `name` that dials B with the certificates in `certs`.
+fn start_rogue(s: &TwoSites, name: &str, certs: &std::path::Path) -> NodeProcess {
+    let b_config = std::fs::read_to_string(&s.b_config).unwrap();
+    let b_listen = b_config
+        .lines()
+        .find(|l| l.starts_with("listen = ") && !l.contains("127.0.0.1:0\""))
+        .map(|l| l.trim_start_matches("listen = ").trim_matches('"').to_string())
+        .expect("B's peer listen address");
+    let rogue_dir = s.dir.path().join(format!("rogue-{name}"));
+    std::fs::create_dir_all(&rogue_dir).unwrap();
+    let config = rogue_dir.join("rogue.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nname = \"{name}\"\ndata_dir = \"{}\"\n[nbd]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [peer]\nname = \"site-b\"\nlisten = \"127.0.0.1:0\"\nconnect = \"{b_listen}\"\npeer_timeout = \"2s\"\nheartbeat_interval = \"250ms\"\n\
+             [tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/{name}.pem\"\nkey = \"{c}/{name}-key.pem\"\n[[volume]]\nname = \"vol0\"\nsize = \"64MiB\"\n",
+            rogue_dir.join("data").display(),
+            c = certs.display()
+        ),
+    )
+    .unwrap();
+    NodeProcess::start(&config)
+}
+
+fn refusals(node: &NodeProcess) -> Vec<String> {
+    node.logs().into_iter().filter(|l| l.contains("refused a peer connection")).collect()
+}
+
 #[test]
 fn a_peer_with_a_foreign_certificate_is_refused() {
     let s = TwoSites::start(TwoSiteOptions::default());
     // A rogue site-a with certificates from another CA dials B.
     let rogue_certs = s.dir.path().join("rogue-certs");
     run_ok(30, geomirror_bin().to_str().unwrap(), &["certs", "--out", rogue_certs.to_str().unwrap(), "--node", "site-a"]);
-    let b_peer = std::fs::read_to_string(&s.b_config).unwrap();
-    let b_listen = b_peer.lines().find(|l| l.starts_with("listen = ") && !l.contains(":0\"")).filter(|l| !l.contains("127.0.0.1:0"));
-    let b_listen = b_listen.map(|l| l.trim_start_matches("listen = ").trim_matches('"').to_string());
-    let b_listen = b_listen.expect("B's peer listen address");
-    let rogue_dir = s.dir.path().join("rogue");
-    std::fs::create_dir_all(&rogue_dir).unwrap();
-    let config = rogue_dir.join("rogue.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[node]\nname = \"site-a\"\ndata_dir = \"{}\"\n[nbd]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-             [peer]\nname = \"site-b\"\nlisten = \"127.0.0.1:0\"\nconnect = \"{b_listen}\"\npeer_timeout = \"2s\"\nheartbeat_interval = \"250ms\"\n\
-             [tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/site-a.pem\"\nkey = \"{c}/site-a-key.pem\"\n[[volume]]\nname = \"vol0\"\nsize = \"64MiB\"\n",
-            rogue_dir.join("data").display(),
-            c = rogue_certs.display()
-        ),
-    )
-    .unwrap();
-    let rogue = NodeProcess::start(&config);
-    let refused = eventually(Duration::from_secs(10), || s.b.logs().iter().any(|l| l.contains("refused a peer connection")));
-    assert!(refused, "B must log the refusal:\n{}", s.b.logs().join("\n"));
+    let rogue = start_rogue(&s, "site-a", &rogue_certs);
+    assert!(eventually(Duration::from_secs(10), || !refusals(&s.b).is_empty()), "B must log the refusal:\n{}", s.b.logs().join("\n"));
     assert_ne!(link_state(&rogue), "up");
-    let reason = s.b.logs().into_iter().find(|l| l.contains("refused a peer connection")).unwrap();
-    assert!(reason.contains("CA") || reason.contains("certificate"), "the reason names the certificate problem: {reason}");
+    let reason = refusals(&s.b).remove(0);
+    assert!(reason.contains("CA"), "the reason names the certificate problem: {reason}");
     // The genuine pair is undisturbed.
+    assert_eq!(link_state(&s.a), "up");
+}
+
+#[test]
+fn a_peer_with_our_ca_but_another_name_is_refused() {
+    let s = TwoSites::start(TwoSiteOptions::default());
+    // site-0 holds a valid certificate of the same CA, but B's peer is site-a.
+    let certs = s.dir.path().join("certs");
+    run_ok(30, geomirror_bin().to_str().unwrap(), &["certs", "--out", certs.to_str().unwrap(), "--node", "site-0"]);
+    let rogue = start_rogue(&s, "site-0", &certs);
+    assert!(eventually(Duration::from_secs(10), || !refusals(&s.b).is_empty()), "B must log the refusal");
+    let reason = refusals(&s.b).remove(0);
+    assert!(reason.contains("site-0") && reason.contains("site-a"), "the reason names both names: {reason}");
+    assert_ne!(link_state(&rogue), "up");
     assert_eq!(link_state(&s.a), "up");
 }
 
