@@ -137,6 +137,8 @@ pub enum Message {
         own: Vec<ExtentClaim>,
         /// Extents the sender believes the receiver owns (its claims record).
         record: Vec<ExtentClaim>,
+        /// Handovers the sender gave the receiver and saw no confirmation of.
+        gives: Vec<ExtentClaim>,
     },
     /// Answer to [`Message::Sync`], with the responder's view after merging.
     SyncReply {
@@ -148,6 +150,8 @@ pub enum Message {
         own: Vec<ExtentClaim>,
         /// Extents the responder believes the requester owns.
         record: Vec<ExtentClaim>,
+        /// Handovers the responder gave the requester and saw no confirmation of.
+        gives: Vec<ExtentClaim>,
     },
     /// Record that the requester may hold writes to these extents. The first
     /// is being written; the rest are predicted.
@@ -272,6 +276,16 @@ pub enum Message {
         /// Number of blocks.
         count: u32,
     },
+    /// The requester of a handover applied it (its blocks are durable and
+    /// its ownership recorded): the giver forgets the give.
+    HandoverAck {
+        /// Volume.
+        volume: VolumeSlot,
+        /// The extent.
+        extent: Extent,
+        /// The epoch it was given at.
+        epoch: Epoch,
+    },
 }
 
 /// What is wrong with a received frame.
@@ -338,8 +352,8 @@ mod tests {
                 volumes: vec![VolumeInfo { name: "vol0".into(), size: 1 << 30, block_bytes: 4096, extent_bytes: 1 << 20, volume_id: [9; 16] }],
             },
             Message::HelloReply { protocol_version: 1, node: "site-b".into(), refusal: String::new(), volume_errors: vec![String::new()] },
-            Message::Sync { id: 1, volume: 0, counter: Epoch(5), own: vec![ExtentClaim { extent: Extent(3), epoch: Epoch(4) }], record: vec![] },
-            Message::SyncReply { id: 1, counter: Epoch(6), own: vec![], record: vec![ExtentClaim { extent: Extent(3), epoch: Epoch(4) }] },
+            Message::Sync { id: 1, volume: 0, counter: Epoch(5), own: vec![ExtentClaim { extent: Extent(3), epoch: Epoch(4) }], record: vec![], gives: vec![] },
+            Message::SyncReply { id: 1, counter: Epoch(6), own: vec![], record: vec![ExtentClaim { extent: Extent(3), epoch: Epoch(4) }], gives: vec![ExtentClaim { extent: Extent(5), epoch: Epoch(6) }] },
             Message::Claim { id: 2, volume: 0, counter: Epoch(6), extents: vec![Extent(10), Extent(11)] },
             Message::ClaimReply { id: 2, counter: Epoch(8), outcomes: vec![ClaimOutcome::Granted(Epoch(7)), ClaimOutcome::Declined, ClaimOutcome::OwnedByResponder(Epoch(2))] },
             Message::Handover { id: 3, volume: 0, counter: Epoch(8), extent: Extent(2) },
@@ -353,6 +367,7 @@ mod tests {
             Message::CopyProgress { volume: 0, received: 10, durable: 8 },
             Message::Error { id: 6, message: "no".into() },
             Message::CopyZeroes { seq: 2, volume: 0, extent: Extent(1), epoch: Epoch(3), first: BlockIndex(256), count: 16 },
+            Message::HandoverAck { volume: 0, extent: Extent(2), epoch: Epoch(9) },
         ]
     }
 
@@ -394,8 +409,8 @@ mod tests {
         }
 
         #[test]
-        fn truncations_of_valid_messages_are_rejected_or_shorter(i in 0usize..17, cut in 0usize..64) {
-            let m = &samples()[i % 17];
+        fn truncations_of_valid_messages_are_rejected_or_shorter(i in 0usize..18, cut in 0usize..64) {
+            let m = &samples()[i % 18];
             let bytes = m.encode();
             let cut = cut.min(bytes.len());
             if cut < bytes.len()

@@ -1,9 +1,10 @@
 //! The durable claims record of one volume: our own claims, the extents the
 //! peer owns (with epochs), and the epoch counter.
 //!
-//! Layout (little-endian; `docs/on-disk.md`): `magic "GMCLAIM1" | counter
+//! Layout (little-endian; `docs/on-disk.md`): `magic "GMCLAIM2" | counter
 //! u64 | own count u32 | (extent u64, epoch u64)* | record count u32 |
-//! (extent u64, epoch u64)* | crc32c u32`. Rewritten atomically, only when
+//! (extent u64, epoch u64)* | gives count u32 | (extent u64, epoch u64)* |
+//! crc32c u32`. Rewritten atomically, only when
 //! the record changes (a grant, a handover, a release), never per write;
 //! grants wait for the rewrite before they are answered.
 
@@ -13,7 +14,7 @@ use geomirror_wire::peer::{Epoch, Extent, ExtentClaim};
 
 use crate::store::meta::write_atomically;
 
-const MAGIC: &[u8; 8] = b"GMCLAIM1";
+const MAGIC: &[u8; 8] = b"GMCLAIM2";
 /// Largest record file accepted on load (a million entries).
 const RECORD_BYTES_MAX: u64 = 16 * 1024 * 1024 + 64;
 
@@ -26,6 +27,8 @@ pub struct RecordContents {
     pub own: Vec<ExtentClaim>,
     /// Extents the peer owns.
     pub record: Vec<ExtentClaim>,
+    /// Handovers given to the peer and not yet confirmed by it.
+    pub gives: Vec<ExtentClaim>,
 }
 
 /// Why a record file was refused.
@@ -88,7 +91,7 @@ pub fn encode(c: &RecordContents) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + 16 * (c.own.len() + c.record.len()));
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&c.counter.0.to_le_bytes());
-    for list in [&c.own, &c.record] {
+    for list in [&c.own, &c.record, &c.gives] {
         out.extend_from_slice(&(list.len() as u32).to_le_bytes());
         for e in list {
             out.extend_from_slice(&e.extent.0.to_le_bytes());
@@ -102,7 +105,7 @@ pub fn encode(c: &RecordContents) -> Vec<u8> {
 
 /// Parses and verifies a record.
 pub fn decode(b: &[u8]) -> Result<RecordContents, &'static str> {
-    if b.len() < 8 + 8 + 4 + 4 + 4 || b.len() as u64 > RECORD_BYTES_MAX {
+    if b.len() < 8 + 8 + 4 + 4 + 4 + 4 || b.len() as u64 > RECORD_BYTES_MAX {
         return Err("bad length");
     }
     let (body, tail) = b.split_at(b.len() - 4);
@@ -115,7 +118,7 @@ pub fn decode(b: &[u8]) -> Result<RecordContents, &'static str> {
     let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
     let counter = Epoch(u64_at(8));
     let mut at = 16;
-    let mut lists = [Vec::new(), Vec::new()];
+    let mut lists = [Vec::new(), Vec::new(), Vec::new()];
     for list in &mut lists {
         if body.len() < at + 4 {
             return Err("truncated");
@@ -133,8 +136,8 @@ pub fn decode(b: &[u8]) -> Result<RecordContents, &'static str> {
     if at != body.len() {
         return Err("trailing bytes");
     }
-    let [own, record] = lists;
-    Ok(RecordContents { counter, own, record })
+    let [own, record, gives] = lists;
+    Ok(RecordContents { counter, own, record, gives })
 }
 
 #[cfg(test)]
@@ -146,6 +149,7 @@ mod tests {
             counter: Epoch(42),
             own: vec![ExtentClaim { extent: Extent(1), epoch: Epoch(40) }],
             record: vec![ExtentClaim { extent: Extent(7), epoch: Epoch(41) }, ExtentClaim { extent: Extent(9), epoch: Epoch(42) }],
+            gives: vec![ExtentClaim { extent: Extent(9), epoch: Epoch(42) }],
         }
     }
 

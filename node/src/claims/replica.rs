@@ -102,7 +102,7 @@ impl Replica {
         peer_timeout: Duration,
     ) -> Result<Arc<Replica>, RecordError> {
         let contents = record.load()?;
-        let state = ReplicaState::restore(geometry, knobs, contents.counter, &contents.own, &contents.record, Instant::now());
+        let state = ReplicaState::restore(geometry, knobs, contents.counter, &contents.own, &contents.record, &contents.gives, Instant::now());
         if !contents.own.is_empty() || !contents.record.is_empty() {
             info!(volume = %name, own = contents.own.len(), peer_owned = contents.record.len(), "claims record loaded; own extents will be re-sent");
         }
@@ -251,8 +251,12 @@ impl Replica {
             NeedSession,
             Reply(Arc<Session>, u64, oneshot::Receiver<Result<Message, LinkError>>),
         }
+        // Writes are admitted only outside a handover's application (which
+        // holds the gate until the new ownership is durable); the gate is
+        // never held across a wait.
         // The common case: every extent already owned, no message needed.
         {
+            let _gate = self.apply_gate.read().await;
             let mut st = self.state.lock().expect("state lock");
             if st.would_admit(range.clone()) {
                 let admitted = st.begin_write(range.clone(), Instant::now());
@@ -267,6 +271,7 @@ impl Replica {
                 Some(s) => s.permit().await.ok(),
                 None => None,
             };
+            let gate = self.apply_gate.read().await;
             let next = {
                 let mut st = self.state.lock().expect("state lock");
                 let now = Instant::now();
@@ -308,6 +313,7 @@ impl Replica {
                     _ => Next::NeedSession,
                 }
             };
+            drop(gate);
             // begin_write may have released an extent to make room.
             self.copy_wake.notify_one();
             match next {
@@ -439,20 +445,31 @@ impl Replica {
         let permit = session.permit().await?;
         let st = self.state.lock().expect("state lock");
         let (own, record) = st.snapshot();
+        let gives = st.gives();
         let counter = st.counter();
         let volume = self.slot;
-        Ok(session.request(permit, self.link.ids(), volume, RequestKind::Sync, |id| Message::Sync { id, volume, counter, own, record }).1)
+        Ok(session.request(permit, self.link.ids(), volume, RequestKind::Sync, |id| Message::Sync { id, volume, counter, own, record, gives }).1)
     }
 
     /// The peer's view of the claims (accepter, at session start).
-    pub async fn on_sync_request(&self, session: &Arc<Session>, id: u64, counter: Epoch, own: &[ExtentClaim], record: &[ExtentClaim]) {
+    #[allow(clippy::too_many_arguments)]
+    pub async fn on_sync_request(
+        &self,
+        session: &Arc<Session>,
+        id: u64,
+        counter: Epoch,
+        own: &[ExtentClaim],
+        record: &[ExtentClaim],
+        gives: &[ExtentClaim],
+    ) {
         let _gate = self.apply_gate.write().await;
         let Ok(permit) = session.permit().await else { return };
         {
             let mut st = self.state.lock().expect("state lock");
-            st.on_sync(counter, own, record, Instant::now());
+            st.on_sync(counter, own, record, gives, Instant::now());
             let (own, record) = st.snapshot();
-            session.send(permit, Message::SyncReply { id, counter: st.counter(), own, record });
+            let gives = st.gives();
+            session.send(permit, Message::SyncReply { id, counter: st.counter(), own, record, gives });
         }
         self.bump();
         self.copy_wake.notify_one();
@@ -470,7 +487,7 @@ impl Replica {
     // ================================================================ answers to our requests
 
     /// Applies the answer to one of our requests (called by the reader, in order).
-    pub async fn on_reply(&self, kind: &RequestKind, reply: &Message) {
+    pub async fn on_reply(&self, session: &Arc<Session>, kind: &RequestKind, reply: &Message) {
         match (kind, reply) {
             (RequestKind::Claim(extents), Message::ClaimReply { outcomes, counter, .. }) => {
                 self.state.lock().expect("state lock").on_claim_reply(extents, outcomes, *counter, Instant::now());
@@ -489,16 +506,24 @@ impl Replica {
                         }
                         self.state.lock().expect("state lock").on_handover_reply(*extent, Some(*epoch), *counter, Instant::now());
                         self.metrics.handovers.increment(1);
-                        // Our ownership must survive a crash before we write under it.
-                        self.persist_logged().await;
+                        // Our ownership must survive a crash before we write
+                        // under it (writes wait for the gate we hold), and
+                        // before the giver forgets what it gave.
+                        if self.persist().await.is_ok() {
+                            if let Ok(permit) = session.permit().await {
+                                session.send(permit, Message::HandoverAck { volume: self.slot, extent: *extent, epoch: *epoch });
+                            }
+                        } else {
+                            error!(volume = %self.name, extent = extent.0, "failed to persist a handover; the giver will revoke it at the next session");
+                        }
                     }
                     None => self.state.lock().expect("state lock").on_handover_reply(*extent, None, *counter, Instant::now()),
                 }
                 self.bump();
             }
-            (RequestKind::Sync, Message::SyncReply { counter, own, record, .. }) => {
+            (RequestKind::Sync, Message::SyncReply { counter, own, record, gives, .. }) => {
                 let _gate = self.apply_gate.write().await;
-                self.state.lock().expect("state lock").on_sync(*counter, own, record, Instant::now());
+                self.state.lock().expect("state lock").on_sync(*counter, own, record, gives, Instant::now());
                 self.bump();
                 self.copy_wake.notify_one();
                 self.persist_logged().await;
@@ -689,6 +714,11 @@ impl Replica {
             let data = self.read_local(offset, length as usize).await.ok();
             let _ = slot.send(Message::PullReply { id, data });
         }
+    }
+
+    /// The peer applied a handover we gave.
+    pub fn on_handover_ack(&self, extent: Extent, epoch: Epoch) {
+        self.state.lock().expect("state lock").on_handover_ack(extent, epoch);
     }
 
     /// The peer released extents.
@@ -916,7 +946,7 @@ impl Replica {
                 return Ok(());
             }
             let (own, record) = st.snapshot();
-            RecordContents { counter: st.counter(), own, record }
+            RecordContents { counter: st.counter(), own, record, gives: st.gives() }
         };
         let file = self.record.clone();
         let result = blocking(move || file.store(&contents)).await;

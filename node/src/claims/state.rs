@@ -222,6 +222,10 @@ pub struct ReplicaState {
     last_demanded: Option<Extent>,
     /// Length of the current sequential run of claims (for adaptive prediction).
     stream_run: u32,
+    /// Extents we handed over whose new owner has not confirmed applying the
+    /// handover (persisted: after a lost reply the give is revoked at the
+    /// next session start, since our store then holds the newest data).
+    gives: HashMap<Extent, Epoch>,
 }
 
 impl ReplicaState {
@@ -247,17 +251,31 @@ impl ReplicaState {
             releases: Vec::new(),
             last_demanded: None,
             stream_run: 0,
+            gives: HashMap::new(),
         }
     }
 
     /// Restores a state from the durable record: our own claims become
     /// owned and fully suspect (every block is re-sent), the record becomes
     /// peer-owned.
-    pub fn restore(geometry: Geometry, knobs: Knobs, counter: Epoch, own: &[ExtentClaim], record: &[ExtentClaim], now: Instant) -> Self {
+    pub fn restore(
+        geometry: Geometry,
+        knobs: Knobs,
+        counter: Epoch,
+        own: &[ExtentClaim],
+        record: &[ExtentClaim],
+        gives: &[ExtentClaim],
+        now: Instant,
+    ) -> Self {
         let mut s = ReplicaState::new(geometry, knobs);
         s.counter = counter;
         for c in record {
             s.set(c.extent, Some(ExtentState::PeerOwned { epoch: c.epoch }));
+        }
+        for c in gives {
+            if s.extents.get(&c.extent) == Some(&ExtentState::PeerOwned { epoch: c.epoch }) {
+                s.gives.insert(c.extent, c.epoch);
+            }
         }
         for c in own {
             s.adopt(c.extent, c.epoch, now);
@@ -326,6 +344,21 @@ impl ReplicaState {
         (own, record)
     }
 
+    /// Handovers we gave and the new owner has not confirmed.
+    pub fn gives(&self) -> Vec<ExtentClaim> {
+        let mut gives: Vec<ExtentClaim> = self.gives.iter().map(|(&extent, &epoch)| ExtentClaim { extent, epoch }).collect();
+        gives.sort_by_key(|c| c.extent);
+        gives
+    }
+
+    /// The new owner confirms it applied our handover of `e` at `epoch`.
+    pub fn on_handover_ack(&mut self, e: Extent, epoch: Epoch) {
+        if self.gives.get(&e) == Some(&epoch) {
+            self.gives.remove(&e);
+            self.record_changed = true;
+        }
+    }
+
     /// Releases decided and not yet sent (batched, piggybacked by the caller).
     pub fn take_releases(&mut self) -> Vec<ExtentClaim> {
         std::mem::take(&mut self.releases)
@@ -333,6 +366,14 @@ impl ReplicaState {
 
     /// Changes an extent's state, keeping the counts right.
     fn set(&mut self, e: Extent, new: Option<ExtentState>) {
+        if let Some(&given) = self.gives.get(&e) {
+            let still_given = matches!(&new,
+                Some(ExtentState::PeerOwned { epoch }) | Some(ExtentState::Acquiring { epoch, .. }) if *epoch == given);
+            if !still_given {
+                self.gives.remove(&e);
+                self.record_changed = true;
+            }
+        }
         let old = match &new {
             Some(state) => self.extents.insert(e, state.clone()),
             None => self.extents.remove(&e),
@@ -652,6 +693,7 @@ impl ReplicaState {
         }
         let epoch = self.next_epoch();
         self.set(e, Some(ExtentState::PeerOwned { epoch }));
+        self.gives.insert(e, epoch);
         let blocks = self.take_dirty_blocks(e);
         HandoverStep::Give { epoch, blocks }
     }
@@ -701,8 +743,30 @@ impl ReplicaState {
     /// Merges the peer's view at session start (the peer's own claims and
     /// its record of ours). Epochs decide every disagreement; extents the
     /// peer records as ours are adopted and fully re-sent.
-    pub fn on_sync(&mut self, counter: Epoch, peer_own: &[ExtentClaim], peer_record: &[ExtentClaim], now: Instant) {
+    pub fn on_sync(
+        &mut self,
+        counter: Epoch,
+        peer_own: &[ExtentClaim],
+        peer_record: &[ExtentClaim],
+        peer_gives: &[ExtentClaim],
+        now: Instant,
+    ) {
         self.observe_counter(counter);
+        // Handovers the peer gave us and we never applied (the reply was
+        // lost with the link): the peer's store holds the newest data, so
+        // the give is revoked — the peer owns it again, one epoch later.
+        let extents = self.geometry.extents();
+        for c in peer_gives.iter().filter(|c| c.extent.0 < extents) {
+            let applied = matches!(self.extents.get(&c.extent), Some(ExtentState::Owned(o)) if o.epoch >= c.epoch);
+            if !applied {
+                let epoch = Epoch(c.epoch.0 + 1);
+                self.observe_counter(epoch);
+                if matches!(self.extents.get(&c.extent), Some(ExtentState::Owned(_))) {
+                    self.take_dirty_blocks(c.extent);
+                }
+                self.set(c.extent, Some(ExtentState::PeerOwned { epoch }));
+            }
+        }
         // Releases not yet sent belong to the old session: the peer still
         // records those extents as ours, so they are adopted below and
         // released again once re-sent.
@@ -712,6 +776,11 @@ impl ReplicaState {
         let peer_record: Vec<&ExtentClaim> = peer_record.iter().filter(|c| c.extent.0 < extents).collect();
         for c in peer_own {
             self.observe_counter(c.epoch);
+            if self.gives.get(&c.extent).is_some_and(|g| c.epoch >= *g) {
+                // The peer owns what we gave it: the handover was applied.
+                self.gives.remove(&c.extent);
+                self.record_changed = true;
+            }
             match self.extents.get(&c.extent).cloned() {
                 None | Some(ExtentState::Claiming) => self.set(c.extent, Some(ExtentState::PeerOwned { epoch: c.epoch })),
                 Some(ExtentState::PeerOwned { epoch }) if c.epoch > epoch => {

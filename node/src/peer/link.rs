@@ -36,6 +36,9 @@ use super::tls::PeerTls;
 use crate::claims::replica::Replica;
 use crate::limits::{OUTBOX_MESSAGES_MAX, BULK_QUEUE_MESSAGES_MAX, PEER_CONNECT_TIMEOUT, PEER_BACKOFF_MAX};
 
+/// Sync exchanges per volume at session start.
+const SYNC_ROUNDS: usize = 2;
+
 /// Settings of the link, from `[peer]`.
 #[derive(Clone, Debug)]
 pub struct LinkConfig {
@@ -425,9 +428,11 @@ impl PeerLink {
         let (session, outbox) = Session::new(generation);
         self.spawn_priority(session.clone(), priority, outbox);
         self.spawn_bulk(session.clone(), bulk);
-        // Reconcile every volume's claims before any other request.
+        // Reconcile every volume's claims before any other request. Two
+        // rounds: what the first round changes on our side (a revoked
+        // handover the accepter gave us) reaches the accepter in the second.
         let deadline = tokio::time::Instant::now() + self.config.peer_timeout;
-        for replica in self.replicas() {
+        for replica in self.replicas().iter().flat_map(|r| std::iter::repeat_n(r, SYNC_ROUNDS)) {
             if replica.is_serving() {
                 let reply = replica.send_sync(&session).await?;
                 match tokio::time::timeout_at(deadline, reply).await {
@@ -632,11 +637,12 @@ impl PeerLink {
                 let permit = session.permit().await.map_err(|e| e.to_string())?;
                 session.send(permit, Message::HeartbeatReply { id });
             }
-            Message::Sync { id, volume, counter, own, record } => {
+            Message::Sync { id, volume, counter, own, record, gives } => {
                 let r = self.replica(volume).ok_or_else(|| format!("sync of unknown volume slot {volume}"))?;
-                r.on_sync_request(session, id, counter, &own, &record).await;
+                r.on_sync_request(session, id, counter, &own, &record, &gives).await;
+                // The dialer syncs every volume twice (see `establish`).
                 let serving = self.replicas().iter().filter(|r| r.is_serving()).count();
-                if session.synced.fetch_add(1, Ordering::Relaxed) + 1 == serving {
+                if session.synced.fetch_add(1, Ordering::Relaxed) + 1 == SYNC_ROUNDS * serving {
                     self.set_ready(session);
                     info!(peer = %self.config.peer_name, "peer link up");
                 }
@@ -650,6 +656,10 @@ impl PeerLink {
                 let (r, s) = (r.clone(), session.clone());
                 // May wait for host writes in flight: off the reader.
                 tokio::spawn(async move { r.on_handover_request(&s, id, counter, extent).await });
+            }
+            Message::HandoverAck { volume, extent, epoch } => {
+                let r = self.replica(volume).ok_or_else(|| format!("handover ack on unknown volume slot {volume}"))?;
+                r.on_handover_ack(extent, epoch);
             }
             Message::Pull { id, volume, offset, length } => {
                 let r = self.replica(volume).ok_or_else(|| format!("pull on unknown volume slot {volume}"))?;
@@ -674,7 +684,7 @@ impl PeerLink {
                     }
                     reply => {
                         if let Some(r) = self.replica(pending.volume) {
-                            r.on_reply(&pending.kind, &reply).await;
+                            r.on_reply(session, &pending.kind, &reply).await;
                         }
                         Ok(reply)
                     }
