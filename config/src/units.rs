@@ -5,6 +5,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
+/// Splits `"1.5GiB"` into `("1.5", "GiB")`.
+fn split_number(text: &str) -> (&str, &str) {
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    text.split_at(split)
+}
+
 /// A byte count written as `"4KiB"`, `"1GiB"`, `"512"` or a bare integer.
 ///
 /// Binary suffixes (`KiB`, `MiB`, `GiB`, `TiB`) are powers of 1024; decimal
@@ -22,10 +28,7 @@ impl ByteSize {
     /// Parses `"1GiB"`, `"64 KiB"`, `"1000"`; the error says what is wrong.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
-        let split = text
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
+        let (number, unit) = split_number(text);
         if number.is_empty() {
             return Err(format!("`{text}` is not a size (expected e.g. \"1GiB\" or \"4096\")"));
         }
@@ -113,10 +116,7 @@ impl HumanDuration {
     /// Parses `"5s"`, `"1.5s"`, `"250ms"`; the error says what is wrong.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
-        let split = text
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
+        let (number, unit) = split_number(text);
         let value: f64 = number
             .parse()
             .map_err(|_| format!("`{text}` is not a duration (expected e.g. \"5s\" or \"250ms\")"))?;
