@@ -280,3 +280,24 @@ fn acknowledged_writes_survive_kill_9_of_the_writer() {
 fn acknowledged_writes_survive_kill_9_of_the_receiver() {
     writes_survive_kill_9_of(false);
 }
+
+#[test]
+fn the_owned_extent_limit_holds_and_applies_back_pressure() {
+    require_tool("qemu-io");
+    let s = TwoSites::start(TwoSiteOptions { rtt: Some("20ms"), max_owned_extents: 2, predict_extents: 0, release_after: "100ms", ..Default::default() });
+    let uri_a = uri(&s.a);
+    let writer = std::thread::spawn(move || {
+        // Ten extents, 256 KiB each: far more than the limit of two.
+        let cmds: Vec<String> = (0..10u64).map(|i| format!("write -P {:#x} {} 256k", 0x60 + i, i << 20)).collect();
+        qemu_io(&uri_a, &cmds);
+    });
+    let mut max_owned = 0;
+    while !writer.is_finished() {
+        max_owned = max_owned.max(figure(&s.a, "owned_extents"));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    writer.join().expect("writes succeed under back-pressure");
+    assert!(max_owned <= 2, "A owned {max_owned} extents with a limit of 2");
+    let cmds: Vec<String> = (0..10u64).map(|i| format!("read -P {:#x} {} 256k", 0x60 + i, i << 20)).collect();
+    qemu_io(&uri(&s.b), &cmds);
+}

@@ -36,3 +36,6 @@ pub const CLAIM_EXTENTS_MAX: usize = 4096;
 /// Extents acquired together for one host request; a longer request is
 /// split into groups (each acquired and written in turn).
 pub const WRITE_GROUP_EXTENTS_MAX: u64 = 16;
+/// Longest a host write waits for room under the owned-extent limit while
+/// the link is up (the copy stream is making extents releasable); then EIO.
+pub const BACKPRESSURE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(300);

@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 
 use super::record::{RecordContents, RecordError, RecordFile};
 use super::state::{Figures, Geometry, HandoverStep, Knobs, ReadSource, ReplicaState, WriteAccess};
-use crate::limits::{CLAIM_EXTENTS_MAX, COPY_INFLIGHT_MESSAGES_MAX, COPY_RUN_BLOCKS_MAX, WRITE_GROUP_EXTENTS_MAX};
+use crate::limits::{BACKPRESSURE_WAIT_MAX, CLAIM_EXTENTS_MAX, COPY_INFLIGHT_MESSAGES_MAX, COPY_RUN_BLOCKS_MAX, WRITE_GROUP_EXTENTS_MAX};
 use crate::metrics::ReplicaMetrics;
 use crate::peer::link::{LinkError, PeerLink, RequestKind, Session};
 use crate::store::{BlockStore, StoreError, ZeroMode};
@@ -264,6 +264,7 @@ impl Replica {
                 return Ok(());
             }
         }
+        let patience = tokio::time::Instant::now() + BACKPRESSURE_WAIT_MAX;
         loop {
             let mut changed = self.changed.subscribe();
             let session = self.link.current();
@@ -319,8 +320,13 @@ impl Replica {
             match next {
                 Next::Admitted => return Ok(()),
                 Next::Wait => {
-                    if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
-                        return Err(unavailable(format!("no extent of {range:?} could be owned within {:?}", self.peer_timeout)));
+                    // Back-pressure (the limit, with the copy stream still
+                    // busy) or another request acting on the extent: while
+                    // the link is up progress is coming, so the wait is
+                    // bounded by BACKPRESSURE_WAIT_MAX rather than peer_timeout.
+                    let limit = if self.link.current().is_some() { patience } else { deadline };
+                    if tokio::time::timeout_at(limit.min(patience), changed.changed()).await.is_err() {
+                        return Err(unavailable(format!("no extent of {range:?} could be owned in time")));
                     }
                 }
                 Next::NeedSession => {
