@@ -78,6 +78,9 @@ pub struct Replica {
     incoming: Mutex<Incoming>,
     incoming_wake: Notify,
     serving: AtomicBool,
+    /// The session whose bulk lane carries our copy stream (set with the
+    /// state lock held, together with the stream's reset).
+    copy_generation: std::sync::atomic::AtomicU64,
     problem: Mutex<Option<String>>,
     peer_timeout: Duration,
     metrics: ReplicaMetrics,
@@ -122,6 +125,7 @@ impl Replica {
             incoming_wake: Notify::new(),
             // Not served until the peer confirms the volume matches.
             serving: AtomicBool::new(true),
+            copy_generation: std::sync::atomic::AtomicU64::new(0),
             problem: Mutex::new(None),
             peer_timeout,
             metrics: ReplicaMetrics::new(name),
@@ -484,8 +488,11 @@ impl Replica {
 
     /// A new session is ready: the copy stream starts over on it.
     pub fn on_session_start(&self, session: &Arc<Session>) {
-        self.state.lock().expect("state lock").on_copy_session_reset();
-        let _ = session;
+        {
+            let mut st = self.state.lock().expect("state lock");
+            st.on_copy_session_reset();
+            self.copy_generation.store(session.generation, Ordering::Relaxed);
+        }
         self.copy_wake.notify_one();
         self.bump();
     }
@@ -853,6 +860,12 @@ impl Replica {
             if self.send_copies(&session, &bulk, &shutdown).await.is_err() {
                 return;
             }
+            // The session ended or was superseded: wait for the next one.
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = sessions.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
         }
     }
 
@@ -866,6 +879,11 @@ impl Replica {
             }
             let (releases, run) = {
                 let mut st = self.state.lock().expect("state lock");
+                if self.copy_generation.load(Ordering::Relaxed) != session.generation {
+                    // A newer session restarted the stream: copies taken now
+                    // belong to it, not to this one.
+                    return Ok(());
+                }
                 let releases = st.take_releases();
                 let run = if st.copies_in_flight() < COPY_INFLIGHT_MESSAGES_MAX { st.next_copy(COPY_RUN_BLOCKS_MAX) } else { None };
                 (releases, run)

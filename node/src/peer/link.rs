@@ -428,13 +428,22 @@ impl PeerLink {
         let (session, outbox) = Session::new(generation);
         self.spawn_priority(session.clone(), priority, outbox);
         self.spawn_bulk(session.clone(), bulk);
+        if let Err(e) = self.sync_all(&session).await {
+            self.end_session(&session, "session start failed");
+            return Err(e);
+        }
+        self.set_ready(&session);
+        Ok(session)
+    }
+
+    async fn sync_all(&self, session: &Arc<Session>) -> anyhow::Result<()> {
         // Reconcile every volume's claims before any other request. Two
         // rounds: what the first round changes on our side (a revoked
         // handover the accepter gave us) reaches the accepter in the second.
         let deadline = tokio::time::Instant::now() + self.config.peer_timeout;
         for replica in self.replicas().iter().flat_map(|r| std::iter::repeat_n(r, SYNC_ROUNDS)) {
             if replica.is_serving() {
-                let reply = replica.send_sync(&session).await?;
+                let reply = replica.send_sync(session).await?;
                 match tokio::time::timeout_at(deadline, reply).await {
                     Ok(Ok(Ok(_))) => {}
                     Ok(Ok(Err(e))) => anyhow::bail!("sync of volume `{}` failed: {e}", replica.name()),
@@ -442,8 +451,7 @@ impl PeerLink {
                 }
             }
         }
-        self.set_ready(&session);
-        Ok(session)
+        Ok(())
     }
 
     async fn heartbeats(&self, session: &Arc<Session>) {
