@@ -25,12 +25,20 @@ pub const BULK_QUEUE_MESSAGES_MAX: usize = 64;
 pub const PEER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Longest pause between reconnection attempts (exponential back-off with jitter).
 pub const PEER_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
-/// Blocks in one copy message (256 KiB at 4 KiB blocks).
-pub const COPY_RUN_BLOCKS_MAX: u64 = 64;
-/// Copy messages sent and not yet durable at the peer; beyond it the copy
-/// stream waits for progress. At 256 KiB per message this is 128 MiB, above
-/// the bandwidth-delay product of a 10 Gbit/s, 80 ms link.
-pub const COPY_INFLIGHT_MESSAGES_MAX: usize = 512;
+/// Blocks in one copy message (1 MiB at 4 KiB blocks).
+pub const COPY_BATCH_BLOCKS_MAX: u64 = 256;
+/// Runs of blocks in one copy message.
+pub const COPY_BATCH_RUNS_MAX: usize = 64;
+/// Runs sent and not yet durable at the peer; beyond it the copy stream
+/// waits for progress. Up to 256 MiB in flight, above the bandwidth-delay
+/// product of a 10 Gbit/s, 80 ms link.
+pub const COPY_INFLIGHT_MESSAGES_MAX: usize = 1024;
+/// How long the copy stream waits, when it wakes for a trickle of writes,
+/// to gather more into one message (the peer lags by this much more).
+pub const COPY_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+/// How long the receiver waits after a copy before its fdatasync, so one
+/// fdatasync covers the copies of that window.
+pub const COPY_SYNC_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 /// Extents one claim may name; a larger claim is refused with an error.
 pub const CLAIM_EXTENTS_MAX: usize = 4096;
 /// Extents acquired together for one host request; a longer request is

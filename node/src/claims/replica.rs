@@ -13,14 +13,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use geomirror_wire::peer::{BlockIndex, BlockRun, ClaimOutcome, Epoch, Extent, ExtentClaim, Message, VolumeSlot, DATA_BYTES_MAX};
+use geomirror_wire::peer::{BlockIndex, BlockRun, ClaimOutcome, CopyItem, Epoch, Extent, ExtentClaim, Message, VolumeSlot, DATA_BYTES_MAX};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::record::{RecordContents, RecordError, RecordFile};
 use super::state::{Figures, Geometry, HandoverStep, Knobs, ReadSource, ReplicaState, WriteAccess};
-use crate::limits::{BACKPRESSURE_WAIT_MAX, CLAIM_EXTENTS_MAX, COPY_INFLIGHT_MESSAGES_MAX, COPY_RUN_BLOCKS_MAX, WRITE_GROUP_EXTENTS_MAX};
+use crate::limits::{
+    BACKPRESSURE_WAIT_MAX, CLAIM_EXTENTS_MAX, COPY_BATCH_BLOCKS_MAX, COPY_BATCH_RUNS_MAX, COPY_INFLIGHT_MESSAGES_MAX, COPY_LINGER,
+    COPY_SYNC_LINGER, WRITE_GROUP_EXTENTS_MAX,
+};
 use crate::metrics::ReplicaMetrics;
 use crate::peer::link::{LinkError, PeerLink, RequestKind, Session};
 use crate::store::{BlockStore, StoreError, ZeroMode};
@@ -742,47 +745,51 @@ impl Replica {
 
     // ================================================================ copy stream, receiving side
 
-    /// Applies one copy from the peer (dropped if its epoch is stale).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn apply_copy(
-        &self,
-        session: &Arc<Session>,
-        seq: u64,
-        extent: Extent,
-        epoch: Epoch,
-        first: BlockIndex,
-        data: Option<Bytes>,
-        zero_blocks: u32,
-    ) -> Result<(), String> {
+    /// Applies one copy message from the peer; runs whose epoch is stale
+    /// are dropped. Malformed runs close the session (the caller's error).
+    pub async fn apply_copy(&self, session: &Arc<Session>, seq: u64, items: Vec<CopyItem>) -> Result<(), String> {
         let g = self.geometry;
-        let count = match &data {
-            Some(d) if (d.len() as u64).is_multiple_of(g.block_bytes) && !d.is_empty() => d.len() as u64 / g.block_bytes,
-            Some(d) => return Err(format!("copy of {} bytes is not a whole number of blocks", d.len())),
-            None if zero_blocks > 0 => u64::from(zero_blocks),
-            None => return Err("empty zero run".into()),
-        };
-        let range = g.blocks_in(extent);
-        if extent.0 >= g.extents() || first.0 < range.start || first.0 + count > range.end {
-            return Err(format!("copy of blocks {}+{count} is outside extent {}", first.0, extent.0));
+        if items.is_empty() {
+            return Err("empty copy".into());
+        }
+        for item in &items {
+            let count = u64::from(item.count);
+            let range = g.blocks_in(item.extent);
+            if count == 0 || item.extent.0 >= g.extents() || item.first.0 < range.start || item.first.0 + count > range.end {
+                return Err(format!("copy of blocks {}+{count} is outside extent {}", item.first.0, item.extent.0));
+            }
+            if !item.data.is_empty() && item.data.len() as u64 != count * g.block_bytes {
+                return Err(format!("copy of {count} blocks carries {} bytes", item.data.len()));
+            }
         }
         {
             let _gate = self.apply_gate.read().await;
-            let accept = self.state.lock().expect("state lock").accept_copy(extent, epoch);
-            if accept {
+            let (accepted, stale): (Vec<CopyItem>, Vec<CopyItem>) = {
+                let st = self.state.lock().expect("state lock");
+                items.into_iter().partition(|item| st.accept_copy(item.extent, item.epoch))
+            };
+            self.metrics.copies_stale.increment(stale.len() as u64);
+            if !accepted.is_empty() {
+                let applied = accepted.len() as u64;
                 let store = self.store.clone();
-                let (offset, length) = (first.0 * g.block_bytes, count * g.block_bytes);
-                let result = blocking(move || match data {
-                    Some(d) => store.write_at(&d, offset),
-                    None => store.write_zeroes(offset, length, ZeroMode::MayUnmap, false),
+                let block = g.block_bytes;
+                let result = blocking(move || {
+                    for item in accepted {
+                        let (offset, length) = (item.first.0 * block, u64::from(item.count) * block);
+                        if item.data.is_empty() {
+                            store.write_zeroes(offset, length, ZeroMode::MayUnmap, false)?;
+                        } else {
+                            store.write_at(&item.data, offset)?;
+                        }
+                    }
+                    Ok::<(), StoreError>(())
                 })
                 .await;
                 if let Err(e) = result {
                     error!(volume = %self.name, error = %e, "failed to apply a copy from the peer");
                     return Err(format!("store failure: {e}"));
                 }
-                self.metrics.copies_applied.increment(1);
-            } else {
-                self.metrics.copies_stale.increment(1);
+                self.metrics.copies_applied.increment(applied);
             }
         }
         {
@@ -804,6 +811,8 @@ impl Replica {
                 _ = shutdown.cancelled() => return,
                 _ = self.incoming_wake.notified() => {}
             }
+            // Let more copies arrive: one fdatasync for all of them.
+            tokio::time::sleep(COPY_SYNC_LINGER).await;
             let (generation, received, session) = {
                 let inc = self.incoming.lock().expect("incoming lock");
                 if inc.received == inc.reported {
@@ -877,7 +886,7 @@ impl Replica {
             if session.is_closed() {
                 return Ok(());
             }
-            let (releases, run) = {
+            let (releases, seq, runs) = {
                 let mut st = self.state.lock().expect("state lock");
                 if self.copy_generation.load(Ordering::Relaxed) != session.generation {
                     // A newer session restarted the stream: copies taken now
@@ -885,8 +894,12 @@ impl Replica {
                     return Ok(());
                 }
                 let releases = st.take_releases();
-                let run = if st.copies_in_flight() < COPY_INFLIGHT_MESSAGES_MAX { st.next_copy(COPY_RUN_BLOCKS_MAX) } else { None };
-                (releases, run)
+                let runs = if st.copies_in_flight() < COPY_INFLIGHT_MESSAGES_MAX {
+                    st.next_copy_batch(COPY_BATCH_BLOCKS_MAX, COPY_BATCH_RUNS_MAX)
+                } else {
+                    Vec::new()
+                };
+                (releases, runs.first().map(|r| r.seq), runs)
             };
             if !releases.is_empty() {
                 self.metrics.releases.increment(releases.len() as u64);
@@ -895,20 +908,29 @@ impl Replica {
                     return Ok(());
                 }
             }
-            let Some(run) = run else {
+            let Some(seq) = seq else {
                 tokio::select! {
                     _ = shutdown.cancelled() => return Err(()),
                     _ = session.closed() => return Ok(()),
-                    _ = self.copy_wake.notified() => {}
+                    _ = self.copy_wake.notified() => {
+                        // Writes are trickling in: gather a few into one message.
+                        tokio::time::sleep(COPY_LINGER).await;
+                    }
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
                 continue;
             };
             let store = self.store.clone();
-            let (offset, length) = (run.first.0 * g.block_bytes, run.count * g.block_bytes);
+            let block = g.block_bytes;
+            let spans: Vec<(u64, u64)> = runs.iter().map(|r| (r.first.0, r.count)).collect();
             let data = match blocking(move || {
-                let mut buf = BytesMut::zeroed(length as usize);
-                store.read_at(&mut buf, offset).map(|()| buf.freeze())
+                spans
+                    .into_iter()
+                    .map(|(first, count)| {
+                        let mut buf = BytesMut::zeroed((count * block) as usize);
+                        store.read_at(&mut buf, first * block).map(|()| buf.freeze())
+                    })
+                    .collect::<Result<Vec<Bytes>, StoreError>>()
             })
             .await
             {
@@ -918,14 +940,28 @@ impl Replica {
                     return Ok(());
                 }
             };
-            let message = if data.iter().all(|&b| b == 0) {
-                Message::CopyZeroes { seq: run.seq, volume: self.slot, extent: run.extent, epoch: run.epoch, first: run.first, count: run.count as u32 }
-            } else {
-                self.metrics.copy_sent_bytes.increment(length);
-                Message::Copy { seq: run.seq, volume: self.slot, extent: run.extent, epoch: run.epoch, run: BlockRun { first: run.first, data } }
-            };
-            self.metrics.bulk_sent_bytes.increment(message_bytes(&message));
-            if bulk.send(message).await.is_err() {
+            let mut frame_bytes = 16;
+            let items: Vec<CopyItem> = runs
+                .iter()
+                .zip(data)
+                .map(|(run, data)| {
+                    let zeroes = data.iter().all(|&b| b == 0);
+                    frame_bytes += 24;
+                    if !zeroes {
+                        self.metrics.copy_sent_bytes.increment(data.len() as u64);
+                        frame_bytes += data.len() as u64;
+                    }
+                    CopyItem {
+                        extent: run.extent,
+                        epoch: run.epoch,
+                        first: run.first,
+                        count: run.count as u32,
+                        data: if zeroes { Bytes::new() } else { data },
+                    }
+                })
+                .collect();
+            self.metrics.bulk_sent_bytes.increment(frame_bytes);
+            if bulk.send(Message::Copy { seq, volume: self.slot, items }).await.is_err() {
                 return Ok(());
             }
         }
@@ -984,13 +1020,6 @@ impl Replica {
         if let Err(e) = self.persist().await {
             error!(volume = %self.name, error = %e, "failed to write the claims record");
         }
-    }
-}
-
-fn message_bytes(m: &Message) -> u64 {
-    match m {
-        Message::Copy { run, .. } => run.data.len() as u64 + 32,
-        _ => 32,
     }
 }
 

@@ -834,8 +834,36 @@ impl ReplicaState {
     // ------------------------------------------------------------ copy stream
 
     /// Takes the next run of unsent blocks (at most `max_blocks`, all in one
-    /// extent) for the copy stream.
+    /// extent) for the copy stream, as one message.
     pub fn next_copy(&mut self, max_blocks: u64) -> Option<CopyRun> {
+        let run = self.take_run(max_blocks, self.next_copy_seq)?;
+        self.next_copy_seq += 1;
+        Some(run)
+    }
+
+    /// Takes up to `max_runs` runs, `max_blocks` blocks in all, to travel
+    /// as one message (one sequence number): one frame, one apply, one
+    /// progress entry for many small writes.
+    pub fn next_copy_batch(&mut self, max_blocks: u64, max_runs: usize) -> Vec<CopyRun> {
+        let seq = self.next_copy_seq;
+        let mut runs = Vec::new();
+        let mut blocks = 0;
+        while runs.len() < max_runs && blocks < max_blocks {
+            match self.take_run(max_blocks - blocks, seq) {
+                Some(run) => {
+                    blocks += run.count;
+                    runs.push(run);
+                }
+                None => break,
+            }
+        }
+        if !runs.is_empty() {
+            self.next_copy_seq += 1;
+        }
+        runs
+    }
+
+    fn take_run(&mut self, max_blocks: u64, seq: u64) -> Option<CopyRun> {
         while let Some(b) = self.queue.pop_front() {
             let Some(d) = self.dirty.get_mut(&b) else { continue }; // handed out since
             if !d.queued {
@@ -860,8 +888,6 @@ impl ReplicaState {
                 }
                 next += 1;
             }
-            let seq = self.next_copy_seq;
-            self.next_copy_seq += 1;
             let count = labels.len() as u64;
             self.inflight.push_back(InFlight { seq, first: b, labels });
             return Some(CopyRun { seq, extent: e, epoch, first: b, count });

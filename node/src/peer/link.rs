@@ -754,13 +754,9 @@ impl PeerLink {
 
     async fn dispatch_bulk(&self, session: &Arc<Session>, message: Message) -> Result<(), String> {
         match message {
-            Message::Copy { seq, volume, extent, epoch, run } => {
+            Message::Copy { seq, volume, items } => {
                 let r = self.replica(volume).ok_or_else(|| format!("copy to unknown volume slot {volume}"))?;
-                r.apply_copy(session, seq, extent, epoch, run.first, Some(run.data), 0).await
-            }
-            Message::CopyZeroes { seq, volume, extent, epoch, first, count } => {
-                let r = self.replica(volume).ok_or_else(|| format!("copy to unknown volume slot {volume}"))?;
-                r.apply_copy(session, seq, extent, epoch, first, None, count).await
+                r.apply_copy(session, seq, items).await
             }
             Message::CopyProgress { volume, received: _, durable } => {
                 let r = self.replica(volume).ok_or_else(|| format!("progress of unknown volume slot {volume}"))?;
@@ -800,7 +796,6 @@ fn variant_name(m: &Message) -> &'static str {
         Message::Hello { .. } => "Hello",
         Message::HelloReply { .. } => "HelloReply",
         Message::Copy { .. } => "Copy",
-        Message::CopyZeroes { .. } => "CopyZeroes",
         Message::CopyProgress { .. } => "CopyProgress",
         Message::Release { .. } => "Release",
         _ => "request",

@@ -27,7 +27,7 @@ enum Msg {
     PullReply { id: u64, value: Option<u64> },
     Release(Vec<ExtentClaim>),
     HandoverAck { extent: Extent, epoch: Epoch },
-    Copy { seq: u64, extent: Extent, epoch: Epoch, blocks: Vec<(BlockIndex, u64)> },
+    Copy { seq: u64, runs: Vec<(Extent, Epoch, Vec<(BlockIndex, u64)>)> },
     Progress { durable: u64 },
 }
 
@@ -276,11 +276,13 @@ impl Sim {
             }
             Msg::Release(released) => self.nodes[to].s.on_release(&released),
             Msg::HandoverAck { extent, epoch } => self.nodes[to].s.on_handover_ack(extent, epoch),
-            Msg::Copy { seq, extent, epoch, blocks } => {
+            Msg::Copy { seq, runs } => {
                 let node = &mut self.nodes[to];
-                if node.s.accept_copy(extent, epoch) {
-                    for (b, v) in blocks {
-                        node.store[b.0 as usize] = v;
+                for (extent, epoch, blocks) in runs {
+                    if node.s.accept_copy(extent, epoch) {
+                        for (b, v) in blocks {
+                            node.store[b.0 as usize] = v;
+                        }
                     }
                 }
                 node.received = seq;
@@ -304,14 +306,27 @@ impl Sim {
 
     fn copy(&mut self, n: usize) {
         let max = self.rng.random_range(1..=4);
-        if let Some(run) = self.nodes[n].s.next_copy(max) {
-            let blocks = (0..run.count).map(|i| {
-                let b = BlockIndex(run.first.0 + i);
-                (b, self.nodes[n].store[b.0 as usize])
-            });
-            let blocks = blocks.collect();
-            self.send(n, true, Msg::Copy { seq: run.seq, extent: run.extent, epoch: run.epoch, blocks });
-        }
+        // One run per message, or a batch of runs sharing one sequence number.
+        let runs = if self.rng.random_bool(0.5) {
+            self.nodes[n].s.next_copy(max).into_iter().collect()
+        } else {
+            let max_runs = self.rng.random_range(1..=3);
+            self.nodes[n].s.next_copy_batch(max * 2, max_runs)
+        };
+        let Some(seq) = runs.first().map(|r| r.seq) else { return };
+        let runs = runs
+            .iter()
+            .map(|run| {
+                let blocks = (0..run.count)
+                    .map(|i| {
+                        let b = BlockIndex(run.first.0 + i);
+                        (b, self.nodes[n].store[b.0 as usize])
+                    })
+                    .collect();
+                (run.extent, run.epoch, blocks)
+            })
+            .collect();
+        self.send(n, true, Msg::Copy { seq, runs });
     }
 
     fn report_progress(&mut self, n: usize) {
