@@ -51,6 +51,9 @@ pub struct Job {
     pub size: String,
     /// How long it runs.
     pub timing: Timing,
+    /// Further fio options, e.g. `--offset=512m`,
+    /// `--random_distribution=zipf:1.2`.
+    pub extra: Vec<String>,
 }
 
 /// Which half of fio's per-job results a job's figures come from.
@@ -87,8 +90,12 @@ impl Job {
             "--percentile_list=50:99".into(),
         ];
         if let Timing::TimeBased { runtime_s, ramp_s } = self.timing {
-            args.extend(["--time_based".into(), format!("--runtime={runtime_s}"), format!("--ramp_time={ramp_s}")]);
+            args.extend(["--time_based".into(), format!("--runtime={runtime_s}")]);
+            if ramp_s > 0 {
+                args.push(format!("--ramp_time={ramp_s}"));
+            }
         }
+        args.extend(self.extra.iter().cloned());
         args
     }
 
@@ -311,6 +318,7 @@ mod tests {
             iodepth: 1,
             size: "256m".into(),
             timing: Timing::TimeBased { runtime_s: 5, ramp_s: 1 },
+            extra: vec!["--offset=512m".into()],
         };
         let args = job.args("nbd://127.0.0.1:1234/vol0");
         let wanted = [
@@ -323,11 +331,14 @@ mod tests {
             "--runtime=5",
             "--ramp_time=1",
             "--direct=0",
+            "--offset=512m",
         ];
         for want in wanted {
             assert!(args.iter().any(|a| a == want), "missing {want} in {args:?}");
         }
         assert_eq!(job.direction(), Direction::Read);
+        let no_ramp = Job { timing: Timing::TimeBased { runtime_s: 5, ramp_s: 0 }, ..job.clone() };
+        assert!(!no_ramp.args("u").iter().any(|a| a.starts_with("--ramp_time")));
         let prefill = Job { rw: "write", timing: Timing::Once, ..job };
         assert!(!prefill.args("u").iter().any(|a| a == "--time_based"));
         assert_eq!(prefill.direction(), Direction::Write);

@@ -41,18 +41,62 @@
 //! anyway, flagged with `*`. The benchmark itself sleeps while fio runs (no
 //! polling), so it adds no load of its own.
 //!
+//! # `two-site`
+//!
+//! What it measures: geomirror's own replication costs at site A, with two
+//! nodes and `geomirror sim` (`--rtt`, default 20 ms) between their peer
+//! links, and a single-site node started in the same run as the reference.
+//! Phases, in order, each on its own volume of the pair (see
+//! [`two_site`]): owned-extent 4 KiB write latency alternated with the
+//! single-site node (target: p50 ratio ≤ 1.2); the first write in a clean
+//! extent (≈ 1 RTT); a read of a peer-owned block (pull, ≈ 1 RTT); claim
+//! round trips per 1000 writes for a sequential and a zipf workload at
+//! predict_extents 0, 8 and 64 (target ≤ 5 sequential with prediction);
+//! copy amplification, link bytes A → B per host byte for 4 KiB random
+//! writes (target ≤ 1.0); and catch-up throughput after a burst written
+//! during a hold partition, with the link capped (`--bandwidth`) and
+//! unlimited (target: link-limited). Figures come from fio, the nodes'
+//! `/status` and `/metrics`, and the simulator's `/link` counters; how each
+//! was measured is printed under its table.
+//!
+//! # `side-by-side`
+//!
+//! What it measures: for each `--rtt` (default 2 ms and 20 ms), geomirror
+//! (two sites) against QEMU mirroring in write-blocking and background
+//! copy mode (qemu-storage-daemon at A, blockdev-mirror to B's qemu-nbd) and
+//! plain qemu-nbd (the local limit), each replicated system behind its own
+//! simulator with the same settings: 4 KiB random write QD1 latency, 1 MiB
+//! sequential write QD8 throughput, and whether a read at site B right after
+//! a write at A returns the new data (and how late when not). Targets:
+//! geomirror p50 within 1.2× qemu-nbd, ≥ 100× below write-blocking at 20 ms,
+//! every geomirror read at B fresh.
+//!
 //! Layout: [`fio`] builds and parses fio jobs, [`procs`] runs processes,
-//! [`systems`] starts the systems under test, [`stats`] and [`table`]
-//! summarise, [`single_site`] is the scenario. Later scenarios (`two-site`,
-//! `side-by-side`) are further subcommands reusing these modules.
+//! [`systems`] starts single-site systems, [`pair`] two geomirror sites,
+//! [`qemu_mirror`] the QEMU mirrors, [`sim`] drives the WAN simulator,
+//! [`node_status`] reads `/status` and `/metrics` (over [`http`]), [`qmp`]
+//! talks to qemu-storage-daemon, [`nbd`] is a tiny NBD client for the
+//! freshness probes, [`load`] measures other load, [`stats`] and [`table`]
+//! summarise; [`single_site`], [`two_site`] and [`side_by_side`] are the
+//! scenarios.
 
 mod fio;
+mod http;
+mod load;
 mod machine;
+mod nbd;
+mod node_status;
+mod pair;
 mod procs;
+mod qemu_mirror;
+mod qmp;
+mod side_by_side;
+mod sim;
 mod single_site;
 mod stats;
 mod systems;
 mod table;
+mod two_site;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,20 +115,23 @@ struct Cli {
 enum Command {
     /// One geomirror node vs qemu-nbd on a raw file: IOPS, latency, MB/s.
     SingleSite(single_site::Args),
+    /// Two geomirror sites behind the WAN simulator (and a single-site node
+    /// as reference): owned-extent, first-write and pull latency, claim
+    /// round trips, copy amplification, catch-up after a burst.
+    TwoSite(two_site::Args),
+    /// geomirror vs QEMU mirroring (write-blocking, background) vs plain
+    /// qemu-nbd behind the same simulated WAN, per RTT: latency, MB/s and
+    /// freshness of reads at site B.
+    SideBySide(side_by_side::Args),
 }
 
 /// Options shared by every scenario.
 #[derive(clap::Args, Clone, Debug)]
 pub struct CommonArgs {
-    /// Rounds; each runs every job once per system, systems alternated.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-    pub rounds: u32,
-    /// Measured seconds per fio job (after a 1 s ramp that is not counted).
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
-    pub runtime: u32,
-    /// Times an A B pair of runs is repeated when outside load (anything but
-    /// the servers and fio using > 0.2 CPUs) disturbed it; the last attempt
-    /// is kept regardless, flagged with `*`.
+    /// Times a disturbed measurement is repeated (single-site: an A B pair
+    /// while anything but the servers and fio used > 0.2 CPUs; two-site and
+    /// side-by-side: other user-space processes > 0.2 CPUs or hypervisor
+    /// steal > 0.3 CPUs); the last attempt is kept regardless, flagged with `*`.
     #[arg(long, default_value_t = 1)]
     pub retries: u32,
     /// The geomirror binary [default: `geomirror` next to this program].
@@ -126,6 +173,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::SingleSite(args) => single_site::run(&args),
+        Command::TwoSite(args) => two_site::run(&args),
+        Command::SideBySide(args) => side_by_side::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

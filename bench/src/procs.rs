@@ -49,6 +49,30 @@ pub fn tool_version(program: &str, install_hint: &str) -> Result<String> {
     }
 }
 
+/// Which build of `binary` is measured: its modification time (UTC) and,
+/// when the binary lies inside a git checkout (`target/release/`), `git
+/// describe --always --dirty` of that checkout (the node may be rebuilt between runs while others work
+/// in the same tree).
+pub fn build_info(binary: &Path) -> String {
+    let built = std::fs::metadata(binary)
+        .and_then(|m| m.modified())
+        .map(crate::machine::rfc3339_utc)
+        .unwrap_or_else(|_| "unknown".into());
+    let commit = Command::new("git")
+        .args(["describe", "--always", "--dirty", "--exclude", "*"])
+        .current_dir(binary.parent().filter(|p| p.is_dir()).unwrap_or(Path::new(".")))
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    match commit {
+        Some(c) => format!("binary built {built}, source tree at {c}"),
+        None => format!("binary built {built}"),
+    }
+}
+
 /// CPU time and context switches a process has used so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct ProcUsage {

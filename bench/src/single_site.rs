@@ -21,6 +21,12 @@ use crate::table::{self, Comparison, Format, Row, Series, Target};
 /// Options of `single-site`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
+    /// Rounds; each runs every job once per system, systems alternated.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// Measured seconds per fio job (after a 1 s ramp that is not counted).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    runtime: u32,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -116,6 +122,7 @@ impl Workload {
             iodepth: self.iodepth,
             size: REGION.to_string(),
             timing: Timing::TimeBased { runtime_s, ramp_s: RAMP_S },
+            extra: Vec::new(),
         }
     }
 
@@ -277,14 +284,14 @@ pub fn run(args: &Args) -> Result<()> {
         eprintln!("{} ready at {}", s.label, s.uri);
     }
 
-    let per_job = f64::from(common.runtime + RAMP_S) + 0.3;
-    let estimate = f64::from(common.rounds) * (WORKLOADS.len() * systems.len()) as f64 * per_job;
+    let per_job = f64::from(args.runtime + RAMP_S) + 0.3;
+    let estimate = f64::from(args.rounds) * (WORKLOADS.len() * systems.len()) as f64 * per_job;
     eprintln!(
         "{} rounds × {} jobs × {} systems, {} s + {RAMP_S} s ramp each: about {:.0} s of measurement (more if pairs are repeated)",
-        common.rounds,
+        args.rounds,
         WORKLOADS.len(),
         systems.len(),
-        common.runtime,
+        args.runtime,
         estimate
     );
 
@@ -294,9 +301,9 @@ pub fn run(args: &Args) -> Result<()> {
     }
 
     let mut runs = Vec::new();
-    for round in 1..=common.rounds {
+    for round in 1..=args.rounds {
         for workload in WORKLOADS {
-            let job = workload.job(common.runtime);
+            let job = workload.job(args.runtime);
             // One A B pair; repeated (both systems) when outside load
             // disturbed either run, at most `--retries` times.
             for attempt in 0..=common.retries {
@@ -315,7 +322,7 @@ pub fn run(args: &Args) -> Result<()> {
                     };
                     eprintln!(
                         "round {round}/{}  {:<18} {:<10} {}, other load {} CPUs",
-                        common.rounds,
+                        args.rounds,
                         workload.key,
                         system.label,
                         progress_line(workload, &record, job.direction()),
@@ -338,9 +345,9 @@ pub fn run(args: &Args) -> Result<()> {
     }
 
     let labels: Vec<String> = systems.iter().map(|s| s.label.clone()).collect();
-    let comparison = summarise(&labels, common.rounds, &runs, |w| w.figures);
-    let cost = summarise(&labels, common.rounds, &runs, |_| COST_FIGURES);
-    let series = per_round_series(&labels, common.rounds, &runs);
+    let comparison = summarise(&labels, args.rounds, &runs, |w| w.figures);
+    let cost = summarise(&labels, args.rounds, &runs, |_| COST_FIGURES);
+    let series = per_round_series(&labels, args.rounds, &runs);
 
     let checks = comparison.checks();
     let summary = comparison
@@ -361,9 +368,9 @@ pub fn run(args: &Args) -> Result<()> {
         machine,
         loadavg_at_end: machine::loadavg(),
         tools,
-        rounds: common.rounds,
+        rounds: args.rounds,
         retries: common.retries,
-        runtime_s: common.runtime,
+        runtime_s: args.runtime,
         ramp_s: RAMP_S,
         region: REGION,
         volume_bytes: VOLUME_BYTES,
@@ -390,6 +397,7 @@ fn prefill_export(system: &mut System, work: &Path) -> Result<Prefill> {
         iodepth: 8,
         size: REGION.to_string(),
         timing: Timing::Once,
+        extra: Vec::new(),
     };
     let started = Instant::now();
     let (run, _) = measure(system, &job, work)?;

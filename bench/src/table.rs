@@ -43,6 +43,8 @@ pub enum Format {
     Integer,
     /// One decimal (latencies in µs).
     OneDecimal,
+    /// Two decimals (CPUs, ratios).
+    TwoDecimals,
 }
 
 /// One figure: its values per system (same order as [`Comparison::systems`]).
@@ -171,17 +173,39 @@ pub fn rounds_markdown(series: &[Series]) -> String {
     out
 }
 
+/// A plain markdown table: the first column left-aligned, the others
+/// right-aligned; short rows are padded with empty cells.
+pub fn plain_markdown(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "| {} |", header.join(" | "));
+    let align: Vec<&str> = std::iter::once("---").chain(std::iter::repeat_n("---:", header.len().saturating_sub(1))).collect();
+    let _ = writeln!(out, "|{}|", align.join("|"));
+    for row in rows {
+        let mut cells = row.clone();
+        cells.resize(header.len().max(row.len()), String::new());
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
+    }
+    out
+}
+
+/// `value` in `format`, or "n/a".
+pub fn cell(value: Option<f64>, format: Format) -> String {
+    value.map_or_else(|| "n/a".to_string(), |v| format_value(v, format))
+}
+
 /// Prints `value` in `format`: "12,345" or "1,234.5".
 pub fn format_value(value: f64, format: Format) -> String {
     let (scaled, decimals) = match format {
         Format::Integer => (value.round() as i64, 0),
         Format::OneDecimal => ((value * 10.0).round() as i64, 1),
+        Format::TwoDecimals => ((value * 100.0).round() as i64, 2),
     };
     let sign = if scaled < 0 { "-" } else { "" };
     let magnitude = scaled.unsigned_abs();
     match decimals {
         0 => format!("{sign}{}", group_thousands(magnitude)),
-        _ => format!("{sign}{}.{}", group_thousands(magnitude / 10), magnitude % 10),
+        1 => format!("{sign}{}.{}", group_thousands(magnitude / 10), magnitude % 10),
+        _ => format!("{sign}{}.{:02}", group_thousands(magnitude / 100), magnitude % 100),
     }
 }
 
@@ -249,6 +273,14 @@ mod tests {
     }
 
     #[test]
+    fn plain_tables() {
+        let md = plain_markdown(&["figure", "a", "b"], &[vec!["x".into(), "1".into(), "2".into()], vec!["y".into()]]);
+        assert_eq!(md, "| figure | a | b |\n|---|---:|---:|\n| x | 1 | 2 |\n| y |  |  |\n");
+        assert_eq!(cell(None, Format::Integer), "n/a");
+        assert_eq!(cell(Some(1.25), Format::OneDecimal), "1.3");
+    }
+
+    #[test]
     fn values_are_formatted() {
         assert_eq!(format_value(1234567.4, Format::Integer), "1,234,567");
         assert_eq!(format_value(999.6, Format::Integer), "1,000");
@@ -258,5 +290,7 @@ mod tests {
         assert_eq!(format_value(2244.64, Format::OneDecimal), "2,244.6");
         assert_eq!(format_value(-0.5, Format::OneDecimal), "-0.5");
         assert_eq!(format_value(0.0, Format::OneDecimal), "0.0");
+        assert_eq!(format_value(0.054, Format::TwoDecimals), "0.05");
+        assert_eq!(format_value(1234.5, Format::TwoDecimals), "1,234.50");
     }
 }
