@@ -35,10 +35,10 @@ pub const COPY_BATCH_RUNS_MAX: usize = 64;
 pub const COPY_INFLIGHT_MESSAGES_MAX: usize = 1024;
 /// How long the copy stream waits, when it wakes for a trickle of writes,
 /// to gather more into one message (the peer lags by this much more).
-pub const COPY_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+pub const COPY_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 /// How long the receiver waits after a copy before its fdatasync, so one
 /// fdatasync covers the copies of that window.
-pub const COPY_SYNC_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+pub const COPY_SYNC_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 /// Extents one claim may name; a larger claim is refused with an error.
 pub const CLAIM_EXTENTS_MAX: usize = 4096;
 /// Extents acquired together for one host request; a longer request is

@@ -833,7 +833,7 @@ impl Replica {
                 }
             }
             if let Some(bulk) = session.bulk() {
-                let _ = bulk.send(Message::CopyProgress { volume: self.slot, received, durable: received }).await;
+                let _ = bulk.send(Message::CopyProgress { volume: self.slot, received, durable: received }.encode()).await;
             }
             // More may have arrived while we synced.
             self.incoming_wake.notify_one();
@@ -880,7 +880,7 @@ impl Replica {
 
     /// Sends copies and releases on one session until it ends (Ok) or the
     /// node shuts down (Err).
-    async fn send_copies(&self, session: &Arc<Session>, bulk: &tokio::sync::mpsc::Sender<Message>, shutdown: &CancellationToken) -> Result<(), ()> {
+    async fn send_copies(&self, session: &Arc<Session>, bulk: &tokio::sync::mpsc::Sender<Bytes>, shutdown: &CancellationToken) -> Result<(), ()> {
         let g = self.geometry;
         loop {
             if session.is_closed() {
@@ -903,8 +903,9 @@ impl Replica {
             };
             if !releases.is_empty() {
                 self.metrics.releases.increment(releases.len() as u64);
-                let message = Message::Release { volume: self.slot, extents: releases };
-                if bulk.send(message).await.is_err() {
+                let frame = Message::Release { volume: self.slot, extents: releases }.encode();
+                self.metrics.bulk_sent_bytes.increment(frame.len() as u64 + 4);
+                if bulk.send(frame).await.is_err() {
                     return Ok(());
                 }
             }
@@ -940,16 +941,13 @@ impl Replica {
                     return Ok(());
                 }
             };
-            let mut frame_bytes = 16;
             let items: Vec<CopyItem> = runs
                 .iter()
                 .zip(data)
                 .map(|(run, data)| {
                     let zeroes = data.iter().all(|&b| b == 0);
-                    frame_bytes += 24;
                     if !zeroes {
                         self.metrics.copy_sent_bytes.increment(data.len() as u64);
-                        frame_bytes += data.len() as u64;
                     }
                     CopyItem {
                         extent: run.extent,
@@ -960,8 +958,10 @@ impl Replica {
                     }
                 })
                 .collect();
-            self.metrics.bulk_sent_bytes.increment(frame_bytes);
-            if bulk.send(Message::Copy { seq, volume: self.slot, items }).await.is_err() {
+            let frame = Message::Copy { seq, volume: self.slot, items }.encode();
+            // The frame as it goes on the wire (plus its 4-byte length; TLS adds ~22 bytes per record).
+            self.metrics.bulk_sent_bytes.increment(frame.len() as u64 + 4);
+            if bulk.send(frame).await.is_err() {
                 return Ok(());
             }
         }

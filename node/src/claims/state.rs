@@ -481,13 +481,14 @@ impl ReplicaState {
             && (matches!(self.extents.get(&Extent(e.0 - 1)), Some(ExtentState::Owned(_)))
                 || self.last_demanded.is_some_and(|last| last.0 + 1 == e.0));
         self.stream_run = if sequential { self.stream_run.saturating_add(1) } else { 0 };
-        let depth = if sequential {
-            let grown = (self.knobs.predict as u64) << self.stream_run.min(6);
-            grown.min((self.knobs.max_owned as u64 / 4).max(self.knobs.predict as u64))
-        } else {
-            // A first write: a short look-ahead in case a stream starts here.
-            (self.knobs.predict as u64).min(1)
-        };
+        if !sequential {
+            // A random write predicts nothing (claiming neighbours of random
+            // writes only spends the limit); a stream shows itself by its
+            // second extent.
+            return Vec::new();
+        }
+        let grown = (self.knobs.predict as u64) << self.stream_run.min(6);
+        let depth = grown.min((self.knobs.max_owned as u64 / 4).max(self.knobs.predict as u64));
         let free = self.knobs.max_owned.saturating_sub(self.slots_used + 1) as u64;
         (e.0 + 1..self.geometry.extents())
             .take(depth.min(free) as usize)

@@ -120,7 +120,7 @@ pub struct Session {
     pub generation: u64,
     outbox: mpsc::UnboundedSender<Slot>,
     outbox_room: Arc<Semaphore>,
-    bulk: watch::Sender<Option<mpsc::Sender<Message>>>,
+    bulk: watch::Sender<Option<mpsc::Sender<Bytes>>>,
     pending: DashMap<u64, Pending>,
     closed: CancellationToken,
     synced: AtomicUsize,
@@ -193,13 +193,14 @@ impl Session {
         })
     }
 
-    /// The bulk lane's sender, once attached.
-    pub fn bulk(&self) -> Option<mpsc::Sender<Message>> {
+    /// The bulk lane's sender (of encoded messages, so the encoding happens
+    /// on the producer's task), once attached.
+    pub fn bulk(&self) -> Option<mpsc::Sender<Bytes>> {
         self.bulk.borrow().clone()
     }
 
     /// Waits until the bulk lane is attached or the session ends.
-    pub async fn bulk_ready(&self) -> Option<mpsc::Sender<Message>> {
+    pub async fn bulk_ready(&self) -> Option<mpsc::Sender<Bytes>> {
         let mut rx = self.bulk.subscribe();
         loop {
             if let Some(tx) = rx.borrow_and_update().clone() {
@@ -709,15 +710,14 @@ impl PeerLink {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (mut sink, mut stream) = framed.split();
-        let (tx, mut rx) = mpsc::channel::<Message>(BULK_QUEUE_MESSAGES_MAX);
+        let (tx, mut rx) = mpsc::channel::<Bytes>(BULK_QUEUE_MESSAGES_MAX);
         let writer_session = session.clone();
         tokio::spawn(async move {
             loop {
-                let message = tokio::select! {
+                let frame = tokio::select! {
                     _ = writer_session.closed() => break,
                     m = rx.recv() => match m { Some(m) => m, None => break },
                 };
-                let frame: Bytes = message.encode();
                 if sink.feed(frame).await.is_err() {
                     break;
                 }

@@ -17,6 +17,9 @@ use rand::{Rng, SeedableRng};
 const EXTENTS: u64 = 6;
 const BLOCKS: u64 = EXTENTS * (EXTENT / BLOCK);
 
+/// A run in a copy message: its extent, epoch, and (block, value) pairs.
+type CopiedRun = (Extent, Epoch, Vec<(BlockIndex, u64)>);
+
 #[derive(Clone, Debug)]
 enum Msg {
     Claim { id: u64, extents: Vec<Extent>, counter: Epoch },
@@ -27,7 +30,7 @@ enum Msg {
     PullReply { id: u64, value: Option<u64> },
     Release(Vec<ExtentClaim>),
     HandoverAck { extent: Extent, epoch: Epoch },
-    Copy { seq: u64, runs: Vec<(Extent, Epoch, Vec<(BlockIndex, u64)>)> },
+    Copy { seq: u64, runs: Vec<CopiedRun> },
     Progress { durable: u64 },
 }
 
