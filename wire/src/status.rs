@@ -50,6 +50,9 @@ pub struct ReplicationStatus {
     pub unsent_bytes: u64,
     /// Bytes written here and not yet durable at the peer.
     pub not_durable_at_peer_bytes: u64,
+    /// Of those, bytes the peer holds in memory (received, not yet fdatasync'ed).
+    #[serde(default)]
+    pub received_not_durable_bytes: u64,
     /// Host writes that waited for a claim or handover round trip.
     pub claim_round_trips: u64,
     /// Reads pulled from the peer.

@@ -52,6 +52,7 @@ impl AdminState {
                             peer_owned_extents: s.figures.peer_owned_extents as u64,
                             unsent_bytes: s.figures.unsent_blocks as u64 * block,
                             not_durable_at_peer_bytes: s.figures.not_durable_blocks as u64 * block,
+                            received_not_durable_bytes: s.figures.received_not_durable_blocks as u64 * block,
                             claim_round_trips: r.metrics().claim_round_trips.get(),
                             pulls: r.metrics().pulls.get(),
                             handovers: r.metrics().handovers.get(),

@@ -813,14 +813,18 @@ impl Replica {
             }
             // Let more copies arrive: one fdatasync for all of them.
             tokio::time::sleep(COPY_SYNC_LINGER).await;
-            let (generation, received, session) = {
+            let (generation, received, durable, session) = {
                 let inc = self.incoming.lock().expect("incoming lock");
                 if inc.received == inc.reported {
                     continue;
                 }
-                (inc.generation, inc.received, inc.session.clone())
+                (inc.generation, inc.received, inc.reported, inc.session.clone())
             };
             let Some(session) = session else { continue };
+            // Received (in our page cache) now; durable after the fdatasync.
+            if let Some(bulk) = session.bulk() {
+                let _ = bulk.send(Message::CopyProgress { volume: self.slot, received, durable }.encode()).await;
+            }
             let store = self.store.clone();
             if let Err(e) = blocking(move || store.sync()).await {
                 error!(volume = %self.name, error = %e, "fdatasync of copies failed");
@@ -842,10 +846,13 @@ impl Replica {
 
     // ================================================================ copy stream, sending side
 
-    /// The peer reports copies durable.
-    pub fn on_copy_progress(&self, session: &Arc<Session>, durable: u64) {
+    /// The peer reports copies received (in its memory) and durable.
+    pub fn on_copy_progress(&self, session: &Arc<Session>, received: u64, durable: u64) {
         if self.link.current().is_some_and(|s| Arc::ptr_eq(&s, session)) {
-            self.state.lock().expect("state lock").on_copy_durable(durable);
+            let mut st = self.state.lock().expect("state lock");
+            st.on_copy_received(received);
+            st.on_copy_durable(durable);
+            drop(st);
             self.bump();
             self.copy_wake.notify_one();
         }

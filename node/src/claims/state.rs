@@ -199,6 +199,9 @@ pub struct Figures {
     pub unsent_blocks: usize,
     /// Blocks written and not yet durable at the peer.
     pub not_durable_blocks: usize,
+    /// Of those, blocks the peer has received (in its memory) but not yet
+    /// made durable.
+    pub received_not_durable_blocks: usize,
 }
 
 /// The state of one volume's claims at one node.
@@ -215,6 +218,8 @@ pub struct ReplicaState {
     queued: usize,
     inflight: VecDeque<InFlight>,
     next_copy_seq: u64,
+    /// Copies up to this sequence number are in the peer's memory.
+    peer_received: u64,
     write_seq: u64,
     record_changed: bool,
     releases: Vec<ExtentClaim>,
@@ -246,6 +251,7 @@ impl ReplicaState {
             queued: 0,
             inflight: VecDeque::new(),
             next_copy_seq: 1,
+            peer_received: 0,
             write_seq: 0,
             record_changed: false,
             releases: Vec::new(),
@@ -318,6 +324,12 @@ impl ReplicaState {
             peer_owned_extents: self.peer_owned,
             unsent_blocks: self.queued,
             not_durable_blocks: self.dirty.len(),
+            received_not_durable_blocks: self
+                .inflight
+                .iter()
+                .take_while(|f| f.seq <= self.peer_received)
+                .map(|f| f.labels.len())
+                .sum(),
         }
     }
 
@@ -896,6 +908,12 @@ impl ReplicaState {
         None
     }
 
+    /// The peer reports copies up to `received` in its memory (not yet
+    /// durable: a crash there loses them, so they stay tracked until durable).
+    pub fn on_copy_received(&mut self, received: u64) {
+        self.peer_received = self.peer_received.max(received);
+    }
+
     /// The peer reports copies up to `durable` durable: blocks whose newest
     /// write they carried leave the tracking.
     pub fn on_copy_durable(&mut self, durable: u64) {
@@ -935,6 +953,7 @@ impl ReplicaState {
         q.dedup();
         self.queue = q.into();
         self.next_copy_seq = 1;
+        self.peer_received = 0;
     }
 
     /// Copies sent and not yet durable.

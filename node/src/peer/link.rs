@@ -758,9 +758,9 @@ impl PeerLink {
                 let r = self.replica(volume).ok_or_else(|| format!("copy to unknown volume slot {volume}"))?;
                 r.apply_copy(session, seq, items).await
             }
-            Message::CopyProgress { volume, received: _, durable } => {
+            Message::CopyProgress { volume, received, durable } => {
                 let r = self.replica(volume).ok_or_else(|| format!("progress of unknown volume slot {volume}"))?;
-                r.on_copy_progress(session, durable);
+                r.on_copy_progress(session, received, durable);
                 Ok(())
             }
             Message::Release { volume, extents } => {
