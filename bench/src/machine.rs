@@ -25,6 +25,21 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// Prints the common report header: title, date, machine, load, tools, command.
+    pub fn print_header(&self, title: &str, loadavg_at_end: &str, tools: &std::collections::BTreeMap<&'static str, String>, command: &[String]) {
+        println!("# geomirror {title} benchmark\n");
+        println!("- date: {}", self.started_utc);
+        println!("- machine: {} CPUs ({}), kernel {}, cpuidle {}", self.nproc, self.cpu, self.kernel, self.cpuidle);
+        println!(
+            "- CPUs busy just before the run: {}; load average (1/5/15 min): {} at start, {} at end",
+            self.cpu_busy_before.map_or_else(|| "n/a".into(), |b| format!("{:.0} %", b * 100.0)),
+            self.loadavg_at_start,
+            loadavg_at_end
+        );
+        println!("- tools: {}", tools.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("; "));
+        println!("- command: `{}`", command.join(" "));
+    }
+
     /// Reads the machine description now (takes 1 s: samples CPU use).
     pub fn describe() -> Machine {
         let read = |path: &str| std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into());

@@ -465,17 +465,7 @@ fn verdict(pass: bool) -> &'static str {
 
 fn print_report(report: &Report) {
     let m = &report.machine;
-    println!("# geomirror side-by-side benchmark\n");
-    println!("- date: {}", m.started_utc);
-    println!("- machine: {} CPUs ({}), kernel {}, cpuidle {}", m.nproc, m.cpu, m.kernel, m.cpuidle);
-    println!(
-        "- CPUs busy just before the run: {}; load average (1/5/15 min): {} at start, {} at end",
-        m.cpu_busy_before.map_or_else(|| "n/a".into(), |b| format!("{:.0} %", b * 100.0)),
-        m.loadavg_at_start,
-        report.loadavg_at_end
-    );
-    println!("- tools: {}", report.tools.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("; "));
-    println!("- command: `{}`", report.command.join(" "));
+    m.print_header("side-by-side", &report.loadavg_at_end, &report.tools, &report.command);
     println!("- total time: {:.0} s\n", report.seconds_total);
     let mut checks = Vec::new();
     for r in &report.results {

@@ -491,23 +491,13 @@ fn per_round_series(labels: &[String], rounds: u32, runs: &[RunRecord]) -> Vec<S
 /// per-round table.
 fn print_report(report: &Report, comparison: &Comparison, cost: &Comparison, series: &[Series]) {
     let machine = &report.machine;
-    println!("# geomirror single-site benchmark\n");
-    println!("- date: {}", machine.started_utc);
-    println!("- machine: {} CPUs ({}), kernel {}, cpuidle {}", machine.nproc, machine.cpu, machine.kernel, machine.cpuidle);
-    println!(
-        "- CPUs busy just before the run: {}; load average (1/5/15 min): {} at start, {} at end",
-        machine.cpu_busy_before.map_or_else(|| "n/a".into(), |b| format!("{:.0} %", b * 100.0)),
-        machine.loadavg_at_start,
-        report.loadavg_at_end
-    );
+    machine.print_header("single-site", &report.loadavg_at_end, &report.tools, &report.command);
     let other: Vec<f64> = report.runs.iter().filter(|r| r.used).filter_map(|r| r.server.other_cpus).collect();
     if let (Some(median), Some(max)) = (crate::stats::median(&other), other.iter().copied().reduce(f64::max)) {
         println!(
             "- other load during the kept jobs (machine CPU time minus the server's and fio's): median {median:.2} CPUs, max {max:.2} CPUs"
         );
     }
-    println!("- tools: {}", report.tools.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("; "));
-    println!("- command: `{}`", report.command.join(" "));
     println!(
         "- method: fio nbd engine, one connection, first {REGION_TEXT} of a {} GiB export (prefilled), {} s measured after {RAMP_S} s ramp per job, \
          {} round(s), systems alternated per job (a pair disturbed by outside load is repeated up to {} time(s)), medians over rounds",

@@ -661,17 +661,7 @@ fn verdict(pass: bool) -> &'static str {
 /// Prints every table, the PASS/MISS lines and a note under each table.
 fn print_report(r: &Report) {
     let m = &r.machine;
-    println!("# geomirror two-site benchmark\n");
-    println!("- date: {}", m.started_utc);
-    println!("- machine: {} CPUs ({}), kernel {}, cpuidle {}", m.nproc, m.cpu, m.kernel, m.cpuidle);
-    println!(
-        "- CPUs busy just before the run: {}; load average (1/5/15 min): {} at start, {} at end",
-        m.cpu_busy_before.map_or_else(|| "n/a".into(), |b| format!("{:.0} %", b * 100.0)),
-        m.loadavg_at_start,
-        r.loadavg_at_end
-    );
-    println!("- tools: {}", r.tools.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("; "));
-    println!("- command: `{}`", r.command.join(" "));
+    m.print_header("two-site", &r.loadavg_at_end, &r.tools, &r.command);
     if let Some(s) = &r.link_settings {
         println!(
             "- link: `geomirror sim` between site A (dials) and site B, {:.1} ms + {:.1} ms one way (RTT {:.1} ms), bandwidth unlimited except in the catch-up phase; all on 127.0.0.1",
