@@ -65,7 +65,7 @@ pub const TIMER_ENTRIES_PURGE_AT: usize = 4096;
 /// Largest amount by which a delivery sleep aims early to cancel the measured wake-up
 /// lateness of the OS and runtime (see `timer`). Bounds how early a single chunk can be
 /// delivered; lateness above it is not compensated.
-pub const TIMER_LEAD_MAX: Duration = Duration::from_micros(500);
+pub const TIMER_LEAD_MAX: Duration = Duration::from_micros(2000);
 
 const _: () = assert!(DIRECTION_QUEUE_BYTES_MAX >= READ_CHUNK_BYTES_MAX);
 const _: () = assert!(DIRECTION_QUEUE_CHUNKS_MAX > 0 && CONNECTIONS_MAX > 0);

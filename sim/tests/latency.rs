@@ -20,7 +20,7 @@ async fn round_trip_matches_a_20ms_link() {
     bounded(async {
         let proxy = proxy(echo_server().await, rtt_only(20 * MS)).await;
         let mut stream = connect(proxy.local_addr()).await;
-        assert_close(median_rtt(&mut stream, 10).await, 20 * MS, "20 ms link RTT");
+        assert_rtt_close(&mut stream, 10, 20 * MS, "20 ms link RTT").await;
     })
     .await;
 }
@@ -30,7 +30,7 @@ async fn round_trip_matches_a_50ms_link() {
     bounded(async {
         let proxy = proxy(echo_server().await, rtt_only(50 * MS)).await;
         let mut stream = connect(proxy.local_addr()).await;
-        assert_close(median_rtt(&mut stream, 10).await, 50 * MS, "50 ms link RTT");
+        assert_rtt_close(&mut stream, 10, 50 * MS, "50 ms link RTT").await;
     })
     .await;
 }
@@ -49,11 +49,7 @@ async fn profiles_give_their_round_trip() {
         ] {
             let proxy = proxy(echo, LinkSettings::profile(name).unwrap()).await;
             let mut stream = connect(proxy.local_addr()).await;
-            assert_close(
-                median_rtt(&mut stream, 10).await,
-                rtt,
-                &format!("{name} profile RTT"),
-            );
+            assert_rtt_close(&mut stream, 10, rtt, &format!("{name} profile RTT")).await;
             proxy.shutdown().await;
         }
     })
@@ -75,20 +71,27 @@ async fn asymmetric_delays_apply_to_their_own_direction() {
             mut server,
         } = connect_through(&proxy, &upstream).await;
         let mut byte = [0u8; 1];
-        let mut ab = Vec::new();
-        let mut ba = Vec::new();
-        for _ in 0..5 {
-            let sent = Instant::now();
-            client.write_all(b"a").await.unwrap();
-            server.read_exact(&mut byte).await.unwrap();
-            ab.push(sent.elapsed());
-            let sent = Instant::now();
-            server.write_all(b"b").await.unwrap();
-            client.read_exact(&mut byte).await.unwrap();
-            ba.push(sent.elapsed());
+        // Up to three rounds of five samples (see `assert_rtt_close`).
+        let (mut ab, mut ba) = (Vec::new(), Vec::new());
+        for _attempt in 0..3 {
+            ab.clear();
+            ba.clear();
+            for _ in 0..5 {
+                let sent = Instant::now();
+                client.write_all(b"a").await.unwrap();
+                server.read_exact(&mut byte).await.unwrap();
+                ab.push(sent.elapsed());
+                let sent = Instant::now();
+                server.write_all(b"b").await.unwrap();
+                client.read_exact(&mut byte).await.unwrap();
+                ba.push(sent.elapsed());
+            }
+            ab.sort();
+            ba.sort();
+            if within(ab[2], 30 * MS) && within(ba[2], 5 * MS) {
+                break;
+            }
         }
-        ab.sort();
-        ba.sort();
         assert_close(ab[2], 30 * MS, "one-way a->b");
         assert_close(ba[2], 5 * MS, "one-way b->a");
     })
@@ -161,11 +164,7 @@ async fn put_link_changes_the_rtt_of_a_live_connection() {
     bounded(async {
         let proxy = proxy(echo_server().await, rtt_only(20 * MS)).await;
         let mut stream = connect(proxy.local_addr()).await;
-        assert_close(
-            median_rtt(&mut stream, 5).await,
-            20 * MS,
-            "before PUT /link",
-        );
+        assert_rtt_close(&mut stream, 5, 20 * MS, "before PUT /link").await;
 
         let control = ControlClient::new(proxy.control_addr().unwrap());
         let update = LinkUpdate {
@@ -174,7 +173,7 @@ async fn put_link_changes_the_rtt_of_a_live_connection() {
         };
         let status = control.update(&update).await.unwrap();
         assert_eq!(status.settings.rtt(), 60 * MS);
-        assert_close(median_rtt(&mut stream, 5).await, 60 * MS, "after PUT /link");
+        assert_rtt_close(&mut stream, 5, 60 * MS, "after PUT /link").await;
     })
     .await;
 }
