@@ -51,7 +51,7 @@
 //! # Invariants
 //! - Within one connection and direction, bytes are delivered in the order they were read.
 //! - The model schedules no byte before `offered + serialization + delay - jitter`; the proxy
-//!   writes it at most [`limits::TIMER_LEAD_MAX`] (0.5 ms) before that, as its timer aims early
+//!   writes it at most [`limits::TIMER_LEAD_MAX`] (2 ms) before that, as its timer aims early
 //!   by the measured wake-up lateness.
 //! - Queues never exceed their bounds (asserted).
 
