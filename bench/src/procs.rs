@@ -206,11 +206,19 @@ impl Server {
     /// Starts `program args` with stdout and stderr appended to `log`.
     pub fn start(name: &str, program: &Path, args: &[String], log: PathBuf) -> Result<Server> {
         let file = File::create(&log).with_context(|| format!("create {}", log.display()))?;
-        let child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().context("duplicate the log file handle")?)
-            .stderr(file)
+        let mut command = Command::new(program);
+        command.args(args).stdin(Stdio::null()).stdout(file.try_clone().context("duplicate the log file handle")?).stderr(file);
+        // If the benchmark itself is killed, its servers go too (the signal
+        // follows the spawning thread, the benchmark's main thread).
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command
             .spawn()
             .with_context(|| format!("start {name} (`{} {}`)", program.display(), args.join(" ")))?;
         Ok(Server { name: name.to_string(), child, log })

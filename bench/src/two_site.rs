@@ -861,8 +861,8 @@ fn print_report(r: &Report) {
          payload ÷ host < 1 is the write-combining saving); link: the simulator's delivered bytes A→B, i.e. everything that crossed the link \
          (copy frames, TLS records, the priority lane, heartbeats and the releases of other volumes — the idle link carried {} bytes/s A→B), \
          so link ÷ payload − 1 is the whole framing + TLS overhead. The last-but-one column is what the node's \
-         geomirror_peer_sent_bytes_total{{lane=\"bulk\"}} claims; it is computed from fixed sizes (16 bytes per message + 24 per run), not the \
-         encoded frame, and can exceed what crossed the link. Target: link ÷ host ≤ 1.0.\n",
+         geomirror_peer_sent_bytes_total{{lane=\"bulk\"}} counts: the encoded frames of this volume's copies and releases plus their 4-byte \
+         length prefix, without TLS. Target: link ÷ host ≤ 1.0.\n",
         r.runtime_s,
         r.idle_link_bytes_per_second.map_or_else(|| "n/a".into(), |x| format!("{x:.0}"))
     );
