@@ -89,7 +89,7 @@ fn fio_verify_workload_passes() {
         "fio",
         &[
             "--name=verify", "--ioengine=nbd", &format!("--uri={uri}"), "--rw=randwrite", "--bs=4k",
-            "--size=16m", "--iodepth=16", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
+            "--size=16m", "--iodepth=16", "--verify=crc32c", "--verify_state_save=0", "--do_verify=1", "--verify_fatal=1",
             "--output-format=json",
         ],
     );

@@ -103,6 +103,7 @@ fn fio_verify_at_both_sites_on_disjoint_ranges() {
             "--size=8m".into(),
             "--iodepth=8".into(),
             "--verify=crc32c".into(),
+            "--verify_state_save=0".into(),
             "--randseed=1234".into(),
             "--verify_fatal=1".into(),
             "--output-format=json".into(),
