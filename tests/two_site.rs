@@ -227,6 +227,17 @@ fn a_mismatched_volume_is_reported_and_not_served() {
     let out = run_with_deadline(60, "qemu-io", &["-f", "raw", "-c", "write -P 1 0 4k", &uri(&s.a)]);
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("Input/output error"), "{text}");
+    // Fixed at B (a fresh volume of the right size): served again.
+    let mut s = s;
+    s.b.kill9();
+    let config = std::fs::read_to_string(&s.b_config).unwrap().replace("\"32MiB\"", "\"64MiB\"");
+    std::fs::write(&s.b_config, config).unwrap();
+    std::fs::remove_dir_all(s.dir.path().join("data-site-b").join("volumes").join("vol0")).unwrap();
+    s.b = NodeProcess::start(&s.b_config);
+    s.wait_link_up(Duration::from_secs(20));
+    assert!(eventually(Duration::from_secs(10), || status(&s.a)["volumes"][0]["serving"] == true), "{}", status(&s.a));
+    qemu_io(&uri(&s.a), &["write -P 0x11 0 4k".into()]);
+    qemu_io(&uri(&s.b), &["read -P 0x11 0 4k".into()]);
 }
 
 /// Writes at A across many extents, then `kill -9` of one site while the
