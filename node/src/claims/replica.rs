@@ -27,7 +27,7 @@ use crate::limits::{
 use crate::metrics::ReplicaMetrics;
 use crate::peer::link::{LinkError, PeerLink, RequestKind, Session};
 use crate::store::{BlockStore, StoreError, ZeroMode};
-use crate::volume::VolumeError;
+use crate::volume::{VolumeError, blocking};
 
 /// What a host write does to the store.
 #[derive(Clone, Debug)]
@@ -86,6 +86,8 @@ pub struct Replica {
     copy_generation: std::sync::atomic::AtomicU64,
     problem: Mutex<Option<String>>,
     peer_timeout: Duration,
+    /// The owned-extent limit (from the knobs; fixed), bounding write groups.
+    max_owned: usize,
     metrics: ReplicaMetrics,
 }
 
@@ -131,6 +133,7 @@ impl Replica {
             copy_generation: std::sync::atomic::AtomicU64::new(0),
             problem: Mutex::new(None),
             peer_timeout,
+            max_owned: knobs.max_owned,
             metrics: ReplicaMetrics::new(name),
         }))
     }
@@ -201,7 +204,7 @@ impl Replica {
         let mut waited = false;
         let g = self.geometry;
         let extents = g.extents_of(offset, length);
-        let group = WRITE_GROUP_EXTENTS_MAX.min(self.max_owned() as u64).max(1);
+        let group = WRITE_GROUP_EXTENTS_MAX.min(self.max_owned as u64).max(1);
         let mut start = *extents.start();
         while start <= *extents.end() {
             let end = (start + group - 1).min(*extents.end());
@@ -235,10 +238,6 @@ impl Replica {
         Ok(())
     }
 
-    fn max_owned(&self) -> usize {
-        // Knobs are fixed; read once through the state.
-        self.state.lock().expect("state lock").knobs().max_owned
-    }
 
     async fn store_write(&self, offset: u64, length: u64, op: WriteOp) -> Result<(), VolumeError> {
         let store = self.store.clone();
@@ -1027,13 +1026,5 @@ impl Replica {
         if let Err(e) = self.persist().await {
             error!(volume = %self.name, error = %e, "failed to write the claims record");
         }
-    }
-}
-
-/// Runs `f` on the blocking pool; a panic in it is re-raised here.
-async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }

@@ -290,11 +290,6 @@ impl ReplicaState {
         s
     }
 
-    /// Knobs.
-    pub fn knobs(&self) -> Knobs {
-        self.knobs
-    }
-
     /// Geometry.
     pub fn geometry(&self) -> Geometry {
         self.geometry
