@@ -22,6 +22,7 @@ use crate::pair::{self, Pair, VolumeSpec};
 use crate::procs;
 use crate::qemu_mirror::{CopyMode, QemuMirror};
 use crate::sim;
+use crate::table::verdict;
 use crate::stats::{median, median_of_present};
 use crate::systems::{self, EXPORT, VOLUME_BYTES};
 use crate::table::{self, Format};
@@ -459,10 +460,6 @@ fn med(runs: &[&RunRecord], f: impl Fn(&RunRecord) -> Option<f64>) -> Option<f64
     median_of_present(&runs.iter().map(|r| f(r)).collect::<Vec<_>>())
 }
 
-fn verdict(pass: bool) -> &'static str {
-    if pass { "PASS" } else { "MISS" }
-}
-
 fn print_report(report: &Report) {
     let m = &report.machine;
     m.print_header("side-by-side", &report.loadavg_at_end, &report.tools, &report.command);
@@ -589,10 +586,7 @@ fn print_report(report: &Report) {
             checks.push(format!("{} RTT {}: geomirror reads at B fresh in {fresh}/{} probes (target: all)", verdict(fresh == p.len()), r.rtt, p.len()));
         }
     }
-    println!("## Targets\n");
-    for c in &checks {
-        println!("- {c}");
-    }
+    crate::table::print_targets(&checks);
 }
 
 #[cfg(test)]

@@ -217,6 +217,19 @@ fn group_thousands(n: u64) -> String {
     groups.join(",")
 }
 
+/// PASS or MISS for a target check.
+pub fn verdict(pass: bool) -> &'static str {
+    if pass { "PASS" } else { "MISS" }
+}
+
+/// Prints the `## Targets` section: one line per check.
+pub fn print_targets(checks: &[String]) {
+    println!("## Targets\n");
+    for c in checks {
+        println!("- {c}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,3 +307,4 @@ mod tests {
         assert_eq!(format_value(1234.5, Format::TwoDecimals), "1,234.50");
     }
 }
+

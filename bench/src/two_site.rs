@@ -19,6 +19,7 @@ use crate::node_status::{Metrics, NodeStatus, Replication};
 use crate::pair::{self, Pair, VolumeSpec};
 use crate::procs;
 use crate::sim::{self, LinkStatus};
+use crate::table::verdict;
 use crate::stats::{median, median_of_present};
 use crate::systems;
 use crate::table::{self, Format};
@@ -654,10 +655,6 @@ fn ms(us: Option<f64>) -> String {
     us.map_or_else(|| "n/a".into(), |v| format!("{:.2}", v / 1000.0))
 }
 
-fn verdict(pass: bool) -> &'static str {
-    if pass { "PASS" } else { "MISS" }
-}
-
 /// Prints every table, the PASS/MISS lines and a note under each table.
 fn print_report(r: &Report) {
     let m = &r.machine;
@@ -935,10 +932,7 @@ fn print_report(r: &Report) {
         ));
     }
 
-    println!("## Targets\n");
-    for c in &checks {
-        println!("- {c}");
-    }
+    crate::table::print_targets(&checks);
 }
 
 #[cfg(test)]
