@@ -19,6 +19,9 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 
 export RUST_BACKTRACE=1
+# Style and lints first: cheap, and a failure here is the easiest to fix.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 # Test binaries run one at a time (each spawns node processes); tests inside
 # a binary run in parallel on the 2 cores.
 cargo test --workspace --locked "$@"

@@ -71,7 +71,17 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn write_config(dir: &Path, own: &str, peer: &str, nbd: SocketAddr, admin: SocketAddr, listen: &str, connect: &str, volume: &str, size: &str) -> anyhow::Result<PathBuf> {
+fn write_config(
+    dir: &Path,
+    own: &str,
+    peer: &str,
+    nbd: SocketAddr,
+    admin: SocketAddr,
+    listen: &str,
+    connect: &str,
+    volume: &str,
+    size: &str,
+) -> anyhow::Result<PathBuf> {
     let path = dir.join(format!("{own}.toml"));
     let text = format!(
         "# geomirror demo: {own}\n[node]\nname = \"{own}\"\ndata_dir = \"{own}\"\n\n[nbd]\nlisten = \"{nbd}\"\n\n[admin]\nlisten = \"{admin}\"\n\n\

@@ -126,10 +126,7 @@ fn histories_at_both_sites_are_linearizable() {
         let per_block = run_seed(&sites, seed);
         for (block, ops) in per_block.iter().enumerate() {
             total += ops.len();
-            assert!(
-                linearizable(ops, 0),
-                "seed {seed}, block {block}: history is not linearizable:\n{ops:#?}"
-            );
+            assert!(linearizable(ops, 0), "seed {seed}, block {block}: history is not linearizable:\n{ops:#?}");
         }
     }
     let handovers = figure(&sites.a, "handovers") + figure(&sites.b, "handovers");

@@ -34,7 +34,13 @@ fn qemu_io_patterns_read_back_at_several_offsets() {
     let n = SingleNode::start("vol0", "64MiB");
     let uri = n.node.uri("vol0");
     // Aligned, unaligned, crossing an extent boundary, and at the very end.
-    let cases = [(0u64, 4096u64, 0x11u8), (12345, 1000, 0x22), ((1 << 20) - 2048, 8192, 0x33), ((64 << 20) - 65536, 65536, 0x44), (7 << 20, 3 << 20, 0x55)];
+    let cases = [
+        (0u64, 4096u64, 0x11u8),
+        (12345, 1000, 0x22),
+        ((1 << 20) - 2048, 8192, 0x33),
+        ((64 << 20) - 65536, 65536, 0x44),
+        (7 << 20, 3 << 20, 0x55),
+    ];
     let writes: Vec<String> = cases.iter().map(|(o, l, p)| format!("write -P {p:#x} {o} {l}")).collect();
     qemu_io(&uri, &writes);
     let reads: Vec<String> = cases.iter().map(|(o, l, p)| format!("read -P {p:#x} {o} {l}")).collect();
@@ -88,8 +94,17 @@ fn fio_verify_workload_passes() {
         180,
         "fio",
         &[
-            "--name=verify", "--ioengine=nbd", &format!("--uri={uri}"), "--rw=randwrite", "--bs=4k",
-            "--size=16m", "--iodepth=16", "--verify=crc32c", "--verify_state_save=0", "--do_verify=1", "--verify_fatal=1",
+            "--name=verify",
+            "--ioengine=nbd",
+            &format!("--uri={uri}"),
+            "--rw=randwrite",
+            "--bs=4k",
+            "--size=16m",
+            "--iodepth=16",
+            "--verify=crc32c",
+            "--verify_state_save=0",
+            "--do_verify=1",
+            "--verify_fatal=1",
             "--output-format=json",
         ],
     );
@@ -119,7 +134,8 @@ fn several_clients_at_once_see_each_others_writes() {
         h.join().expect("client thread");
     }
     // One more client reads everything the six wrote.
-    let cmds: Vec<String> = (0..6u64).flat_map(|i| (0..8u64).map(move |j| format!("read -P {:#x} {} 256k", 0x10 + i, (i * 8 + j) << 20))).collect();
+    let cmds: Vec<String> =
+        (0..6u64).flat_map(|i| (0..8u64).map(move |j| format!("read -P {:#x} {} 256k", 0x10 + i, (i * 8 + j) << 20))).collect();
     qemu_io(&uri, &cmds);
     let status: serde_json::Value = serde_json::from_str(&n.node.admin_get("/status")).unwrap();
     assert_eq!(status["volumes"][0]["writes_total"], 48);

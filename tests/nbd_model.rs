@@ -39,9 +39,7 @@ fn random_operations_read_back_like_the_model() {
     let n = SingleNode::start("vol0", "1MiB");
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 24, ..ProptestConfig::default() });
     let strategy = (proptest::collection::vec(op(), 1..30), any::<bool>());
-    runner
-        .run(&strategy, |(ops, structured)| check_case(&n, &ops, structured))
-        .unwrap();
+    runner.run(&strategy, |(ops, structured)| check_case(&n, &ops, structured)).unwrap();
 }
 
 fn check_case(n: &SingleNode, ops: &[Op], structured: bool) -> Result<(), TestCaseError> {

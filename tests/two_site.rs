@@ -53,7 +53,8 @@ fn alternating_writers_on_the_same_blocks_read_back_the_newest_at_both_sites() {
 fn after_release_the_survivor_holds_every_block_written_at_the_dead_site() {
     require_tool("qemu-io");
     let mut s = TwoSites::start(TwoSiteOptions { release_after: "1s", rtt: Some("4ms"), ..Default::default() });
-    let writes: Vec<(u64, u64, u8)> = (0..24u64).map(|i| ((i * 2_654_435_761) % (60 << 20) / 4096 * 4096, 4096 * (1 + i % 5), 0x30 + i as u8)).collect();
+    let writes: Vec<(u64, u64, u8)> =
+        (0..24u64).map(|i| ((i * 2_654_435_761) % (60 << 20) / 4096 * 4096, 4096 * (1 + i % 5), 0x30 + i as u8)).collect();
     for chunk in writes.chunks(8) {
         let cmds: Vec<String> = chunk.iter().map(|(o, l, p)| format!("write -P {p:#x} {o} {l}")).collect();
         qemu_io(&uri(&s.a), &cmds);
@@ -85,7 +86,10 @@ fn after_release_the_survivor_holds_every_block_written_at_the_dead_site() {
     s.restart_a();
     s.wait_link_up(Duration::from_secs(15));
     let (o, l, _) = writes[3];
-    qemu_io(&uri(&s.a), &[format!("read -P {:#x} {o} 1", model[o as usize]), format!("read -P {:#x} {} 1", model[(o + l - 1) as usize], o + l - 1)]);
+    qemu_io(
+        &uri(&s.a),
+        &[format!("read -P {:#x} {o} 1", model[o as usize]), format!("read -P {:#x} {} 1", model[(o + l - 1) as usize], o + l - 1)],
+    );
 }
 
 #[test]
@@ -253,7 +257,8 @@ fn writes_survive_kill_9_of(victim_is_a: bool) {
     if victim_is_a {
         s.a.kill9();
         // B cannot read A's extents while A is away: EIO, never stale data.
-        let out = run_with_deadline(60, "qemu-io", &["-f", "raw", "-c", &format!("read -P {:#x} {} 4k", writes[0].1, writes[0].0), &uri(&s.b)]);
+        let out =
+            run_with_deadline(60, "qemu-io", &["-f", "raw", "-c", &format!("read -P {:#x} {} 4k", writes[0].1, writes[0].0), &uri(&s.b)]);
         let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
         assert!(text.contains("Input/output error"), "{text}");
         s.restart_a();
@@ -296,7 +301,13 @@ fn acknowledged_writes_survive_kill_9_of_the_receiver() {
 #[test]
 fn the_owned_extent_limit_holds_and_applies_back_pressure() {
     require_tool("qemu-io");
-    let s = TwoSites::start(TwoSiteOptions { rtt: Some("20ms"), max_owned_extents: 2, predict_extents: 0, release_after: "100ms", ..Default::default() });
+    let s = TwoSites::start(TwoSiteOptions {
+        rtt: Some("20ms"),
+        max_owned_extents: 2,
+        predict_extents: 0,
+        release_after: "100ms",
+        ..Default::default()
+    });
     let uri_a = uri(&s.a);
     let writer = std::thread::spawn(move || {
         // Ten extents, 256 KiB each: far more than the limit of two.

@@ -179,9 +179,8 @@ pub fn run(job: &Job, uri: &str, work_dir: &Path) -> Result<Run> {
             procs::tail_lines(&output.stdout, 15),
         );
     }
-    let (stats, raw) = parse_output(&output.stdout).with_context(|| {
-        format!("read fio's JSON for job `{}`; stderr (tail):\n{}", job.name, procs::tail_lines(&output.stderr, 15))
-    })?;
+    let (stats, raw) = parse_output(&output.stdout)
+        .with_context(|| format!("read fio's JSON for job `{}`; stderr (tail):\n{}", job.name, procs::tail_lines(&output.stderr, 15)))?;
     Ok(Run { stats, raw })
 }
 
@@ -200,11 +199,8 @@ pub fn parse_output(stdout: &str) -> Result<(JobStats, Value)> {
         bail!("fio reports error {error} for job `{}`", job.get("jobname").and_then(Value::as_str).unwrap_or("?"));
     }
     let cpu = |key: &str| job.get(key).and_then(Value::as_f64).unwrap_or(0.0);
-    let stats = JobStats {
-        client_cpu_percent: cpu("usr_cpu") + cpu("sys_cpu"),
-        read: dir_stats(job, "read")?,
-        write: dir_stats(job, "write")?,
-    };
+    let stats =
+        JobStats { client_cpu_percent: cpu("usr_cpu") + cpu("sys_cpu"), read: dir_stats(job, "read")?, write: dir_stats(job, "write")? };
     Ok((stats, value))
 }
 

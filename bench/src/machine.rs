@@ -26,7 +26,13 @@ pub struct Machine {
 
 impl Machine {
     /// Prints the common report header: title, date, machine, load, tools, command.
-    pub fn print_header(&self, title: &str, loadavg_at_end: &str, tools: &std::collections::BTreeMap<&'static str, String>, command: &[String]) {
+    pub fn print_header(
+        &self,
+        title: &str,
+        loadavg_at_end: &str,
+        tools: &std::collections::BTreeMap<&'static str, String>,
+        command: &[String],
+    ) {
         println!("# geomirror {title} benchmark\n");
         println!("- date: {}", self.started_utc);
         println!("- machine: {} CPUs ({}), kernel {}, cpuidle {}", self.nproc, self.cpu, self.kernel, self.cpuidle);
@@ -45,7 +51,9 @@ impl Machine {
         let read = |path: &str| std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into());
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string()))
+            .and_then(|s| {
+                s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string())
+            })
             .unwrap_or_else(|| "unknown".into());
         Machine {
             nproc: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
@@ -111,7 +119,6 @@ pub fn loadavg() -> String {
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into())
 }
-
 
 /// `2026-11-22T00:32:34Z` for `t` (whole seconds, UTC).
 pub fn rfc3339_utc(t: SystemTime) -> String {

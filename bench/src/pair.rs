@@ -165,7 +165,10 @@ key = "{d}/certs/{name}-key.pem"
 /// `bandwidth` (bits/s, `None` unlimited) and waits until it is ready.
 pub fn start(binary: &Path, dir: &Path, volumes: &[VolumeSpec], rtt: Duration, bandwidth: Option<u64>) -> Result<Pair> {
     if !binary.is_file() {
-        bail!("geomirror binary not found at {}; build it with `cargo build --release -p geomirror` or pass --geomirror PATH", binary.display());
+        bail!(
+            "geomirror binary not found at {}; build it with `cargo build --release -p geomirror` or pass --geomirror PATH",
+            binary.display()
+        );
     }
     if volumes.is_empty() {
         bail!("a pair needs at least one volume");
@@ -182,18 +185,21 @@ pub fn start(binary: &Path, dir: &Path, volumes: &[VolumeSpec], rtt: Duration, b
 
     let (b_nbd, b_admin, b_peer, b_unused) = (procs::free_port()?, procs::free_port()?, procs::free_port()?, procs::free_port()?);
     let b_config = dir.join("site-b.toml");
-    std::fs::write(&b_config, node_config(
-        &SiteConfig {
-            name: "site-b",
-            peer: "site-a",
-            nbd_port: b_nbd,
-            admin_port: b_admin,
-            peer_listen: b_peer,
-            peer_connect: &format!("127.0.0.1:{b_unused}"),
-        },
-        dir,
-        volumes,
-    ))?;
+    std::fs::write(
+        &b_config,
+        node_config(
+            &SiteConfig {
+                name: "site-b",
+                peer: "site-a",
+                nbd_port: b_nbd,
+                admin_port: b_admin,
+                peer_listen: b_peer,
+                peer_connect: &format!("127.0.0.1:{b_unused}"),
+            },
+            dir,
+            volumes,
+        ),
+    )?;
     let node_args = |config: &Path| vec!["node".to_string(), "--config".to_string(), config.display().to_string()];
     let mut b_server = Server::start("site-b", binary, &node_args(&b_config), dir.join("site-b.log"))?;
     let first = volumes[0].name;
@@ -203,11 +209,21 @@ pub fn start(binary: &Path, dir: &Path, volumes: &[VolumeSpec], rtt: Duration, b
 
     let (a_nbd, a_admin, a_peer) = (procs::free_port()?, procs::free_port()?, procs::free_port()?);
     let a_config = dir.join("site-a.toml");
-    std::fs::write(&a_config, node_config(
-        &SiteConfig { name: "site-a", peer: "site-b", nbd_port: a_nbd, admin_port: a_admin, peer_listen: a_peer, peer_connect: &sim.listen },
-        dir,
-        volumes,
-    ))?;
+    std::fs::write(
+        &a_config,
+        node_config(
+            &SiteConfig {
+                name: "site-a",
+                peer: "site-b",
+                nbd_port: a_nbd,
+                admin_port: a_admin,
+                peer_listen: a_peer,
+                peer_connect: &sim.listen,
+            },
+            dir,
+            volumes,
+        ),
+    )?;
     let mut a_server = Server::start("site-a", binary, &node_args(&a_config), dir.join("site-a.log"))?;
     a_server.wait_nbd_ready(&format!("nbd://127.0.0.1:{a_nbd}/{first}"), volumes[0].size_bytes, READY_TIMEOUT)?;
 
@@ -233,7 +249,8 @@ mod tests {
 
     #[test]
     fn config_has_peer_tls_and_every_volume() {
-        let vols = [VolumeSpec::default_named("p0"), VolumeSpec { predict_extents: 64, release_after: "5m", ..VolumeSpec::default_named("p64") }];
+        let vols =
+            [VolumeSpec::default_named("p0"), VolumeSpec { predict_extents: 64, release_after: "5m", ..VolumeSpec::default_named("p64") }];
         let site = SiteConfig { name: "site-a", peer: "site-b", nbd_port: 1, admin_port: 2, peer_listen: 3, peer_connect: "127.0.0.1:9" };
         let toml = node_config(&site, Path::new("/t"), &vols);
         for want in [

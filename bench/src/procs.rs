@@ -54,10 +54,7 @@ pub fn tool_version(program: &str, install_hint: &str) -> Result<String> {
 /// describe --always --dirty` of that checkout (the node may be rebuilt between runs while others work
 /// in the same tree).
 pub fn build_info(binary: &Path) -> String {
-    let built = std::fs::metadata(binary)
-        .and_then(|m| m.modified())
-        .map(crate::machine::rfc3339_utc)
-        .unwrap_or_else(|_| "unknown".into());
+    let built = std::fs::metadata(binary).and_then(|m| m.modified()).map(crate::machine::rfc3339_utc).unwrap_or_else(|_| "unknown".into());
     let commit = Command::new("git")
         .args(["describe", "--always", "--dirty", "--exclude", "*"])
         .current_dir(binary.parent().filter(|p| p.is_dir()).unwrap_or(Path::new(".")))
@@ -218,9 +215,7 @@ impl Server {
                 Ok(())
             });
         }
-        let child = command
-            .spawn()
-            .with_context(|| format!("start {name} (`{} {}`)", program.display(), args.join(" ")))?;
+        let child = command.spawn().with_context(|| format!("start {name} (`{} {}`)", program.display(), args.join(" ")))?;
         Ok(Server { name: name.to_string(), child, log })
     }
 
@@ -322,7 +317,8 @@ mod tests {
         let err = run_to_completion("sleep", &["30".into()], dir.path(), "sleep", Duration::from_millis(200)).unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(10));
         assert!(err.to_string().contains("did not finish"), "{err}");
-        let ok = run_to_completion("sh", &["-c".into(), "echo out; echo err >&2".into()], dir.path(), "sh", Duration::from_secs(10)).unwrap();
+        let ok =
+            run_to_completion("sh", &["-c".into(), "echo out; echo err >&2".into()], dir.path(), "sh", Duration::from_secs(10)).unwrap();
         assert!(ok.status.success());
         assert_eq!((ok.stdout.as_str(), ok.stderr.as_str()), ("out\n", "err\n"));
     }

@@ -124,7 +124,8 @@ impl QemuMirror {
             "--aio=threads",
             &image_b.display().to_string(),
         ]);
-        let mut qnbd_b = Server::start(&format!("{label} site-B qemu-nbd"), Path::new("qemu-nbd"), &qnbd_args, home.join("qemu-nbd-b.log"))?;
+        let mut qnbd_b =
+            Server::start(&format!("{label} site-B qemu-nbd"), Path::new("qemu-nbd"), &qnbd_args, home.join("qemu-nbd-b.log"))?;
         qnbd_b.wait_nbd_ready(&format!("nbd://127.0.0.1:{port_b}/{EXPORT}"), VOLUME_BYTES, READY_TIMEOUT)?;
 
         let sim = Sim::start(geomirror, &format!("{label}-sim"), &format!("127.0.0.1:{port_b}"), rtt, None, &home)?;
@@ -140,7 +141,8 @@ impl QemuMirror {
         )?;
         let uri_a = format!("nbd://127.0.0.1:{port_a}/{EXPORT}");
         qsd.wait_nbd_ready(&uri_a, VOLUME_BYTES, READY_TIMEOUT)?;
-        let mut qmp = Qmp::connect(&qmp_socket, READY_TIMEOUT).with_context(|| format!("QMP of {label}; daemon log:\n{}", qsd.log_tail(10)))?;
+        let mut qmp =
+            Qmp::connect(&qmp_socket, READY_TIMEOUT).with_context(|| format!("QMP of {label}; daemon log:\n{}", qsd.log_tail(10)))?;
         qmp.execute(
             "blockdev-add",
             Some(json!({
@@ -214,7 +216,8 @@ impl QemuMirror {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let args = strings(&["compare", "-q", "-f", "raw", "-F", "raw", &self.image_a.display().to_string(), &self.image_b.display().to_string()]);
+        let args =
+            strings(&["compare", "-q", "-f", "raw", "-F", "raw", &self.image_a.display().to_string(), &self.image_b.display().to_string()]);
         let out = procs::run_to_completion("qemu-img", &args, work, &format!("{}-compare", self.label), Duration::from_secs(120))?;
         match out.status.code() {
             Some(0) => Ok(true),

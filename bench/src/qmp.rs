@@ -98,7 +98,15 @@ pub fn block_jobs(value: &Value) -> Result<Vec<BlockJob>> {
             if j.get("device").is_none() {
                 bail!("block job without `device`: {j}");
             }
-            Ok(BlockJob { device: s("device"), kind: s("type"), ready: b("ready"), offset: n("offset"), len: n("len"), status: s("status"), busy: b("busy") })
+            Ok(BlockJob {
+                device: s("device"),
+                kind: s("type"),
+                ready: b("ready"),
+                offset: n("offset"),
+                len: n("len"),
+                status: s("status"),
+                busy: b("busy"),
+            })
         })
         .collect()
 }
@@ -179,14 +187,19 @@ mod tests {
 
     #[test]
     fn parses_greeting_returns_errors_and_events() {
-        let greeting = r#"{"QMP": {"version": {"qemu": {"micro": 2, "minor": 0, "major": 10}, "package": "Debian"}, "capabilities": ["oob"]}}"#;
+        let greeting =
+            r#"{"QMP": {"version": {"qemu": {"micro": 2, "minor": 0, "major": 10}, "package": "Debian"}, "capabilities": ["oob"]}}"#;
         assert!(matches!(parse_message(greeting).unwrap(), Message::Greeting(_)));
         assert_eq!(parse_message(r#"{"return": {}, "id": 1}"#).unwrap(), Message::Return { id: Some(json!(1)), value: json!({}) });
         assert_eq!(parse_message(r#"{"return": {}}"#).unwrap(), Message::Return { id: None, value: json!({}) });
         let err = r#"{"id": 3, "error": {"class": "GenericError", "desc": "Cannot find device='nope' nor node-name='nope'"}}"#;
         assert_eq!(
             parse_message(err).unwrap(),
-            Message::Error { id: Some(json!(3)), class: "GenericError".into(), desc: "Cannot find device='nope' nor node-name='nope'".into() }
+            Message::Error {
+                id: Some(json!(3)),
+                class: "GenericError".into(),
+                desc: "Cannot find device='nope' nor node-name='nope'".into()
+            }
         );
         let event = r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "BLOCK_JOB_READY", "data": {"device": "geo", "len": 0, "offset": 0, "speed": 0, "type": "mirror"}}"#;
         match parse_message(event).unwrap() {
@@ -237,7 +250,10 @@ mod tests {
             assert!(line.contains("query-block-jobs"), "{line}");
             // An event first, then the reply.
             w.write_all(b"{\"event\": \"JOB_STATUS_CHANGE\", \"data\": {\"status\": \"ready\", \"id\": \"geo\"}}\r\n").unwrap();
-            w.write_all(b"{\"return\": [{\"device\": \"geo\", \"type\": \"mirror\", \"ready\": true, \"len\": 5, \"offset\": 5}], \"id\": 2}\r\n").unwrap();
+            w.write_all(
+                b"{\"return\": [{\"device\": \"geo\", \"type\": \"mirror\", \"ready\": true, \"len\": 5, \"offset\": 5}], \"id\": 2}\r\n",
+            )
+            .unwrap();
             line.clear();
             r.read_line(&mut line).unwrap();
             w.write_all(b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"bad\"}, \"id\": 3}\r\n").unwrap();

@@ -22,9 +22,9 @@ use crate::pair::{self, Pair, VolumeSpec};
 use crate::procs;
 use crate::qemu_mirror::{CopyMode, QemuMirror};
 use crate::sim;
-use crate::table::verdict;
 use crate::stats::{median, median_of_present};
 use crate::systems::{self, EXPORT, VOLUME_BYTES};
+use crate::table::verdict;
 use crate::table::{self, Format};
 
 /// Options of `side-by-side`.
@@ -211,7 +211,10 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let machine = Machine::describe();
     if let Some(busy) = machine.cpu_busy_before.filter(|&b| b > 0.1) {
-        eprintln!("warning: the CPUs were {:.0} % busy just before the run: other work on this machine will skew the figures", busy * 100.0);
+        eprintln!(
+            "warning: the CPUs were {:.0} % busy just before the run: other work on this machine will skew the figures",
+            busy * 100.0
+        );
     }
     let geomirror_bin = common.geomirror_binary()?;
     let mut tools = BTreeMap::new();
@@ -265,7 +268,8 @@ fn start_systems(geomirror: &Path, dir: &Path, rtt: Duration) -> Result<Vec<Syst
     let vol = VolumeSpec { release_after: "5m", ..VolumeSpec::default_named(EXPORT) };
     let pair = pair::start(geomirror, &dir.join("geomirror"), &[vol], rtt, None).context("start geomirror (two sites)")?;
     let local = systems::start_qemu_nbd(dir).context("start qemu-nbd")?;
-    let wb = QemuMirror::start(geomirror, dir, "qsd-write-blocking", CopyMode::WriteBlocking, rtt).context("start the write-blocking QEMU mirror")?;
+    let wb = QemuMirror::start(geomirror, dir, "qsd-write-blocking", CopyMode::WriteBlocking, rtt)
+        .context("start the write-blocking QEMU mirror")?;
     let bg = QemuMirror::start(geomirror, dir, "qsd-background", CopyMode::Background, rtt).context("start the background QEMU mirror")?;
     Ok(vec![
         System { label: LABELS[0], kind: Kind::Geomirror(Box::new(pair)) },
@@ -294,7 +298,15 @@ fn run_rtt(args: &Args, geomirror: &Path, dir: &Path, rtt_text: &str, rtt: Durat
 
     let mut prefill_mb_per_s = BTreeMap::new();
     for s in &mut systems {
-        let j = Job { name: "prefill".into(), rw: "write", block_size: "1m", iodepth: 8, size: REGION.into(), timing: Timing::Once, extra: vec![] };
+        let j = Job {
+            name: "prefill".into(),
+            rw: "write",
+            block_size: "1m",
+            iodepth: 8,
+            size: REGION.into(),
+            timing: Timing::Once,
+            extra: vec![],
+        };
         let run = fio::run(&j, &s.uri_a(), dir)?;
         let settle = s.settle()?;
         eprintln!(
@@ -474,9 +486,12 @@ fn print_report(report: &Report) {
             ("4 KiB randwrite QD1, clat p99 µs", "randwrite-4k-qd1", |x| x.stats.write.clat_p99_us, Format::OneDecimal),
             ("4 KiB randwrite QD1, total lat p50 µs", "randwrite-4k-qd1", |x| x.stats.write.lat_p50_us, Format::OneDecimal),
             ("4 KiB randwrite QD1, total lat p99 µs", "randwrite-4k-qd1", |x| x.stats.write.lat_p99_us, Format::OneDecimal),
-            ("4 KiB randwrite QD1, CPU µs per write (all the system's processes)", "randwrite-4k-qd1", |x| {
-                (x.stats.write.iops > 0.0).then(|| x.system_cpus / x.stats.write.iops * 1e6)
-            }, Format::OneDecimal),
+            (
+                "4 KiB randwrite QD1, CPU µs per write (all the system's processes)",
+                "randwrite-4k-qd1",
+                |x| (x.stats.write.iops > 0.0).then(|| x.system_cpus / x.stats.write.iops * 1e6),
+                Format::OneDecimal,
+            ),
             ("1 MiB seq write QD8, MB/s", "write-1m-qd8", |x| Some(x.stats.write.bw_bytes / 1e6), Format::Integer),
             ("site B caught up after the 1 MiB seq run, s", "write-1m-qd8", |x| x.settle_seconds, Format::OneDecimal),
         ];
@@ -571,19 +586,35 @@ fn print_report(report: &Report) {
             steal.iter().copied().reduce(f64::max).map_or_else(|| "n/a".into(), |x| format!("{x:.2}")),
         );
         if let Some(x) = ratio(g50, q50) {
-            checks.push(format!("{} RTT {}: geomirror / qemu-nbd 4 KiB randwrite QD1 clat p50 = {x:.2} (target ≤ 1.2)", verdict(x <= 1.2), r.rtt));
+            checks.push(format!(
+                "{} RTT {}: geomirror / qemu-nbd 4 KiB randwrite QD1 clat p50 = {x:.2} (target ≤ 1.2)",
+                verdict(x <= 1.2),
+                r.rtt
+            ));
         }
         let rtt_ms = r.link_settings.as_ref().map_or(0.0, |s| (s.delay_ab_us + s.delay_ba_us) as f64 / 1e3);
         if let Some(x) = ratio(wb50, g50) {
             if rtt_ms >= 19.0 {
-                checks.push(format!("{} RTT {}: write-blocking / geomirror 4 KiB randwrite QD1 clat p50 = {x:.0} (target ≥ 100)", verdict(x >= 100.0), r.rtt));
+                checks.push(format!(
+                    "{} RTT {}: write-blocking / geomirror 4 KiB randwrite QD1 clat p50 = {x:.0} (target ≥ 100)",
+                    verdict(x >= 100.0),
+                    r.rtt
+                ));
             } else {
-                checks.push(format!("info RTT {}: write-blocking / geomirror 4 KiB randwrite QD1 clat p50 = {x:.1} (target only at 20 ms)", r.rtt));
+                checks.push(format!(
+                    "info RTT {}: write-blocking / geomirror 4 KiB randwrite QD1 clat p50 = {x:.1} (target only at 20 ms)",
+                    r.rtt
+                ));
             }
         }
         if let Some(p) = r.probes.get(LABELS[0]) {
             let fresh = p.iter().filter(|x| x.fresh).count();
-            checks.push(format!("{} RTT {}: geomirror reads at B fresh in {fresh}/{} probes (target: all)", verdict(fresh == p.len()), r.rtt, p.len()));
+            checks.push(format!(
+                "{} RTT {}: geomirror reads at B fresh in {fresh}/{} probes (target: all)",
+                verdict(fresh == p.len()),
+                r.rtt,
+                p.len()
+            ));
         }
     }
     crate::table::print_targets(&checks);

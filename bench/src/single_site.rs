@@ -139,8 +139,22 @@ const QD1_FIGURES: &[Figure] = &[Figure::Iops, Figure::ClatP50, Figure::ClatP99,
 const WORKLOADS: &[Workload] = &[
     Workload { key: "randwrite-4k-qd1", title: "4 KiB randwrite QD1", rw: "randwrite", block_size: "4k", iodepth: 1, figures: QD1_FIGURES },
     Workload { key: "randread-4k-qd1", title: "4 KiB randread QD1", rw: "randread", block_size: "4k", iodepth: 1, figures: QD1_FIGURES },
-    Workload { key: "randwrite-4k-qd32", title: "4 KiB randwrite QD32", rw: "randwrite", block_size: "4k", iodepth: 32, figures: &[Figure::Iops] },
-    Workload { key: "write-1m-qd8", title: "1 MiB seq write QD8", rw: "write", block_size: "1m", iodepth: 8, figures: &[Figure::MegabytesPerSecond] },
+    Workload {
+        key: "randwrite-4k-qd32",
+        title: "4 KiB randwrite QD32",
+        rw: "randwrite",
+        block_size: "4k",
+        iodepth: 32,
+        figures: &[Figure::Iops],
+    },
+    Workload {
+        key: "write-1m-qd8",
+        title: "1 MiB seq write QD8",
+        rw: "write",
+        block_size: "1m",
+        iodepth: 8,
+        figures: &[Figure::MegabytesPerSecond],
+    },
 ];
 
 /// What the server process used while one fio job ran (ramp included):
@@ -260,7 +274,10 @@ pub fn run(args: &Args) -> Result<()> {
     let common = &args.common;
     let machine = Machine::describe();
     if let Some(busy) = machine.cpu_busy_before.filter(|&b| b > 0.1) {
-        eprintln!("warning: the CPUs were {:.0} % busy just before the run: other work on this machine will skew the figures", busy * 100.0);
+        eprintln!(
+            "warning: the CPUs were {:.0} % busy just before the run: other work on this machine will skew the figures",
+            busy * 100.0
+        );
     }
     let command: Vec<String> = std::env::args().collect();
     let geomirror_bin = common.geomirror_binary()?;
@@ -534,7 +551,11 @@ mod tests {
 
     fn record(round: u32, system: &str, workload: &'static str, iops: f64, p50: f64) -> RunRecord {
         let d = DirStats { iops, bw_bytes: iops * 4096.0, clat_p50_us: Some(p50), ..DirStats::default() };
-        let stats = if workload.contains("read") { JobStats { read: d, ..JobStats::default() } } else { JobStats { write: d, ..JobStats::default() } };
+        let stats = if workload.contains("read") {
+            JobStats { read: d, ..JobStats::default() }
+        } else {
+            JobStats { write: d, ..JobStats::default() }
+        };
         let server = ServerCost { wall_seconds: 2.0, cpu_seconds: 1.0, context_switches: 4000, threads: 3, other_cpus: None };
         RunRecord { round, attempt: 0, used: true, system: system.into(), workload, stats, server, fio: Value::Null }
     }

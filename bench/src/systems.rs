@@ -89,7 +89,17 @@ pub fn start_qemu_nbd(dir: &Path) -> Result<Target> {
         .with_context(|| format!("create the sparse image {}", image.display()))?;
     let port = procs::free_port()?;
     let args: Vec<String> = [
-        "-f", "raw", "-x", EXPORT, "-b", "127.0.0.1", "-p", &port.to_string(), "-t", "--cache=writeback", "--aio=threads",
+        "-f",
+        "raw",
+        "-x",
+        EXPORT,
+        "-b",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-t",
+        "--cache=writeback",
+        "--aio=threads",
         &image.display().to_string(),
     ]
     .iter()

@@ -155,8 +155,10 @@ pub struct Series {
 pub fn rounds_markdown(series: &[Series]) -> String {
     let rounds = series.iter().map(|s| s.values.len()).max().unwrap_or(0);
     let mut out = String::new();
-    let header: Vec<String> =
-        std::iter::once("figure — system".to_string()).chain((1..=rounds).map(|r| format!("round {r}"))).chain(["median".to_string()]).collect();
+    let header: Vec<String> = std::iter::once("figure — system".to_string())
+        .chain((1..=rounds).map(|r| format!("round {r}")))
+        .chain(["median".to_string()])
+        .collect();
     let _ = writeln!(out, "| {} |", header.join(" | "));
     let align: Vec<&str> = std::iter::once("---").chain(std::iter::repeat_n("---:", rounds + 1)).collect();
     let _ = writeln!(out, "|{}|", align.join("|"));
@@ -240,10 +242,25 @@ mod tests {
             subject: 0,
             baseline: 1,
             rows: vec![
-                Row { figure: "randwrite IOPS".into(), values: vec![Some(9500.0), Some(10000.0)], format: Format::Integer, target: Some(Target::AtLeast(0.9)) },
-                Row { figure: "randwrite p50 µs".into(), values: vec![Some(120.0), Some(100.0)], format: Format::OneDecimal, target: Some(Target::AtMost(1.1)) },
+                Row {
+                    figure: "randwrite IOPS".into(),
+                    values: vec![Some(9500.0), Some(10000.0)],
+                    format: Format::Integer,
+                    target: Some(Target::AtLeast(0.9)),
+                },
+                Row {
+                    figure: "randwrite p50 µs".into(),
+                    values: vec![Some(120.0), Some(100.0)],
+                    format: Format::OneDecimal,
+                    target: Some(Target::AtMost(1.1)),
+                },
                 Row { figure: "randwrite p99 µs".into(), values: vec![Some(300.0), None], format: Format::OneDecimal, target: None },
-                Row { figure: "seq MB/s".into(), values: vec![Some(900.0), None], format: Format::Integer, target: Some(Target::AtLeast(0.9)) },
+                Row {
+                    figure: "seq MB/s".into(),
+                    values: vec![Some(900.0), None],
+                    format: Format::Integer,
+                    target: Some(Target::AtLeast(0.9)),
+                },
             ],
         }
     }
@@ -275,7 +292,12 @@ mod tests {
     #[test]
     fn rounds_table_shows_each_round_and_the_median() {
         let md = rounds_markdown(&[
-            Series { label: "IOPS — a".into(), values: vec![Some(3.0), Some(1.0), Some(2.0)], flagged: vec![false, true], format: Format::Integer },
+            Series {
+                label: "IOPS — a".into(),
+                values: vec![Some(3.0), Some(1.0), Some(2.0)],
+                flagged: vec![false, true],
+                format: Format::Integer,
+            },
             Series { label: "p50 — a".into(), values: vec![Some(10.0), None, Some(30.0)], flagged: vec![], format: Format::OneDecimal },
         ]);
         let lines: Vec<&str> = md.lines().collect();
@@ -307,4 +329,3 @@ mod tests {
         assert_eq!(format_value(1234.5, Format::TwoDecimals), "1,234.50");
     }
 }
-

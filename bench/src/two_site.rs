@@ -19,9 +19,9 @@ use crate::node_status::{Metrics, NodeStatus, Replication};
 use crate::pair::{self, Pair, VolumeSpec};
 use crate::procs;
 use crate::sim::{self, LinkStatus};
-use crate::table::verdict;
 use crate::stats::{median, median_of_present};
 use crate::systems;
+use crate::table::verdict;
 use crate::table::{self, Format};
 
 /// Options of `two-site`.
@@ -181,7 +181,15 @@ struct Report {
 }
 
 fn job(name: &str, rw: &'static str, bs: &'static str, iodepth: u32, size: &str, timing: Timing, extra: &[&str]) -> Job {
-    Job { name: name.to_string(), rw, block_size: bs, iodepth, size: size.to_string(), timing, extra: extra.iter().map(|s| s.to_string()).collect() }
+    Job {
+        name: name.to_string(),
+        rw,
+        block_size: bs,
+        iodepth,
+        size: size.to_string(),
+        timing,
+        extra: extra.iter().map(|s| s.to_string()).collect(),
+    }
 }
 
 /// Writes `size` from offset 0 of `uri` once, 1 MiB sequential writes at QD8.
@@ -217,7 +225,10 @@ pub fn run(args: &Args) -> Result<()> {
     let bandwidth = sim::parse_rate(&args.bandwidth)?;
     let machine = Machine::describe();
     if let Some(busy) = machine.cpu_busy_before.filter(|&b| b > 0.1) {
-        eprintln!("warning: the CPUs were {:.0} % busy just before the run: other work on this machine will skew the figures", busy * 100.0);
+        eprintln!(
+            "warning: the CPUs were {:.0} % busy just before the run: other work on this machine will skew the figures",
+            busy * 100.0
+        );
     }
     let geomirror_bin = common.geomirror_binary()?;
     let mut tools = BTreeMap::new();
@@ -305,7 +316,14 @@ const OWNED_SYSTEMS: [&str; 3] = ["two-site A", "single-site", "two-site A, link
 /// the copy stream cannot send, B and the simulator idle): the difference
 /// to the normal site-A run is what replicating costs the writer's latency
 /// on this 2-CPU machine, where site B and the simulator share the CPUs.
-fn owned_latency(args: &Args, pair: &mut Pair, single: &mut systems::Target, pids: &[u32], work: &Path, runs: &mut Vec<RunRecord>) -> Result<()> {
+fn owned_latency(
+    args: &Args,
+    pair: &mut Pair,
+    single: &mut systems::Target,
+    pids: &[u32],
+    work: &Path,
+    runs: &mut Vec<RunRecord>,
+) -> Result<()> {
     let a_uri = pair.a.uri("own");
     let s = prefill(&a_uri, LATENCY_REGION, work, "own-a")?;
     eprintln!("owned latency: site A wrote {LATENCY_REGION_TEXT} of `own` ({:.0} MB/s, claims included)", s.write.bw_bytes / 1e6);
@@ -313,7 +331,15 @@ fn owned_latency(args: &Args, pair: &mut Pair, single: &mut systems::Target, pid
     let took = pair.a.wait_durable("own", DRAIN_TIMEOUT)?;
     let owned = pair.a.status()?.replication("own")?.owned_extents;
     eprintln!("  durable at B after {:.2} s; site A owns {owned} extents of `own`", took.as_secs_f64());
-    let j = job("owned-randwrite-4k-qd1", "randwrite", "4k", 1, LATENCY_REGION, Timing::TimeBased { runtime_s: args.runtime, ramp_s: RAMP_S }, &[]);
+    let j = job(
+        "owned-randwrite-4k-qd1",
+        "randwrite",
+        "4k",
+        1,
+        LATENCY_REGION,
+        Timing::TimeBased { runtime_s: args.runtime, ramp_s: RAMP_S },
+        &[],
+    );
     for round in 1..=args.rounds {
         for attempt in 0..=args.common.retries {
             let mut round_runs = Vec::new();
@@ -383,7 +409,9 @@ fn owned_latency(args: &Args, pair: &mut Pair, single: &mut systems::Target, pid
             }
             let retry = round_runs.iter().any(|r| r.load.disturbed()) && attempt < args.common.retries;
             if retry {
-                eprintln!("  other load above {OTHER_LOAD_FLAG} CPUs or steal above {STEAL_FLAG} CPUs during this round: discarding it and repeating");
+                eprintln!(
+                    "  other load above {OTHER_LOAD_FLAG} CPUs or steal above {STEAL_FLAG} CPUs during this round: discarding it and repeating"
+                );
                 round_runs.iter_mut().for_each(|r| r.used = false);
             }
             runs.extend(round_runs);
@@ -440,7 +468,15 @@ fn pulls(args: &Args, pair: &mut Pair, pids: &[u32], work: &Path, runs: &mut Vec
     pair.b.wait_durable("pull", DRAIN_TIMEOUT)?;
     let peer_owned = pair.a.status()?.replication("pull")?.peer_owned_extents;
     eprintln!("pulls: site B wrote {LATENCY_REGION_TEXT} of `pull`; site A sees {peer_owned} peer-owned extents");
-    let j = job("pull-randread-4k-qd1", "randread", "4k", 1, LATENCY_REGION, Timing::TimeBased { runtime_s: args.runtime, ramp_s: RAMP_S }, &[]);
+    let j = job(
+        "pull-randread-4k-qd1",
+        "randread",
+        "4k",
+        1,
+        LATENCY_REGION,
+        Timing::TimeBased { runtime_s: args.runtime, ramp_s: RAMP_S },
+        &[],
+    );
     let before = pair.a.status()?;
     let (run, load) = measured(&j, &pair.a.uri("pull"), work, pids)?;
     let after = pair.a.status()?;
@@ -501,7 +537,16 @@ fn claim_rates(args: &Args, pair: &mut Pair, work: &Path) -> Result<Vec<ClaimRat
             eprintln!(
                 "claims: {volume} {workload}: {writes} writes, {claims} round trips ({per_1000_writes:.2} per 1000), {owned_extents_after} extents owned, {seconds:.1} s"
             );
-            out.push(ClaimRate { workload, volume, predict_extents: predict, writes, claim_round_trips: claims, per_1000_writes, owned_extents_after, seconds });
+            out.push(ClaimRate {
+                workload,
+                volume,
+                predict_extents: predict,
+                writes,
+                claim_round_trips: claims,
+                per_1000_writes,
+                owned_extents_after,
+                seconds,
+            });
         }
     }
     Ok(out)
@@ -711,7 +756,15 @@ fn print_report(r: &Report) {
     print!(
         "{}",
         table::plain_markdown(
-            &["figure", "two-site A", "single-site", "two-site A, link held", "ratio A/single", "ratio A held/single", "rounds (A ‖ single ‖ A held)"],
+            &[
+                "figure",
+                "two-site A",
+                "single-site",
+                "two-site A, link held",
+                "ratio A/single",
+                "ratio A held/single",
+                "rounds (A ‖ single ‖ A held)"
+            ],
             &rows
         )
     );
@@ -747,7 +800,10 @@ fn print_report(r: &Report) {
     println!("## Round-trip paths at site A\n");
     let rtt_ms = r.rtt_ms;
     let mut rows = Vec::new();
-    for (phase, label, read) in [("first-write", "first 4 KiB write in a clean extent (predict_extents 0)", false), ("pull", "4 KiB read of a peer-owned block (pull), QD1", true)] {
+    for (phase, label, read) in [
+        ("first-write", "first 4 KiB write in a clean extent (predict_extents 0)", false),
+        ("pull", "4 KiB read of a peer-owned block (pull), QD1", true),
+    ] {
         if let Some(x) = used(&r.runs, phase, "two-site A").first() {
             let d = if read { &x.stats.read } else { &x.stats.write };
             rows.push(vec![
@@ -761,7 +817,13 @@ fn print_report(r: &Report) {
             ]);
         }
     }
-    print!("{}", table::plain_markdown(&["path", "requests", "total lat p50 ms", "total lat p99 ms", "clat p50 ms", "link RTT ms", "p50 − RTT ms"], &rows));
+    print!(
+        "{}",
+        table::plain_markdown(
+            &["path", "requests", "total lat p50 ms", "total lat p99 ms", "clat p50 ms", "link RTT ms", "p50 − RTT ms"],
+            &rows
+        )
+    );
     let first = used(&r.runs, "first-write", "two-site A");
     let first_claims = first.first().and_then(|x| x.claim_round_trips).unwrap_or(0);
     let pulls = used(&r.runs, "pull", "two-site A").first().and_then(|x| x.pulls).unwrap_or(0);
@@ -789,10 +851,7 @@ fn print_report(r: &Report) {
         }
         rows.push(row);
     }
-    print!(
-        "{}",
-        table::plain_markdown(&["workload (QD1)", "predict_extents 0", "predict_extents 8", "predict_extents 64"], &rows)
-    );
+    print!("{}", table::plain_markdown(&["workload (QD1)", "predict_extents 0", "predict_extents 8", "predict_extents 64"], &rows));
     println!(
         "\nHow: three volumes identical but for predict_extents (0, 8, 64; 1 MiB extents, max_owned_extents 1024, release_after 30s). \
          Sequential: fio 64 KiB writes at QD1 once over the first {SEQ_REGION_TEXT} (fresh). Zipf: fio 4 KiB random writes at QD1 with \
@@ -865,7 +924,11 @@ fn print_report(r: &Report) {
     );
     for a in &r.amplification {
         if let Some(x) = a.ratio(a.wire_ab_bytes) {
-            checks.push(format!("{} copy amplification, {}: {x:.3} link bytes per host byte (target ≤ 1.0)", verdict(x <= 1.0), a.workload));
+            checks.push(format!(
+                "{} copy amplification, {}: {x:.3} link bytes per host byte (target ≤ 1.0)",
+                verdict(x <= 1.0),
+                a.workload
+            ));
         }
     }
 

@@ -218,18 +218,15 @@ impl VolumeConfig {
 impl NodeConfig {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Self::from_toml(&text, path)
     }
 
     /// Parses and validates `text`; `path` names it in errors and anchors
     /// relative paths.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let mut config: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
-        })?;
+        let mut config: NodeConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string().trim_end().to_string() })?;
         config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
         config.validate(path)?;
         Ok(config)
@@ -265,10 +262,7 @@ impl NodeConfig {
             return Err(invalid("admin.listen".into(), format!("{} is also nbd.listen", self.admin.listen)));
         }
         if self.nbd.max_connections == 0 || self.nbd.max_connections > defaults::NBD_MAX_CONNECTIONS_LIMIT {
-            return Err(invalid(
-                "nbd.max_connections".into(),
-                format!("must be between 1 and {}", defaults::NBD_MAX_CONNECTIONS_LIMIT),
-            ));
+            return Err(invalid("nbd.max_connections".into(), format!("must be between 1 and {}", defaults::NBD_MAX_CONNECTIONS_LIMIT)));
         }
         if self.nbd.max_inflight_per_connection == 0 || self.nbd.max_inflight_per_connection > 1024 {
             return Err(invalid("nbd.max_inflight_per_connection".into(), "must be between 1 and 1024".into()));

@@ -43,9 +43,7 @@ impl ByteSize {
             "GB" => 1_000_000_000,
             "TB" => 1_000_000_000_000,
             other => {
-                return Err(format!(
-                    "`{text}`: unknown size unit `{other}` (use B, KiB, MiB, GiB, TiB, kB, MB, GB, TB)"
-                ));
+                return Err(format!("`{text}`: unknown size unit `{other}` (use B, KiB, MiB, GiB, TiB, kB, MB, GB, TB)"));
             }
         };
         let value = if number.contains('.') {
@@ -117,9 +115,7 @@ impl HumanDuration {
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
         let (number, unit) = split_number(text);
-        let value: f64 = number
-            .parse()
-            .map_err(|_| format!("`{text}` is not a duration (expected e.g. \"5s\" or \"250ms\")"))?;
+        let value: f64 = number.parse().map_err(|_| format!("`{text}` is not a duration (expected e.g. \"5s\" or \"250ms\")"))?;
         let seconds_per_unit = match unit.trim() {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,

@@ -38,9 +38,9 @@ use crate::nbd::{Exports, ServerLimits};
 use crate::peer::link::{LinkConfig, PeerLink};
 use crate::peer::tls::PeerTls;
 use crate::store::BlockStore;
-use geomirror_wire::peer::VolumeInfo;
 use crate::store::file::{DataDirLock, FileStore, VolumeGeometry};
 use crate::volume::Volume;
+use geomirror_wire::peer::VolumeInfo;
 
 /// Addresses a running node is bound to (ports may have been 0 in config).
 #[derive(Clone, Copy, Debug)]
@@ -87,7 +87,8 @@ pub async fn run(
     let mut peer_listener = None;
     match (&config.peer, &config.tls) {
         (Some(peer), Some(tls)) => {
-            let peer_tls = PeerTls::load(&tls.ca, &tls.cert, &tls.key, &config.node.name, &peer.name).context("load the peer link's TLS files")?;
+            let peer_tls =
+                PeerTls::load(&tls.ca, &tls.cert, &tls.key, &config.node.name, &peer.name).context("load the peer link's TLS files")?;
             let infos = opened
                 .iter()
                 .map(|(_, meta, _)| VolumeInfo {
@@ -117,8 +118,17 @@ pub async fn run(
                     wins_ties: config.node.name < peer.name,
                 };
                 let record = RecordFile::new(&data_dir.join("volumes").join(&meta.name));
-                let replica = Replica::open(slot as u16, &meta.name, geometry, knobs, store.clone(), record, peer_link.clone(), peer.peer_timeout.get())
-                    .with_context(|| format!("open the claims record of volume `{}`", meta.name))?;
+                let replica = Replica::open(
+                    slot as u16,
+                    &meta.name,
+                    geometry,
+                    knobs,
+                    store.clone(),
+                    record,
+                    peer_link.clone(),
+                    peer.peer_timeout.get(),
+                )
+                .with_context(|| format!("open the claims record of volume `{}`", meta.name))?;
                 replicas.push(replica.clone());
                 exports.insert(Arc::new(Volume::new(meta, store).with_replica(replica)));
             }
@@ -126,9 +136,8 @@ pub async fn run(
             for r in &replicas {
                 r.start(shutdown.clone());
             }
-            peer_listener = Some(
-                TcpListener::bind(peer.listen).await.with_context(|| format!("bind the peer listener on {}", peer.listen))?,
-            );
+            peer_listener =
+                Some(TcpListener::bind(peer.listen).await.with_context(|| format!("bind the peer listener on {}", peer.listen))?);
             link = Some(peer_link);
         }
         _ => {
@@ -139,12 +148,10 @@ pub async fn run(
     }
     let exports = Arc::new(exports);
 
-    let nbd_listener = TcpListener::bind(config.nbd.listen)
-        .await
-        .with_context(|| format!("bind the NBD listener on {}", config.nbd.listen))?;
-    let admin_listener = TcpListener::bind(config.admin.listen)
-        .await
-        .with_context(|| format!("bind the admin listener on {}", config.admin.listen))?;
+    let nbd_listener =
+        TcpListener::bind(config.nbd.listen).await.with_context(|| format!("bind the NBD listener on {}", config.nbd.listen))?;
+    let admin_listener =
+        TcpListener::bind(config.admin.listen).await.with_context(|| format!("bind the admin listener on {}", config.admin.listen))?;
     let bound = BoundAddrs {
         nbd: nbd_listener.local_addr()?,
         admin: admin_listener.local_addr()?,
@@ -171,7 +178,9 @@ pub async fn run(
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, shutdown.clone()));
     match (&config.peer, bound.peer) {
-        (Some(peer), Some(listen)) => info!(node = %config.node.name, nbd = %bound.nbd, admin = %bound.admin, peer = %peer.name, peer_listen = %listen, peer_connect = %peer.connect, volumes = config.volumes.len(), "node ready"),
+        (Some(peer), Some(listen)) => {
+            info!(node = %config.node.name, nbd = %bound.nbd, admin = %bound.admin, peer = %peer.name, peer_listen = %listen, peer_connect = %peer.connect, volumes = config.volumes.len(), "node ready")
+        }
         _ => info!(node = %config.node.name, nbd = %bound.nbd, admin = %bound.admin, volumes = config.volumes.len(), "node ready"),
     }
     if let Some(ready) = ready {

@@ -32,10 +32,8 @@ pub const NBD_CONNECTIONS_OPEN: &str = "geomirror_nbd_connections_open";
 pub const NBD_PROTOCOL_ERRORS: &str = "geomirror_nbd_protocol_errors_total";
 
 /// Latency buckets (seconds): 10 µs to 10 s.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0,
-];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Installs the process-wide Prometheus recorder once and returns its handle.
 pub fn install_recorder() -> PrometheusHandle {

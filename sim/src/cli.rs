@@ -162,22 +162,10 @@ pub async fn execute(command: &SimCommand) -> anyhow::Result<serde_json::Value> 
     let (control, method, path, body) = match command {
         SimCommand::Set { control, link } => {
             let update = link.to_update();
-            anyhow::ensure!(
-                !update.is_empty(),
-                "nothing to set: give at least one link flag"
-            );
-            (
-                *control,
-                "PUT",
-                "/link",
-                Some(serde_json::to_string(&update)?),
-            )
+            anyhow::ensure!(!update.is_empty(), "nothing to set: give at least one link flag");
+            (*control, "PUT", "/link", Some(serde_json::to_string(&update)?))
         }
-        SimCommand::Partition {
-            control,
-            mode,
-            direction,
-        } => {
+        SimCommand::Partition { control, mode, direction } => {
             let body = serde_json::json!({ "mode": mode, "direction": direction });
             (*control, "POST", "/partition", Some(body.to_string()))
         }
@@ -185,36 +173,21 @@ pub async fn execute(command: &SimCommand) -> anyhow::Result<serde_json::Value> 
         SimCommand::Reset { control } => (*control, "POST", "/reset", None),
         SimCommand::Status { control } => (*control, "GET", "/link", None),
     };
-    ControlClient::new(control)
-        .request(method, path, body)
-        .await
-        .with_context(|| format!("{method} {path} on the simulator at {control}"))
+    ControlClient::new(control).request(method, path, body).await.with_context(|| format!("{method} {path} on the simulator at {control}"))
 }
 
 async fn serve(args: SimArgs) -> anyhow::Result<()> {
-    let listen = args
-        .listen
-        .context("--listen is required to run the simulator")?;
+    let listen = args.listen.context("--listen is required to run the simulator")?;
     let to = args.to.context("--to is required to run the simulator")?;
     let upstream = tokio::net::lookup_host(&to)
         .await
         .with_context(|| format!("resolve upstream {to}"))?
         .next()
         .with_context(|| format!("resolve upstream {to}: no address"))?;
-    let link = args
-        .link
-        .to_update()
-        .apply(&LinkSettings::default())
-        .context("check link flags")?;
-    let handle = Proxy::start(ProxyConfig {
-        listen,
-        upstream,
-        link,
-        control: args.control,
-        seed: args.seed,
-    })
-    .await
-    .context("start the link simulator")?;
+    let link = args.link.to_update().apply(&LinkSettings::default()).context("check link flags")?;
+    let handle = Proxy::start(ProxyConfig { listen, upstream, link, control: args.control, seed: args.seed })
+        .await
+        .context("start the link simulator")?;
     // One line on stdout, so scripts and tests can learn ports chosen with port 0.
     let mut ready = format!("listen={} upstream={upstream}", handle.local_addr());
     if let Some(control) = handle.control_addr() {
@@ -256,9 +229,7 @@ mod tests {
     }
 
     fn parse(args: &[&str]) -> Result<SimArgs, clap::Error> {
-        let argv = std::iter::once("geomirror")
-            .chain(std::iter::once("sim"))
-            .chain(args.iter().copied());
+        let argv = std::iter::once("geomirror").chain(std::iter::once("sim")).chain(args.iter().copied());
         Root::try_parse_from(argv).map(|root| match root.command {
             RootCommand::Sim(args) => args,
         })
@@ -292,11 +263,7 @@ mod tests {
         .unwrap();
         assert!(args.command.is_none());
         assert_eq!(args.to.as_deref(), Some("localhost:7001"));
-        let s = args
-            .link
-            .to_update()
-            .apply(&LinkSettings::default())
-            .unwrap();
+        let s = args.link.to_update().apply(&LinkSettings::default()).unwrap();
         assert_eq!(s.delay_ab, Duration::from_millis(25));
         assert_eq!(s.delay_ba, Duration::from_millis(5));
         assert_eq!(s.jitter, Duration::from_micros(250));
@@ -309,17 +276,7 @@ mod tests {
         assert!(parse(&["--listen", "127.0.0.1:7000"]).is_err());
         assert!(parse(&["--to", "127.0.0.1:7000"]).is_err());
         assert!(parse(&["--listen", "127.0.0.1:7000", "--to", "x:1", "--rtt", "fast"]).is_err());
-        assert!(
-            parse(&[
-                "--listen",
-                "127.0.0.1:7000",
-                "--to",
-                "x:1",
-                "--profile",
-                "moon"
-            ])
-            .is_err()
-        );
+        assert!(parse(&["--listen", "127.0.0.1:7000", "--to", "x:1", "--profile", "moon"]).is_err());
     }
 
     #[test]
@@ -333,45 +290,13 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let args = parse(&["partition", "--control", "127.0.0.1:9"]).unwrap();
-        assert!(matches!(
-            args.command,
-            Some(SimCommand::Partition {
-                mode: PartitionMode::Hold,
-                direction: Direction::Both,
-                ..
-            })
-        ));
-        let args = parse(&[
-            "partition",
-            "--control",
-            "127.0.0.1:9",
-            "--mode",
-            "reset",
-            "--direction",
-            "ba",
-        ])
-        .unwrap();
-        assert!(matches!(
-            args.command,
-            Some(SimCommand::Partition {
-                mode: PartitionMode::Reset,
-                direction: Direction::Ba,
-                ..
-            })
-        ));
+        assert!(matches!(args.command, Some(SimCommand::Partition { mode: PartitionMode::Hold, direction: Direction::Both, .. })));
+        let args = parse(&["partition", "--control", "127.0.0.1:9", "--mode", "reset", "--direction", "ba"]).unwrap();
+        assert!(matches!(args.command, Some(SimCommand::Partition { mode: PartitionMode::Reset, direction: Direction::Ba, .. })));
         for sub in ["heal", "reset", "status"] {
             assert!(parse(&[sub, "--control", "127.0.0.1:9"]).is_ok(), "{sub}");
             assert!(parse(&[sub]).is_err(), "{sub} needs --control");
         }
-        assert!(
-            parse(&[
-                "--listen",
-                "127.0.0.1:1",
-                "status",
-                "--control",
-                "127.0.0.1:9"
-            ])
-            .is_err()
-        );
+        assert!(parse(&["--listen", "127.0.0.1:1", "status", "--control", "127.0.0.1:9"]).is_err());
     }
 }

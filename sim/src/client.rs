@@ -62,63 +62,38 @@ impl ControlClient {
 
     /// `GET /link`, typed.
     pub async fn status(&self) -> Result<LinkStatus, ControlError> {
-        Ok(serde_json::from_value(
-            self.request("GET", "/link", None).await?,
-        )?)
+        Ok(serde_json::from_value(self.request("GET", "/link", None).await?)?)
     }
 
     /// `PUT /link`.
     pub async fn update(&self, update: &LinkUpdate) -> Result<LinkStatus, ControlError> {
         let body = serde_json::to_string(update)?;
-        Ok(serde_json::from_value(
-            self.request("PUT", "/link", Some(body)).await?,
-        )?)
+        Ok(serde_json::from_value(self.request("PUT", "/link", Some(body)).await?)?)
     }
 
     /// `POST /partition`.
-    pub async fn partition(
-        &self,
-        mode: PartitionMode,
-        direction: Direction,
-    ) -> Result<LinkStatus, ControlError> {
+    pub async fn partition(&self, mode: PartitionMode, direction: Direction) -> Result<LinkStatus, ControlError> {
         let body = serde_json::to_string(&PartitionRequest { mode, direction })?;
-        Ok(serde_json::from_value(
-            self.request("POST", "/partition", Some(body)).await?,
-        )?)
+        Ok(serde_json::from_value(self.request("POST", "/partition", Some(body)).await?)?)
     }
 
     /// `POST /heal`.
     pub async fn heal(&self) -> Result<LinkStatus, ControlError> {
-        Ok(serde_json::from_value(
-            self.request("POST", "/heal", None).await?,
-        )?)
+        Ok(serde_json::from_value(self.request("POST", "/heal", None).await?)?)
     }
 
     /// `POST /reset`.
     pub async fn reset(&self) -> Result<LinkStatus, ControlError> {
-        Ok(serde_json::from_value(
-            self.request("POST", "/reset", None).await?,
-        )?)
+        Ok(serde_json::from_value(self.request("POST", "/reset", None).await?)?)
     }
 
     /// Sends one request and returns the JSON body of a 2xx answer.
-    pub async fn request(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<String>,
-    ) -> Result<serde_json::Value, ControlError> {
+    pub async fn request(&self, method: &str, path: &str, body: Option<String>) -> Result<serde_json::Value, ControlError> {
         let exchange = self.exchange(method, path, body.unwrap_or_default());
         let raw = tokio::time::timeout(CONTROL_REQUEST_TIMEOUT, exchange)
             .await
-            .map_err(|_| ControlError::Timeout {
-                addr: self.addr,
-                timeout: CONTROL_REQUEST_TIMEOUT,
-            })?
-            .map_err(|source| ControlError::Io {
-                addr: self.addr,
-                source,
-            })?;
+            .map_err(|_| ControlError::Timeout { addr: self.addr, timeout: CONTROL_REQUEST_TIMEOUT })?
+            .map_err(|source| ControlError::Io { addr: self.addr, source })?;
         let (status, body) = parse_response(&raw)?;
         if !(200..300).contains(&status) {
             let message = serde_json::from_slice::<serde_json::Value>(&body)
@@ -141,10 +116,7 @@ impl ControlClient {
         stream.write_all(request.as_bytes()).await?;
         let mut raw = Vec::new();
         // One byte over the limit tells "too large" apart from "exactly at the limit".
-        (&mut stream)
-            .take(CONTROL_RESPONSE_BYTES_MAX + 1)
-            .read_to_end(&mut raw)
-            .await?;
+        (&mut stream).take(CONTROL_RESPONSE_BYTES_MAX + 1).read_to_end(&mut raw).await?;
         Ok(raw)
     }
 }
@@ -156,10 +128,7 @@ fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), ControlError> {
     if raw.len() as u64 > CONTROL_RESPONSE_BYTES_MAX {
         return Err(malformed("answer larger than the limit"));
     }
-    let head_end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| malformed("no end of headers"))?;
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| malformed("no end of headers"))?;
     let head = std::str::from_utf8(&raw[..head_end]).map_err(|_| malformed("headers not UTF-8"))?;
     let rest = &raw[head_end + 4..];
     let mut lines = head.split("\r\n");
@@ -168,10 +137,7 @@ fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), ControlError> {
     if !parts.next().is_some_and(|v| v.starts_with("HTTP/1.")) {
         return Err(malformed("not an HTTP/1 status line"));
     }
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| malformed("no status code"))?;
+    let status: u16 = parts.next().and_then(|s| s.parse().ok()).ok_or_else(|| malformed("no status code"))?;
     let mut content_length = None;
     let mut chunked = false;
     for line in lines {
@@ -180,11 +146,7 @@ fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), ControlError> {
         };
         let value = value.trim();
         if name.eq_ignore_ascii_case("content-length") {
-            content_length = Some(
-                value
-                    .parse::<usize>()
-                    .map_err(|_| malformed("bad Content-Length"))?,
-            );
+            content_length = Some(value.parse::<usize>().map_err(|_| malformed("bad Content-Length"))?);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             chunked = value.to_ascii_lowercase().contains("chunked");
         }
@@ -192,9 +154,7 @@ fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), ControlError> {
     let body = if chunked {
         decode_chunked(rest).ok_or_else(|| malformed("bad chunked body"))?
     } else if let Some(len) = content_length {
-        rest.get(..len)
-            .ok_or_else(|| malformed("body shorter than Content-Length"))?
-            .to_vec()
+        rest.get(..len).ok_or_else(|| malformed("body shorter than Content-Length"))?.to_vec()
     } else {
         rest.to_vec()
     };

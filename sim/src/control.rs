@@ -30,19 +30,12 @@ use crate::settings::LinkUpdate;
 use crate::status::{LinkStatus, PartitionRequest};
 
 /// Serves the control API until `shutdown` turns true.
-pub(crate) async fn serve(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
     let app = router(shared);
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
         tracing::warn!("control API stopped: {e}");
     }
 }
@@ -71,33 +64,20 @@ fn parse_body<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError>
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("invalid request body: {e}"),
-        )
-    })
+    serde_json::from_slice(body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")))
 }
 
 async fn get_link(State(shared): State<Arc<Shared>>) -> Json<LinkStatus> {
     Json(shared.status())
 }
 
-async fn put_link(
-    State(shared): State<Arc<Shared>>,
-    body: Bytes,
-) -> Result<Json<LinkStatus>, ApiError> {
+async fn put_link(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Json<LinkStatus>, ApiError> {
     let update: LinkUpdate = parse_body(&body)?;
-    shared
-        .update(&update)
-        .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    shared.update(&update).map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     Ok(Json(shared.status()))
 }
 
-async fn partition(
-    State(shared): State<Arc<Shared>>,
-    body: Bytes,
-) -> Result<Json<LinkStatus>, ApiError> {
+async fn partition(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Json<LinkStatus>, ApiError> {
     let request: PartitionRequest = parse_body(&body)?;
     shared.partition(request.mode, request.direction);
     Ok(Json(shared.status()))

@@ -69,8 +69,5 @@ pub mod units;
 pub use link::{DirectionParams, LinkDirection, LinkTime, StreamClock};
 pub use proxy::{Proxy, ProxyConfig, ProxyHandle, StartError};
 pub use settings::{Dir, LinkSettings, LinkUpdate, SettingsError};
-pub use status::{
-    Counters, Direction, DirectionCounters, Flow, LinkStatus, PartitionMode, PartitionRequest,
-    PartitionState,
-};
+pub use status::{Counters, Direction, DirectionCounters, Flow, LinkStatus, PartitionMode, PartitionRequest, PartitionState};
 pub use units::{Bandwidth, ParseError};

@@ -74,10 +74,7 @@ pub struct LinkDirection {
 impl LinkDirection {
     /// A direction with the given parameters, idle since the epoch.
     pub fn new(params: DirectionParams) -> Self {
-        LinkDirection {
-            params,
-            free_at: LinkTime::ZERO,
-        }
+        LinkDirection { params, free_at: LinkTime::ZERO }
     }
 
     /// Current parameters.
@@ -99,13 +96,7 @@ impl LinkDirection {
     /// Schedules a chunk of `bytes` offered at `offered_at` on `stream`; returns its delivery
     /// instant and advances both the serializer and the stream clock. A zero-byte chunk (a FIN)
     /// takes no serialization time but still queues behind earlier chunks and propagates.
-    pub fn transmit<R: Rng + ?Sized>(
-        &mut self,
-        offered_at: LinkTime,
-        bytes: usize,
-        stream: &mut StreamClock,
-        rng: &mut R,
-    ) -> LinkTime {
+    pub fn transmit<R: Rng + ?Sized>(&mut self, offered_at: LinkTime, bytes: usize, stream: &mut StreamClock, rng: &mut R) -> LinkTime {
         let start = offered_at.max(self.free_at);
         let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
         self.free_at = start.saturating_add(self.params.bandwidth.serialization_time(bytes));
@@ -139,11 +130,7 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     fn params(delay: Duration, jitter: Duration, bandwidth: Bandwidth) -> DirectionParams {
-        DirectionParams {
-            delay,
-            jitter,
-            bandwidth,
-        }
+        DirectionParams { delay, jitter, bandwidth }
     }
 
     #[test]
@@ -157,10 +144,7 @@ mod tests {
             last = link.transmit(LinkTime::ZERO, 64 * 1024, &mut stream, &mut rng);
         }
         let expected = Duration::from_nanos(83_886_080) + 10 * MS;
-        assert_eq!(
-            last.0, expected,
-            "1 MiB at 100 Mbit/s is 83.886 ms of serialization"
-        );
+        assert_eq!(last.0, expected, "1 MiB at 100 Mbit/s is 83.886 ms of serialization");
         assert_eq!(link.free_at().0, Duration::from_nanos(83_886_080));
     }
 
@@ -195,11 +179,7 @@ mod tests {
         let ta = link.transmit(LinkTime::ZERO, 125_000, &mut a, &mut rng);
         let tb = link.transmit(LinkTime::ZERO, 125_000, &mut b, &mut rng);
         assert_eq!(ta.0, 2 * MS);
-        assert_eq!(
-            tb.0,
-            3 * MS,
-            "the second connection waits for the first one's bytes"
-        );
+        assert_eq!(tb.0, 3 * MS, "the second connection waits for the first one's bytes");
     }
 
     #[test]
@@ -211,11 +191,7 @@ mod tests {
         let request = ab.transmit(LinkTime::ZERO, 100, &mut s_ab, &mut rng);
         let response = ba.transmit(request, 100, &mut s_ba, &mut rng);
         assert_eq!(request.0, 30 * MS);
-        assert_eq!(
-            response.0,
-            35 * MS,
-            "round trip is the sum of both one-way delays"
-        );
+        assert_eq!(response.0, 35 * MS, "round trip is the sum of both one-way delays");
     }
 
     #[test]
@@ -240,16 +216,10 @@ mod tests {
             assert!(t >= previous, "chunk {i} delivered before its predecessor");
             let serialized = before.saturating_add(Bandwidth::gbit(1).serialization_time(1500));
             let raw = t.saturating_since(serialized);
-            assert!(
-                raw <= delay + jitter,
-                "chunk {i}: {raw:?} above delay + jitter"
-            );
+            assert!(raw <= delay + jitter, "chunk {i}: {raw:?} above delay + jitter");
             if i % 10 != 0 {
                 // Sparse: the previous chunk was delivered long before, so no clamp applied.
-                assert!(
-                    raw >= delay - jitter,
-                    "chunk {i}: {raw:?} below delay - jitter"
-                );
+                assert!(raw >= delay - jitter, "chunk {i}: {raw:?} below delay - jitter");
             }
             sum_offsets += raw.as_nanos() as i128 - delay.as_nanos() as i128;
             previous = t;
@@ -257,10 +227,7 @@ mod tests {
         let mean_offset_ms = sum_offsets as f64 / samples as f64 / 1e6;
         // Uniform on [-4, 4] ms has mean 0; the clamp on the back-to-back tenth pushes it up a
         // little. A wrong distribution (e.g. [0, 2j]) would give a mean near +4 ms.
-        assert!(
-            mean_offset_ms.abs() < 0.5,
-            "mean jitter offset {mean_offset_ms} ms"
-        );
+        assert!(mean_offset_ms.abs() < 0.5, "mean jitter offset {mean_offset_ms} ms");
     }
 
     #[test]
@@ -291,9 +258,7 @@ mod tests {
             let mut rng = StdRng::seed_from_u64(seed);
             let mut link = LinkDirection::new(params(10 * MS, 3 * MS, Bandwidth::mbit(100)));
             let mut stream = StreamClock::default();
-            (0..100)
-                .map(|i| link.transmit(LinkTime(i * MS), 1000, &mut stream, &mut rng))
-                .collect::<Vec<_>>()
+            (0..100).map(|i| link.transmit(LinkTime(i * MS), 1000, &mut stream, &mut rng)).collect::<Vec<_>>()
         };
         assert_eq!(run(9), run(9));
         assert_ne!(run(9), run(10));

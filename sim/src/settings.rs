@@ -116,8 +116,7 @@ impl Default for LinkSettings {
 
 impl LinkSettings {
     /// Names accepted by [`LinkSettings::profile`].
-    pub const PROFILE_NAMES: &'static [&'static str] =
-        &["none", "lan", "metro", "regional", "intercontinental"];
+    pub const PROFILE_NAMES: &'static [&'static str] = &["none", "lan", "metro", "regional", "intercontinental"];
 
     /// A named profile:
     ///
@@ -131,30 +130,12 @@ impl LinkSettings {
     pub fn profile(name: &str) -> Result<Self, SettingsError> {
         let (rtt, bandwidth, jitter) = match name {
             "none" => return Ok(LinkSettings::default()),
-            "lan" => (
-                Duration::from_micros(200),
-                Bandwidth::gbit(10),
-                Duration::ZERO,
-            ),
-            "metro" => (
-                Duration::from_millis(2),
-                Bandwidth::gbit(10),
-                Duration::ZERO,
-            ),
-            "regional" => (
-                Duration::from_millis(20),
-                Bandwidth::gbit(1),
-                Duration::ZERO,
-            ),
-            "intercontinental" => (
-                Duration::from_millis(80),
-                Bandwidth::gbit(1),
-                Duration::from_millis(2),
-            ),
+            "lan" => (Duration::from_micros(200), Bandwidth::gbit(10), Duration::ZERO),
+            "metro" => (Duration::from_millis(2), Bandwidth::gbit(10), Duration::ZERO),
+            "regional" => (Duration::from_millis(20), Bandwidth::gbit(1), Duration::ZERO),
+            "intercontinental" => (Duration::from_millis(80), Bandwidth::gbit(1), Duration::from_millis(2)),
             _ => {
-                return Err(SettingsError::UnknownProfile {
-                    name: name.to_owned(),
-                });
+                return Err(SettingsError::UnknownProfile { name: name.to_owned() });
             }
         };
         Ok(LinkSettings::symmetric(rtt, bandwidth, jitter))
@@ -163,13 +144,7 @@ impl LinkSettings {
     /// The same delay (`rtt / 2`) and bandwidth both ways.
     pub fn symmetric(rtt: Duration, bandwidth: Bandwidth, jitter: Duration) -> Self {
         let delay_ab = rtt / 2;
-        LinkSettings {
-            delay_ab,
-            delay_ba: rtt - delay_ab,
-            jitter,
-            bandwidth_ab: bandwidth,
-            bandwidth_ba: bandwidth,
-        }
+        LinkSettings { delay_ab, delay_ba: rtt - delay_ab, jitter, bandwidth_ab: bandwidth, bandwidth_ba: bandwidth }
     }
 
     /// Round-trip propagation delay (without serialization or jitter).
@@ -183,41 +158,23 @@ impl LinkSettings {
             Dir::Ab => (self.delay_ab, self.bandwidth_ab),
             Dir::Ba => (self.delay_ba, self.bandwidth_ba),
         };
-        DirectionParams {
-            delay,
-            jitter: self.jitter,
-            bandwidth,
-        }
+        DirectionParams { delay, jitter: self.jitter, bandwidth }
     }
 
     /// Checks every value against the limits in [`crate::limits`].
     pub fn validate(&self) -> Result<(), SettingsError> {
         for (field, value) in [("delay_ab", self.delay_ab), ("delay_ba", self.delay_ba)] {
             if value > DELAY_MAX {
-                return Err(SettingsError::DelayTooLarge {
-                    field,
-                    value,
-                    max: DELAY_MAX,
-                });
+                return Err(SettingsError::DelayTooLarge { field, value, max: DELAY_MAX });
             }
         }
         if self.jitter > JITTER_MAX {
-            return Err(SettingsError::JitterTooLarge {
-                value: self.jitter,
-                max: JITTER_MAX,
-            });
+            return Err(SettingsError::JitterTooLarge { value: self.jitter, max: JITTER_MAX });
         }
-        for (field, bandwidth) in [
-            ("bandwidth_ab", self.bandwidth_ab),
-            ("bandwidth_ba", self.bandwidth_ba),
-        ] {
+        for (field, bandwidth) in [("bandwidth_ab", self.bandwidth_ab), ("bandwidth_ba", self.bandwidth_ba)] {
             match bandwidth {
                 Bandwidth::BitsPerSecond(value) if value < BANDWIDTH_BPS_MIN => {
-                    return Err(SettingsError::BandwidthTooSmall {
-                        field,
-                        value,
-                        min: BANDWIDTH_BPS_MIN,
-                    });
+                    return Err(SettingsError::BandwidthTooSmall { field, value, min: BANDWIDTH_BPS_MIN });
                 }
                 _ => {}
             }
@@ -253,60 +210,25 @@ pub struct LinkUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
     /// Round-trip delay, split evenly over both directions.
-    #[serde(
-        rename = "rtt_us",
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "serde_opt_us"
-    )]
+    #[serde(rename = "rtt_us", default, skip_serializing_if = "Option::is_none", with = "serde_opt_us")]
     pub rtt: Option<Duration>,
     /// One-way delay client → upstream.
-    #[serde(
-        rename = "delay_ab_us",
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "serde_opt_us"
-    )]
+    #[serde(rename = "delay_ab_us", default, skip_serializing_if = "Option::is_none", with = "serde_opt_us")]
     pub delay_ab: Option<Duration>,
     /// One-way delay upstream → client.
-    #[serde(
-        rename = "delay_ba_us",
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "serde_opt_us"
-    )]
+    #[serde(rename = "delay_ba_us", default, skip_serializing_if = "Option::is_none", with = "serde_opt_us")]
     pub delay_ba: Option<Duration>,
     /// Jitter amplitude.
-    #[serde(
-        rename = "jitter_us",
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "serde_opt_us"
-    )]
+    #[serde(rename = "jitter_us", default, skip_serializing_if = "Option::is_none", with = "serde_opt_us")]
     pub jitter: Option<Duration>,
     /// Bandwidth cap, both directions.
-    #[serde(
-        rename = "bandwidth_bps",
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "serde_opt_bandwidth"
-    )]
+    #[serde(rename = "bandwidth_bps", default, skip_serializing_if = "Option::is_none", with = "serde_opt_bandwidth")]
     pub bandwidth: Option<Bandwidth>,
     /// Bandwidth cap client → upstream.
-    #[serde(
-        rename = "bandwidth_ab_bps",
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "serde_opt_bandwidth"
-    )]
+    #[serde(rename = "bandwidth_ab_bps", default, skip_serializing_if = "Option::is_none", with = "serde_opt_bandwidth")]
     pub bandwidth_ab: Option<Bandwidth>,
     /// Bandwidth cap upstream → client.
-    #[serde(
-        rename = "bandwidth_ba_bps",
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "serde_opt_bandwidth"
-    )]
+    #[serde(rename = "bandwidth_ba_bps", default, skip_serializing_if = "Option::is_none", with = "serde_opt_bandwidth")]
     pub bandwidth_ba: Option<Bandwidth>,
 }
 
@@ -367,10 +289,7 @@ mod tests {
         for name in LinkSettings::PROFILE_NAMES {
             LinkSettings::profile(name).unwrap().validate().unwrap();
         }
-        assert!(matches!(
-            LinkSettings::profile("moon"),
-            Err(SettingsError::UnknownProfile { .. })
-        ));
+        assert!(matches!(LinkSettings::profile("moon"), Err(SettingsError::UnknownProfile { .. })));
     }
 
     #[test]
@@ -394,46 +313,21 @@ mod tests {
     #[test]
     fn a_partial_update_changes_only_its_fields() {
         let current = LinkSettings::profile("intercontinental").unwrap();
-        let update = LinkUpdate {
-            delay_ab: Some(MS),
-            ..LinkUpdate::default()
-        };
+        let update = LinkUpdate { delay_ab: Some(MS), ..LinkUpdate::default() };
         let s = update.apply(&current).unwrap();
-        assert_eq!(
-            s,
-            LinkSettings {
-                delay_ab: MS,
-                ..current
-            }
-        );
+        assert_eq!(s, LinkSettings { delay_ab: MS, ..current });
     }
 
     #[test]
     fn out_of_range_settings_are_rejected() {
-        let too_slow = LinkUpdate {
-            bandwidth_ba: Some(Bandwidth::BitsPerSecond(10)),
-            ..LinkUpdate::default()
-        };
+        let too_slow = LinkUpdate { bandwidth_ba: Some(Bandwidth::BitsPerSecond(10)), ..LinkUpdate::default() };
         assert!(matches!(
             too_slow.apply(&LinkSettings::default()),
-            Err(SettingsError::BandwidthTooSmall {
-                field: "bandwidth_ba",
-                value: 10,
-                ..
-            })
+            Err(SettingsError::BandwidthTooSmall { field: "bandwidth_ba", value: 10, .. })
         ));
-        let too_far = LinkUpdate {
-            rtt: Some(DELAY_MAX * 3),
-            ..LinkUpdate::default()
-        };
-        assert!(matches!(
-            too_far.apply(&LinkSettings::default()),
-            Err(SettingsError::DelayTooLarge { .. })
-        ));
-        let too_shaky = LinkUpdate {
-            jitter: Some(JITTER_MAX + MS),
-            ..LinkUpdate::default()
-        };
+        let too_far = LinkUpdate { rtt: Some(DELAY_MAX * 3), ..LinkUpdate::default() };
+        assert!(matches!(too_far.apply(&LinkSettings::default()), Err(SettingsError::DelayTooLarge { .. })));
+        let too_shaky = LinkUpdate { jitter: Some(JITTER_MAX + MS), ..LinkUpdate::default() };
         assert!(too_shaky.apply(&LinkSettings::default()).is_err());
     }
 
@@ -449,10 +343,7 @@ mod tests {
         assert_eq!(u.bandwidth_ab, Some(Bandwidth::Unlimited));
         assert_eq!(u.bandwidth_ba, Some(Bandwidth::mbit(100)));
         assert_eq!(u.delay_ab, None);
-        assert!(
-            serde_json::from_str::<LinkUpdate>(r#"{"rtt": 5}"#).is_err(),
-            "typo rejected"
-        );
+        assert!(serde_json::from_str::<LinkUpdate>(r#"{"rtt": 5}"#).is_err(), "typo rejected");
         // What the CLI sends is what the server reads.
         let back: LinkUpdate = serde_json::from_str(&serde_json::to_string(&u).unwrap()).unwrap();
         assert_eq!(back, u);

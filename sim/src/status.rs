@@ -7,9 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::settings::{Dir, LinkSettings};
 
 /// What a partition does to traffic.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum PartitionMode {
     /// Connections stay open; bytes are read (up to the queue limit, then backpressure) but not
@@ -24,9 +22,7 @@ pub enum PartitionMode {
 }
 
 /// Which directions a partition affects.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Both directions.

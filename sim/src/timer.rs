@@ -103,16 +103,10 @@ impl Timer {
                 }
             }
             heap = match heap.entries.peek() {
-                None => self
-                    .changed
-                    .wait(heap)
-                    .unwrap_or_else(PoisonError::into_inner),
+                None => self.changed.wait(heap).unwrap_or_else(PoisonError::into_inner),
                 Some(Reverse(e)) => {
                     let timeout = e.at.saturating_duration_since(now);
-                    self.changed
-                        .wait_timeout(heap, timeout)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
+                    self.changed.wait_timeout(heap, timeout).unwrap_or_else(PoisonError::into_inner).0
                 }
             };
         }
@@ -122,14 +116,8 @@ impl Timer {
 fn timer() -> Option<&'static Timer> {
     static TIMER: OnceLock<Option<&'static Timer>> = OnceLock::new();
     *TIMER.get_or_init(|| {
-        let timer: &'static Timer = Box::leak(Box::new(Timer {
-            heap: Mutex::default(),
-            changed: Condvar::new(),
-        }));
-        match std::thread::Builder::new()
-            .name("geomirror-sim-timer".into())
-            .spawn(move || timer.run())
-        {
+        let timer: &'static Timer = Box::leak(Box::new(Timer { heap: Mutex::default(), changed: Condvar::new() }));
+        match std::thread::Builder::new().name("geomirror-sim-timer".into()).spawn(move || timer.run()) {
             Ok(_) => Some(timer),
             Err(e) => {
                 tracing::warn!("failed to start the precise timer thread, using tokio's: {e}");
@@ -161,10 +149,7 @@ fn record_lateness(late: Duration) {
 pub(crate) fn sleep_until(deadline: Instant) -> PreciseSleep {
     let target = deadline.checked_sub(lead()).unwrap_or(deadline);
     match timer() {
-        Some(_) => PreciseSleep::Thread {
-            deadline: target,
-            slot: None,
-        },
+        Some(_) => PreciseSleep::Thread { deadline: target, slot: None },
         None => PreciseSleep::Tokio(Box::pin(tokio::time::sleep_until(deadline.into()))),
     }
 }
@@ -222,10 +207,7 @@ impl Future for PreciseSleep {
 
 impl Drop for PreciseSleep {
     fn drop(&mut self) {
-        if let PreciseSleep::Thread {
-            slot: Some(slot), ..
-        } = self
-        {
+        if let PreciseSleep::Thread { slot: Some(slot), .. } = self {
             let mut state = lock(&slot.0);
             state.cancelled = true;
             state.waker = None;
@@ -245,10 +227,7 @@ mod tests {
             let deadline = Instant::now() + Duration::from_micros(micros);
             sleep_until(deadline).await;
             let now = Instant::now();
-            assert!(
-                now + TIMER_LEAD_MAX >= deadline,
-                "woke earlier than the lead allows"
-            );
+            assert!(now + TIMER_LEAD_MAX >= deadline, "woke earlier than the lead allows");
             late.push(now.saturating_duration_since(deadline));
         }
         late.sort();
@@ -283,9 +262,6 @@ mod tests {
             assert!(Pin::new(&mut s).poll(&mut cx).is_pending());
         }
         let heap_len = lock(&timer().unwrap().heap).entries.len();
-        assert!(
-            heap_len <= TIMER_ENTRIES_PURGE_AT + 10,
-            "cancelled entries were purged"
-        );
+        assert!(heap_len <= TIMER_ENTRIES_PURGE_AT + 10, "cancelled entries were purged");
     }
 }

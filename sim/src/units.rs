@@ -96,12 +96,7 @@ impl fmt::Display for Bandwidth {
         match *self {
             Bandwidth::Unlimited => f.write_str("unlimited"),
             Bandwidth::BitsPerSecond(bps) => {
-                for (scale, unit) in [
-                    (1_000_000_000_000, "Tbit"),
-                    (1_000_000_000, "Gbit"),
-                    (1_000_000, "Mbit"),
-                    (1_000, "kbit"),
-                ] {
+                for (scale, unit) in [(1_000_000_000_000, "Tbit"), (1_000_000_000, "Gbit"), (1_000_000, "Mbit"), (1_000, "kbit")] {
                     if bps >= scale && bps % scale == 0 {
                         return write!(f, "{}{unit}", bps / scale);
                     }
@@ -131,24 +126,14 @@ pub(crate) fn duration_from_nanos_saturating(nanos: u128) -> Duration {
 /// Splits `"1.5ms"` into `(1.5, "ms")`.
 fn split_number<'a>(input: &'a str, example: &'static str) -> Result<(f64, &'a str), ParseError> {
     let s = input.trim();
-    let end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (number, unit) = s.split_at(end);
     if number.is_empty() {
-        return Err(ParseError::MissingNumber {
-            input: input.to_owned(),
-            example,
-        });
+        return Err(ParseError::MissingNumber { input: input.to_owned(), example });
     }
-    let value: f64 = number.parse().map_err(|_| ParseError::MissingNumber {
-        input: input.to_owned(),
-        example,
-    })?;
+    let value: f64 = number.parse().map_err(|_| ParseError::MissingNumber { input: input.to_owned(), example })?;
     if !value.is_finite() || value < 0.0 {
-        return Err(ParseError::OutOfRange {
-            input: input.to_owned(),
-        });
+        return Err(ParseError::OutOfRange { input: input.to_owned() });
     }
     Ok((value, unit.trim()))
 }
@@ -163,25 +148,16 @@ pub fn parse_duration(input: &str) -> Result<Duration, ParseError> {
         "s" => 1e9,
         "" if value == 0.0 => 1.0,
         "" => {
-            return Err(ParseError::MissingUnit {
-                input: input.to_owned(),
-                units: DURATION_UNITS,
-            });
+            return Err(ParseError::MissingUnit { input: input.to_owned(), units: DURATION_UNITS });
         }
         other => {
-            return Err(ParseError::UnknownUnit {
-                input: input.to_owned(),
-                unit: other.to_owned(),
-                units: DURATION_UNITS,
-            });
+            return Err(ParseError::UnknownUnit { input: input.to_owned(), unit: other.to_owned(), units: DURATION_UNITS });
         }
     };
     let nanos = (value * nanos_per_unit).round();
     // One day is far above any limit; the check keeps the conversion below exact and in range.
     if nanos > 86_400e9 {
-        return Err(ParseError::OutOfRange {
-            input: input.to_owned(),
-        });
+        return Err(ParseError::OutOfRange { input: input.to_owned() });
     }
     Ok(Duration::from_nanos(nanos as u64))
 }
@@ -195,16 +171,10 @@ pub fn parse_bandwidth(input: &str) -> Result<Bandwidth, ParseError> {
     }
     let (value, unit) = split_number(input, "100Mbit")?;
     if unit.is_empty() {
-        return Err(ParseError::MissingUnit {
-            input: input.to_owned(),
-            units: BANDWIDTH_UNITS,
-        });
+        return Err(ParseError::MissingUnit { input: input.to_owned(), units: BANDWIDTH_UNITS });
     }
     let lower = unit.to_ascii_lowercase();
-    let prefix = lower
-        .strip_suffix("bit/s")
-        .or_else(|| lower.strip_suffix("bps"))
-        .or_else(|| lower.strip_suffix("bit"));
+    let prefix = lower.strip_suffix("bit/s").or_else(|| lower.strip_suffix("bps")).or_else(|| lower.strip_suffix("bit"));
     let scale = match prefix {
         Some("") => 1.0,
         Some("k") => 1e3,
@@ -212,18 +182,12 @@ pub fn parse_bandwidth(input: &str) -> Result<Bandwidth, ParseError> {
         Some("g") => 1e9,
         Some("t") => 1e12,
         _ => {
-            return Err(ParseError::UnknownUnit {
-                input: input.to_owned(),
-                unit: unit.to_owned(),
-                units: BANDWIDTH_UNITS,
-            });
+            return Err(ParseError::UnknownUnit { input: input.to_owned(), unit: unit.to_owned(), units: BANDWIDTH_UNITS });
         }
     };
     let bps = (value * scale).round();
     if bps > 1e15 {
-        return Err(ParseError::OutOfRange {
-            input: input.to_owned(),
-        });
+        return Err(ParseError::OutOfRange { input: input.to_owned() });
     }
     Ok(Bandwidth::BitsPerSecond(bps as u64))
 }
@@ -258,9 +222,7 @@ pub mod serde_us {
 
     /// Serializes as whole microseconds (sub-microsecond parts are truncated).
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        u64::try_from(d.as_micros())
-            .unwrap_or(u64::MAX)
-            .serialize(s)
+        u64::try_from(d.as_micros()).unwrap_or(u64::MAX).serialize(s)
     }
 
     /// Accepts microseconds or a duration string.
@@ -324,9 +286,7 @@ impl<'de> Deserialize<'de> for Bandwidth {
         match Option::<NumberOrText>::deserialize(d)? {
             None => Ok(Bandwidth::Unlimited),
             Some(NumberOrText::Number(bps)) => Ok(Bandwidth::BitsPerSecond(bps)),
-            Some(NumberOrText::Text(text)) => {
-                parse_bandwidth(&text).map_err(serde::de::Error::custom)
-            }
+            Some(NumberOrText::Text(text)) => parse_bandwidth(&text).map_err(serde::de::Error::custom),
         }
     }
 }
@@ -349,34 +309,13 @@ mod tests {
 
     #[test]
     fn bad_durations_are_rejected_with_a_reason() {
-        assert!(matches!(
-            parse_duration("20"),
-            Err(ParseError::MissingUnit { .. })
-        ));
-        assert!(matches!(
-            parse_duration("ms"),
-            Err(ParseError::MissingNumber { .. })
-        ));
-        assert!(matches!(
-            parse_duration(""),
-            Err(ParseError::MissingNumber { .. })
-        ));
-        assert!(matches!(
-            parse_duration("-2ms"),
-            Err(ParseError::MissingNumber { .. })
-        ));
-        assert!(matches!(
-            parse_duration("2h"),
-            Err(ParseError::UnknownUnit { .. })
-        ));
-        assert!(matches!(
-            parse_duration("1.2.3ms"),
-            Err(ParseError::MissingNumber { .. })
-        ));
-        assert!(matches!(
-            parse_duration("99999999999s"),
-            Err(ParseError::OutOfRange { .. })
-        ));
+        assert!(matches!(parse_duration("20"), Err(ParseError::MissingUnit { .. })));
+        assert!(matches!(parse_duration("ms"), Err(ParseError::MissingNumber { .. })));
+        assert!(matches!(parse_duration(""), Err(ParseError::MissingNumber { .. })));
+        assert!(matches!(parse_duration("-2ms"), Err(ParseError::MissingNumber { .. })));
+        assert!(matches!(parse_duration("2h"), Err(ParseError::UnknownUnit { .. })));
+        assert!(matches!(parse_duration("1.2.3ms"), Err(ParseError::MissingNumber { .. })));
+        assert!(matches!(parse_duration("99999999999s"), Err(ParseError::OutOfRange { .. })));
     }
 
     #[test]
@@ -384,28 +323,13 @@ mod tests {
         assert_eq!(parse_bandwidth("100Mbit"), Ok(Bandwidth::mbit(100)));
         assert_eq!(parse_bandwidth("1Gbit"), Ok(Bandwidth::gbit(1)));
         assert_eq!(parse_bandwidth("10Gbit"), Ok(Bandwidth::gbit(10)));
-        assert_eq!(
-            parse_bandwidth("2.5gbps"),
-            Ok(Bandwidth::BitsPerSecond(2_500_000_000))
-        );
-        assert_eq!(
-            parse_bandwidth("64kbit/s"),
-            Ok(Bandwidth::BitsPerSecond(64_000))
-        );
+        assert_eq!(parse_bandwidth("2.5gbps"), Ok(Bandwidth::BitsPerSecond(2_500_000_000)));
+        assert_eq!(parse_bandwidth("64kbit/s"), Ok(Bandwidth::BitsPerSecond(64_000)));
         assert_eq!(parse_bandwidth("unlimited"), Ok(Bandwidth::Unlimited));
         assert_eq!(parse_bandwidth("Unlimited"), Ok(Bandwidth::Unlimited));
-        assert!(matches!(
-            parse_bandwidth("100"),
-            Err(ParseError::MissingUnit { .. })
-        ));
-        assert!(matches!(
-            parse_bandwidth("100MB"),
-            Err(ParseError::UnknownUnit { .. })
-        ));
-        assert!(matches!(
-            parse_bandwidth("fast"),
-            Err(ParseError::MissingNumber { .. })
-        ));
+        assert!(matches!(parse_bandwidth("100"), Err(ParseError::MissingUnit { .. })));
+        assert!(matches!(parse_bandwidth("100MB"), Err(ParseError::UnknownUnit { .. })));
+        assert!(matches!(parse_bandwidth("fast"), Err(ParseError::MissingNumber { .. })));
     }
 
     #[test]
@@ -413,14 +337,7 @@ mod tests {
         for text in ["20ms", "250us", "1500ms", "2s", "100ns", "0s"] {
             assert_eq!(format_duration(parse_duration(text).unwrap()), text);
         }
-        for text in [
-            "100Mbit",
-            "1Gbit",
-            "64kbit",
-            "1500bit",
-            "unlimited",
-            "2500Mbit",
-        ] {
+        for text in ["100Mbit", "1Gbit", "64kbit", "1500bit", "unlimited", "2500Mbit"] {
             assert_eq!(parse_bandwidth(text).unwrap().to_string(), text);
         }
     }
@@ -430,30 +347,15 @@ mod tests {
         // 1 MiB at 100 Mbit/s: 8_388_608 bits / 10^8 bit/s = 83.886 ms.
         let t = Bandwidth::mbit(100).serialization_time(1024 * 1024);
         assert_eq!(t, Duration::from_nanos(83_886_080));
-        assert_eq!(
-            Bandwidth::Unlimited.serialization_time(1 << 30),
-            Duration::ZERO
-        );
-        assert_eq!(
-            Bandwidth::BitsPerSecond(0).serialization_time(1),
-            Duration::MAX
-        );
-        assert_eq!(
-            Bandwidth::BitsPerSecond(1).serialization_time(u64::MAX),
-            Duration::MAX
-        );
+        assert_eq!(Bandwidth::Unlimited.serialization_time(1 << 30), Duration::ZERO);
+        assert_eq!(Bandwidth::BitsPerSecond(0).serialization_time(1), Duration::MAX);
+        assert_eq!(Bandwidth::BitsPerSecond(1).serialization_time(u64::MAX), Duration::MAX);
     }
 
     #[test]
     fn bandwidth_json_uses_null_for_unlimited_and_accepts_strings() {
-        assert_eq!(
-            serde_json::to_string(&Bandwidth::Unlimited).unwrap(),
-            "null"
-        );
-        assert_eq!(
-            serde_json::to_string(&Bandwidth::mbit(1)).unwrap(),
-            "1000000"
-        );
+        assert_eq!(serde_json::to_string(&Bandwidth::Unlimited).unwrap(), "null");
+        assert_eq!(serde_json::to_string(&Bandwidth::mbit(1)).unwrap(), "1000000");
         let b: Bandwidth = serde_json::from_str("\"1Gbit\"").unwrap();
         assert_eq!(b, Bandwidth::gbit(1));
         let b: Bandwidth = serde_json::from_str("null").unwrap();

@@ -39,13 +39,7 @@ async fn send(addr: std::net::SocketAddr, bytes: usize) {
 }
 
 fn capped(bandwidth: Bandwidth, delay: Duration) -> LinkSettings {
-    LinkSettings {
-        delay_ab: delay,
-        delay_ba: delay,
-        bandwidth_ab: bandwidth,
-        bandwidth_ba: bandwidth,
-        ..LinkSettings::default()
-    }
+    LinkSettings { delay_ab: delay, delay_ba: delay, bandwidth_ab: bandwidth, bandwidth_ba: bandwidth, ..LinkSettings::default() }
 }
 
 fn mbit_per_s(bytes: u64, elapsed: Duration) -> f64 {
@@ -68,10 +62,7 @@ async fn throughput_through_a_capped_link_is_within_10_percent_of_the_cap() {
         // Serialization time is what remains after the one-way propagation delay.
         let rate = mbit_per_s(received, end - start - delay);
         eprintln!("80 Mbit/s link carried {rate:.1} Mbit/s");
-        assert!(
-            (72.0..=88.0).contains(&rate),
-            "{rate:.1} Mbit/s is not within 10% of 80"
-        );
+        assert!((72.0..=88.0).contains(&rate), "{rate:.1} Mbit/s is not within 10% of 80");
     })
     .await;
 }
@@ -83,10 +74,7 @@ async fn connections_of_one_direction_share_its_bandwidth() {
         let proxy = proxy(addr, capped(Bandwidth::mbit(80), MS)).await;
         let bytes = 2 * 1024 * 1024;
         let start = Instant::now();
-        let senders = [
-            tokio::spawn(send(proxy.local_addr(), bytes)),
-            tokio::spawn(send(proxy.local_addr(), bytes)),
-        ];
+        let senders = [tokio::spawn(send(proxy.local_addr(), bytes)), tokio::spawn(send(proxy.local_addr(), bytes))];
         let mut sinks = Vec::new();
         for _ in 0..2 {
             let (server, _) = upstream.accept().await.unwrap();
@@ -104,10 +92,7 @@ async fn connections_of_one_direction_share_its_bandwidth() {
         // Two connections of 2 MiB each take as long as one of 4 MiB: about 0.42 s, not 0.21.
         let rate = mbit_per_s(2 * bytes as u64, last_end - start - MS);
         eprintln!("two connections together carried {rate:.1} Mbit/s over an 80 Mbit/s link");
-        assert!(
-            (72.0..=88.0).contains(&rate),
-            "aggregate {rate:.1} Mbit/s, cap 80"
-        );
+        assert!((72.0..=88.0).contains(&rate), "aggregate {rate:.1} Mbit/s, cap 80");
     })
     .await;
 }
@@ -117,11 +102,7 @@ async fn the_other_direction_has_its_own_cap() {
     bounded(async {
         let listener = TcpListener::bind(localhost()).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let settings = LinkSettings {
-            bandwidth_ab: Bandwidth::mbit(400),
-            bandwidth_ba: Bandwidth::mbit(40),
-            ..LinkSettings::default()
-        };
+        let settings = LinkSettings { bandwidth_ab: Bandwidth::mbit(400), bandwidth_ba: Bandwidth::mbit(40), ..LinkSettings::default() };
         let proxy = proxy(addr, settings).await;
         let bytes = 2 * 1024 * 1024;
         // The upstream sends, the client receives: the b->a cap applies.
@@ -164,8 +145,7 @@ async fn a_receiver_that_does_not_read_gets_backpressure_not_unbounded_buffering
         // The proxy fills its queue for this direction and stops there.
         assert!(
             eventually(Duration::from_secs(3), || {
-                proxy.counters().ab.queued_bytes as usize
-                    > DIRECTION_QUEUE_BYTES_MAX - 2 * 64 * 1024
+                proxy.counters().ab.queued_bytes as usize > DIRECTION_QUEUE_BYTES_MAX - 2 * 64 * 1024
             })
             .await,
             "queue never filled: {:?}",
@@ -174,10 +154,7 @@ async fn a_receiver_that_does_not_read_gets_backpressure_not_unbounded_buffering
         tokio::time::sleep(Duration::from_millis(300)).await;
         let queued = proxy.counters().ab.queued_bytes as usize;
         assert!(queued <= DIRECTION_QUEUE_BYTES_MAX, "queued {queued} bytes");
-        assert!(
-            !writer.is_finished(),
-            "the sender should be blocked by backpressure"
-        );
+        assert!(!writer.is_finished(), "the sender should be blocked by backpressure");
 
         // Once the receiver reads, everything arrives, intact and in order.
         let mut buf = vec![0u8; 256 * 1024];

@@ -42,11 +42,7 @@ async fn profiles_give_their_round_trip() {
         // The floor: loopback and the echo task alone, without the proxy.
         let direct = median_rtt(&mut connect(echo).await, 10).await;
         eprintln!("direct loopback echo RTT (no proxy): {direct:?}");
-        for (name, rtt) in [
-            ("lan", Duration::from_micros(200)),
-            ("metro", 2 * MS),
-            ("regional", 20 * MS),
-        ] {
+        for (name, rtt) in [("lan", Duration::from_micros(200)), ("metro", 2 * MS), ("regional", 20 * MS)] {
             let proxy = proxy(echo, LinkSettings::profile(name).unwrap()).await;
             let mut stream = connect(proxy.local_addr()).await;
             assert_rtt_close(&mut stream, 10, rtt, &format!("{name} profile RTT")).await;
@@ -60,16 +56,9 @@ async fn profiles_give_their_round_trip() {
 async fn asymmetric_delays_apply_to_their_own_direction() {
     bounded(async {
         let (upstream, addr) = upstream_listener().await;
-        let settings = LinkSettings {
-            delay_ab: 30 * MS,
-            delay_ba: 5 * MS,
-            ..LinkSettings::default()
-        };
+        let settings = LinkSettings { delay_ab: 30 * MS, delay_ba: 5 * MS, ..LinkSettings::default() };
         let proxy = proxy(addr, settings).await;
-        let Ends {
-            mut client,
-            mut server,
-        } = connect_through(&proxy, &upstream).await;
+        let Ends { mut client, mut server } = connect_through(&proxy, &upstream).await;
         let mut byte = [0u8; 1];
         // Up to three rounds of five samples (see `assert_rtt_close`).
         let (mut ab, mut ba) = (Vec::new(), Vec::new());
@@ -102,17 +91,9 @@ async fn asymmetric_delays_apply_to_their_own_direction() {
 async fn jitter_varies_the_delay_but_never_reorders_bytes() {
     bounded(async {
         let (upstream, addr) = upstream_listener().await;
-        let settings = LinkSettings {
-            delay_ab: 10 * MS,
-            delay_ba: 10 * MS,
-            jitter: 5 * MS,
-            ..LinkSettings::default()
-        };
+        let settings = LinkSettings { delay_ab: 10 * MS, delay_ba: 10 * MS, jitter: 5 * MS, ..LinkSettings::default() };
         let proxy = proxy(addr, settings).await;
-        let Ends {
-            mut client,
-            mut server,
-        } = connect_through(&proxy, &upstream).await;
+        let Ends { mut client, mut server } = connect_through(&proxy, &upstream).await;
 
         // Many small writes, spaced so that most become separate chunks with their own jitter.
         let count: u32 = 400;
@@ -145,16 +126,10 @@ async fn jitter_varies_the_delay_but_never_reorders_bytes() {
         samples.sort();
         eprintln!("jittered one-way delays: {samples:?}");
         // Nothing arrives before delay - jitter (less the timer's lead of at most 0.5 ms).
-        assert!(
-            samples[0] >= 4500 * MS / 1000,
-            "below delay - jitter: {samples:?}"
-        );
+        assert!(samples[0] >= 4500 * MS / 1000, "below delay - jitter: {samples:?}");
         // One sample may be late from a scheduling hiccup on a busy machine; not two.
         assert!(samples[13] <= 17 * MS, "above delay + jitter: {samples:?}");
-        assert!(
-            samples[13] - samples[1] >= 2 * MS,
-            "no visible jitter: {samples:?}"
-        );
+        assert!(samples[13] - samples[1] >= 2 * MS, "no visible jitter: {samples:?}");
     })
     .await;
 }
@@ -167,10 +142,7 @@ async fn put_link_changes_the_rtt_of_a_live_connection() {
         assert_rtt_close(&mut stream, 5, 20 * MS, "before PUT /link").await;
 
         let control = ControlClient::new(proxy.control_addr().unwrap());
-        let update = LinkUpdate {
-            rtt: Some(60 * MS),
-            ..LinkUpdate::default()
-        };
+        let update = LinkUpdate { rtt: Some(60 * MS), ..LinkUpdate::default() };
         let status = control.update(&update).await.unwrap();
         assert_eq!(status.settings.rtt(), 60 * MS);
         assert_rtt_close(&mut stream, 5, 60 * MS, "after PUT /link").await;

@@ -21,10 +21,7 @@ pub fn geomirror_bin() -> PathBuf {
 /// Fails the test with a clear message if an external tool is missing.
 pub fn require_tool(tool: &str) {
     let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success());
-    assert!(
-        matches!(found, Ok(true)),
-        "`{tool}` is not installed: run the README's test command (scripts/test.sh), which installs it"
-    );
+    assert!(matches!(found, Ok(true)), "`{tool}` is not installed: run the README's test command (scripts/test.sh), which installs it");
 }
 
 /// A config for a single node with one volume; ports 0 (ephemeral).

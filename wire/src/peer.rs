@@ -346,13 +346,36 @@ mod tests {
                 protocol_version: PROTOCOL_VERSION,
                 node: "site-a".into(),
                 lane: Lane::Bulk,
-                volumes: vec![VolumeInfo { name: "vol0".into(), size: 1 << 30, block_bytes: 4096, extent_bytes: 1 << 20, volume_id: [9; 16] }],
+                volumes: vec![VolumeInfo {
+                    name: "vol0".into(),
+                    size: 1 << 30,
+                    block_bytes: 4096,
+                    extent_bytes: 1 << 20,
+                    volume_id: [9; 16],
+                }],
             },
             Message::HelloReply { protocol_version: 1, node: "site-b".into(), refusal: String::new(), volume_errors: vec![String::new()] },
-            Message::Sync { id: 1, volume: 0, counter: Epoch(5), own: vec![ExtentClaim { extent: Extent(3), epoch: Epoch(4) }], record: vec![], gives: vec![] },
-            Message::SyncReply { id: 1, counter: Epoch(6), own: vec![], record: vec![ExtentClaim { extent: Extent(3), epoch: Epoch(4) }], gives: vec![ExtentClaim { extent: Extent(5), epoch: Epoch(6) }] },
+            Message::Sync {
+                id: 1,
+                volume: 0,
+                counter: Epoch(5),
+                own: vec![ExtentClaim { extent: Extent(3), epoch: Epoch(4) }],
+                record: vec![],
+                gives: vec![],
+            },
+            Message::SyncReply {
+                id: 1,
+                counter: Epoch(6),
+                own: vec![],
+                record: vec![ExtentClaim { extent: Extent(3), epoch: Epoch(4) }],
+                gives: vec![ExtentClaim { extent: Extent(5), epoch: Epoch(6) }],
+            },
             Message::Claim { id: 2, volume: 0, counter: Epoch(6), extents: vec![Extent(10), Extent(11)] },
-            Message::ClaimReply { id: 2, counter: Epoch(8), outcomes: vec![ClaimOutcome::Granted(Epoch(7)), ClaimOutcome::Declined, ClaimOutcome::OwnedByResponder(Epoch(2))] },
+            Message::ClaimReply {
+                id: 2,
+                counter: Epoch(8),
+                outcomes: vec![ClaimOutcome::Granted(Epoch(7)), ClaimOutcome::Declined, ClaimOutcome::OwnedByResponder(Epoch(2))],
+            },
             Message::Handover { id: 3, volume: 0, counter: Epoch(8), extent: Extent(2) },
             Message::HandoverReply { id: 3, counter: Epoch(9), granted: Some(Epoch(9)), blocks: vec![run.clone()] },
             Message::Pull { id: 4, volume: 0, offset: 4096, length: 4096 },
@@ -391,7 +414,9 @@ mod tests {
             &[4, 2, 0, 6, 2, 10, 172, 2]
         );
         assert_eq!(
-            Message::ClaimReply { id: 2, counter: Epoch(8), outcomes: vec![ClaimOutcome::Granted(Epoch(7)), ClaimOutcome::Declined] }.encode().as_ref(),
+            Message::ClaimReply { id: 2, counter: Epoch(8), outcomes: vec![ClaimOutcome::Granted(Epoch(7)), ClaimOutcome::Declined] }
+                .encode()
+                .as_ref(),
             &[5, 2, 8, 2, 0, 7, 2]
         );
     }

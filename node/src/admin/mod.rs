@@ -89,10 +89,7 @@ impl AdminState {
 
 /// Serves the admin API on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/status", get(status_handler))
-        .with_state(state);
+    let app = Router::new().route("/metrics", get(metrics_handler)).route("/status", get(status_handler)).with_state(state);
     axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
 }
 

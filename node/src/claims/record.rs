@@ -44,7 +44,9 @@ pub enum RecordError {
     },
     /// The file is damaged: refused, because forgetting a peer's claim would
     /// serve stale reads.
-    #[error("claims record {path} is corrupt ({reason}); refusing to start (restore it, or remove it only if both sites hold identical data)")]
+    #[error(
+        "claims record {path} is corrupt ({reason}); refusing to start (restore it, or remove it only if both sites hold identical data)"
+    )]
     Corrupt {
         /// The file.
         path: PathBuf,

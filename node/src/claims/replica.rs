@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use geomirror_wire::peer::{BlockIndex, BlockRun, ClaimOutcome, CopyItem, Epoch, Extent, ExtentClaim, Message, VolumeSlot, DATA_BYTES_MAX};
+use geomirror_wire::peer::{BlockIndex, BlockRun, ClaimOutcome, CopyItem, DATA_BYTES_MAX, Epoch, Extent, ExtentClaim, Message, VolumeSlot};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -110,7 +110,8 @@ impl Replica {
         peer_timeout: Duration,
     ) -> Result<Arc<Replica>, RecordError> {
         let contents = record.load()?;
-        let state = ReplicaState::restore(geometry, knobs, contents.counter, &contents.own, &contents.record, &contents.gives, Instant::now());
+        let state =
+            ReplicaState::restore(geometry, knobs, contents.counter, &contents.own, &contents.record, &contents.gives, Instant::now());
         if !contents.own.is_empty() || !contents.record.is_empty() {
             info!(volume = %name, own = contents.own.len(), peer_owned = contents.record.len(), "claims record loaded; own extents will be re-sent");
         }
@@ -238,7 +239,6 @@ impl Replica {
         Ok(())
     }
 
-
     async fn store_write(&self, offset: u64, length: u64, op: WriteOp) -> Result<(), VolumeError> {
         let store = self.store.clone();
         Ok(blocking(move || match op {
@@ -250,7 +250,12 @@ impl Replica {
     }
 
     /// Waits until every extent of `range` is owned and admits the write.
-    async fn acquire(&self, range: std::ops::RangeInclusive<u64>, deadline: tokio::time::Instant, waited: &mut bool) -> Result<(), VolumeError> {
+    async fn acquire(
+        &self,
+        range: std::ops::RangeInclusive<u64>,
+        deadline: tokio::time::Instant,
+        waited: &mut bool,
+    ) -> Result<(), VolumeError> {
         enum Next {
             Admitted,
             Wait,
@@ -291,11 +296,8 @@ impl Replica {
                             let counter = st.counter();
                             let volume = self.slot;
                             let list = extents.clone();
-                            let (id, rx) = session.request(permit, self.link.ids(), volume, RequestKind::Claim(extents), |id| Message::Claim {
-                                id,
-                                volume,
-                                counter,
-                                extents: list,
+                            let (id, rx) = session.request(permit, self.link.ids(), volume, RequestKind::Claim(extents), |id| {
+                                Message::Claim { id, volume, counter, extents: list }
                             });
                             Next::Reply(session.clone(), id, rx)
                         }
@@ -303,11 +305,8 @@ impl Replica {
                             *waited = true;
                             let counter = st.counter();
                             let volume = self.slot;
-                            let (id, rx) = session.request(permit, self.link.ids(), volume, RequestKind::Handover(extent), |id| Message::Handover {
-                                id,
-                                volume,
-                                counter,
-                                extent,
+                            let (id, rx) = session.request(permit, self.link.ids(), volume, RequestKind::Handover(extent), |id| {
+                                Message::Handover { id, volume, counter, extent }
                             });
                             Next::Reply(session.clone(), id, rx)
                         }
@@ -407,7 +406,12 @@ impl Replica {
                     (ReadSource::Local, _, _) => None,
                     (ReadSource::Peer, Some(permit), Some(session)) => {
                         let volume = self.slot;
-                        let (id, rx) = session.request(permit, self.link.ids(), volume, RequestKind::Pull, |id| Message::Pull { id, volume, offset, length });
+                        let (id, rx) = session.request(permit, self.link.ids(), volume, RequestKind::Pull, |id| Message::Pull {
+                            id,
+                            volume,
+                            offset,
+                            length,
+                        });
                         Some(Some((session.clone(), id, rx)))
                     }
                     (ReadSource::Peer, _, _) => Some(None),
@@ -422,19 +426,19 @@ impl Replica {
                     session.settle_if_closed(id);
                     let answer = tokio::time::timeout_at(deadline, rx).await;
                     match answer {
-                    Ok(Ok(Ok(Message::PullReply { data: Some(data), .. }))) if data.len() == length as usize => {
-                        self.metrics.pulls.increment(1);
-                        return Ok(data);
-                    }
-                    Ok(Ok(Ok(_))) => {
-                        // The peer no longer holds the newest data: ownership
-                        // moved; look again after the state settles.
-                        let mut changed = self.changed.subscribe();
-                        let _ = tokio::time::timeout(Duration::from_millis(5), changed.changed()).await;
-                    }
-                    Ok(Ok(Err(LinkError::Down))) | Ok(Err(_)) => {}
-                    Ok(Ok(Err(e))) => return Err(unavailable(e)),
-                    Err(_) => return Err(unavailable(format!("the peer did not answer a pull within {:?}", self.peer_timeout))),
+                        Ok(Ok(Ok(Message::PullReply { data: Some(data), .. }))) if data.len() == length as usize => {
+                            self.metrics.pulls.increment(1);
+                            return Ok(data);
+                        }
+                        Ok(Ok(Ok(_))) => {
+                            // The peer no longer holds the newest data: ownership
+                            // moved; look again after the state settles.
+                            let mut changed = self.changed.subscribe();
+                            let _ = tokio::time::timeout(Duration::from_millis(5), changed.changed()).await;
+                        }
+                        Ok(Ok(Err(LinkError::Down))) | Ok(Err(_)) => {}
+                        Ok(Ok(Err(e))) => return Err(unavailable(e)),
+                        Err(_) => return Err(unavailable(format!("the peer did not answer a pull within {:?}", self.peer_timeout))),
                     }
                 }
             }
@@ -460,7 +464,9 @@ impl Replica {
         let gives = st.gives();
         let counter = st.counter();
         let volume = self.slot;
-        Ok(session.request(permit, self.link.ids(), volume, RequestKind::Sync, |id| Message::Sync { id, volume, counter, own, record, gives }).1)
+        Ok(session
+            .request(permit, self.link.ids(), volume, RequestKind::Sync, |id| Message::Sync { id, volume, counter, own, record, gives })
+            .1)
     }
 
     /// The peer's view of the claims (accepter, at session start).
@@ -886,7 +892,12 @@ impl Replica {
 
     /// Sends copies and releases on one session until it ends (Ok) or the
     /// node shuts down (Err).
-    async fn send_copies(&self, session: &Arc<Session>, bulk: &tokio::sync::mpsc::Sender<Bytes>, shutdown: &CancellationToken) -> Result<(), ()> {
+    async fn send_copies(
+        &self,
+        session: &Arc<Session>,
+        bulk: &tokio::sync::mpsc::Sender<Bytes>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ()> {
         let g = self.geometry;
         loop {
             if session.is_closed() {

@@ -319,12 +319,7 @@ impl ReplicaState {
             peer_owned_extents: self.peer_owned,
             unsent_blocks: self.queued,
             not_durable_blocks: self.dirty.len(),
-            received_not_durable_blocks: self
-                .inflight
-                .iter()
-                .take_while(|f| f.seq <= self.peer_received)
-                .map(|f| f.labels.len())
-                .sum(),
+            received_not_durable_blocks: self.inflight.iter().take_while(|f| f.seq <= self.peer_received).map(|f| f.labels.len()).sum(),
         }
     }
 
@@ -386,9 +381,8 @@ impl ReplicaState {
             None => self.extents.remove(&e),
         };
         let slot = |s: &Option<ExtentState>| s.as_ref().is_some_and(ExtentState::takes_slot) as usize;
-        let peer = |s: &Option<ExtentState>| {
-            matches!(s, Some(ExtentState::PeerOwned { .. }) | Some(ExtentState::Acquiring { .. })) as usize
-        };
+        let peer =
+            |s: &Option<ExtentState>| matches!(s, Some(ExtentState::PeerOwned { .. }) | Some(ExtentState::Acquiring { .. })) as usize;
         self.slots_used = self.slots_used + slot(&new) - slot(&old);
         self.peer_owned = self.peer_owned + peer(&new) - peer(&old);
         let owned_or_record = |s: &Option<ExtentState>| match s {
@@ -1003,4 +997,3 @@ impl ReplicaState {
         }
     }
 }
-

@@ -216,7 +216,13 @@ fn concurrent_claims_are_resolved_by_the_tie_breaker() {
 fn sync_adopts_what_the_peer_records_as_ours() {
     let t = Instant::now();
     let mut a = ReplicaState::new(geometry(16), knobs(8, 0, true));
-    a.on_sync(Epoch(9), &[ExtentClaim { extent: Extent(1), epoch: Epoch(3) }], &[ExtentClaim { extent: Extent(2), epoch: Epoch(9) }], &[], t);
+    a.on_sync(
+        Epoch(9),
+        &[ExtentClaim { extent: Extent(1), epoch: Epoch(3) }],
+        &[ExtentClaim { extent: Extent(2), epoch: Epoch(9) }],
+        &[],
+        t,
+    );
     assert_eq!(a.read_source(Extent(1)), ReadSource::Peer);
     assert_eq!(a.begin_write(2..=2, t), WriteAccess::Admitted, "an adopted extent is owned");
     assert_eq!(a.figures().unsent_blocks, 4, "and every block of it is re-sent");

@@ -9,9 +9,7 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use geomirror_wire::nbd::{
-    self as w, InfoRequest, OPTION_BYTES_MAX, OPTION_HEADER_BYTES, handshake as hs, info, opt, rep, tflag,
-};
+use geomirror_wire::nbd::{self as w, InfoRequest, OPTION_BYTES_MAX, OPTION_HEADER_BYTES, handshake as hs, info, opt, rep, tflag};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::Exports;
@@ -75,12 +73,7 @@ pub fn transmission_flags(structured: bool) -> u16 {
 }
 
 /// Runs the handshake on a fresh connection.
-pub async fn negotiate<R, W>(
-    reader: &mut R,
-    writer: &mut W,
-    exports: &Exports,
-    max_request_bytes: u32,
-) -> Result<Outcome, HandshakeError>
+pub async fn negotiate<R, W>(reader: &mut R, writer: &mut W, exports: &Exports, max_request_bytes: u32) -> Result<Outcome, HandshakeError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -175,14 +168,7 @@ where
     Err(HandshakeError::TooManyOptions)
 }
 
-fn encode_export_info(
-    out: &mut BytesMut,
-    code: u32,
-    volume: &Volume,
-    request: &InfoRequest,
-    structured: bool,
-    max_request_bytes: u32,
-) {
+fn encode_export_info(out: &mut BytesMut, code: u32, volume: &Volume, request: &InfoRequest, structured: bool, max_request_bytes: u32) {
     w::encode_option_reply(out, code, rep::INFO, &w::info_export_payload(volume.size(), transmission_flags(structured)));
     if request.requests.contains(&info::NAME) {
         w::encode_option_reply(out, code, rep::INFO, &w::info_name_payload(volume.name()));

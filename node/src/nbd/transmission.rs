@@ -65,13 +65,7 @@ struct Reply {
 }
 
 /// Serves requests until the client leaves, breaks the protocol or the node stops.
-pub async fn serve<R, W>(
-    mut reader: R,
-    writer: W,
-    session: Session,
-    limits: ServerLimits,
-    shutdown: CancellationToken,
-) -> Disconnect
+pub async fn serve<R, W>(mut reader: R, writer: W, session: Session, limits: ServerLimits, shutdown: CancellationToken) -> Disconnect
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -211,9 +205,7 @@ impl Context {
                         .map_err(|e| errno_for(command, &e))
                 }
                 // Not advertised, or unknown: the spec's answer is EINVAL.
-                Command::Cache | Command::BlockStatus | Command::Resize | Command::Unknown(_) | Command::Disc => {
-                    Err(Errno::Inval)
-                }
+                Command::Cache | Command::BlockStatus | Command::Resize | Command::Unknown(_) | Command::Disc => Err(Errno::Inval),
             }
         };
         let mut header = BytesMut::with_capacity(32);
@@ -232,7 +224,8 @@ impl Context {
                 }
             }
             Err(errno) => {
-                metrics::counter!(crate::metrics::NBD_ERRORS, "volume" => volume.name().to_string(), "error" => format!("{errno:?}")).increment(1);
+                metrics::counter!(crate::metrics::NBD_ERRORS, "volume" => volume.name().to_string(), "error" => format!("{errno:?}"))
+                    .increment(1);
                 if self.structured && command == Command::Read {
                     w::encode_structured_error(&mut header, request.cookie, errno as u32, &format!("{command:?} failed: {errno:?}"));
                 } else {

@@ -28,8 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::RootCertStore;
 use rustls::client::WebPkiServerVerifier;
@@ -150,16 +149,10 @@ pub fn generate(out_dir: &Path, nodes: &[String]) -> Result<Vec<PathBuf>, CertsE
     for (i, name) in nodes.iter().enumerate() {
         validate_node_name(name)?;
         if nodes[..i].contains(name) {
-            return Err(CertsError::InvalidNodeName {
-                name: name.clone(),
-                reason: "listed twice",
-            });
+            return Err(CertsError::InvalidNodeName { name: name.clone(), reason: "listed twice" });
         }
     }
-    fs::create_dir_all(out_dir).map_err(|source| CertsError::CreateDir {
-        path: out_dir.to_path_buf(),
-        source,
-    })?;
+    fs::create_dir_all(out_dir).map_err(|source| CertsError::CreateDir { path: out_dir.to_path_buf(), source })?;
 
     let ca_cert_path = out_dir.join(CA_CERT_FILE);
     let ca_key_path = out_dir.join(CA_KEY_FILE);
@@ -170,35 +163,20 @@ pub fn generate(out_dir: &Path, nodes: &[String]) -> Result<Vec<PathBuf>, CertsE
         (false, false) => {
             let ca_key = generate_key("CA key")?;
             let ca_cert =
-                ca_params()
-                    .self_signed(&ca_key)
-                    .map_err(|source| CertsError::Generate {
-                        what: "CA certificate".to_owned(),
-                        source,
-                    })?;
+                ca_params().self_signed(&ca_key).map_err(|source| CertsError::Generate { what: "CA certificate".to_owned(), source })?;
             // Key first: a crash in between leaves `CaIncomplete`, never a CA without its key
             // that node certificates were already issued from.
-            write_file(
-                &ca_key_path,
-                ca_key.serialize_pem().as_bytes(),
-                KEY_FILE_MODE,
-            )?;
+            write_file(&ca_key_path, ca_key.serialize_pem().as_bytes(), KEY_FILE_MODE)?;
             write_file(&ca_cert_path, ca_cert.pem().as_bytes(), CERT_FILE_MODE)?;
             written.push(ca_cert_path.clone());
             written.push(ca_key_path.clone());
             (ca_key, ca_cert.der().clone())
         }
         (true, false) => {
-            return Err(CertsError::CaIncomplete {
-                present: ca_cert_path,
-                missing: ca_key_path,
-            });
+            return Err(CertsError::CaIncomplete { present: ca_cert_path, missing: ca_key_path });
         }
         (false, true) => {
-            return Err(CertsError::CaIncomplete {
-                present: ca_key_path,
-                missing: ca_cert_path,
-            });
+            return Err(CertsError::CaIncomplete { present: ca_key_path, missing: ca_cert_path });
         }
     };
 
@@ -209,17 +187,12 @@ pub fn generate(out_dir: &Path, nodes: &[String]) -> Result<Vec<PathBuf>, CertsE
         let key = generate_key(&format!("key for {name}"))?;
         let cert = node_params(name)
             .and_then(|params| params.signed_by(&key, &issuer))
-            .map_err(|source| CertsError::Generate {
-                what: format!("certificate for {name}"),
-                source,
-            })?;
-        checker
-            .check(cert.der(), name)
-            .map_err(|reason| CertsError::CaNotReusable {
-                ca_cert: ca_cert_path.clone(),
-                ca_key: ca_key_path.clone(),
-                reason,
-            })?;
+            .map_err(|source| CertsError::Generate { what: format!("certificate for {name}"), source })?;
+        checker.check(cert.der(), name).map_err(|reason| CertsError::CaNotReusable {
+            ca_cert: ca_cert_path.clone(),
+            ca_key: ca_key_path.clone(),
+            reason,
+        })?;
         let cert_path = out_dir.join(format!("{name}.pem"));
         let key_path = out_dir.join(format!("{name}-key.pem"));
         write_file(&key_path, key.serialize_pem().as_bytes(), KEY_FILE_MODE)?;
@@ -236,30 +209,21 @@ const CERT_FILE_MODE: u32 = 0o644;
 /// Node names become DNS SANs and file names; refuse anything that is not a plain DNS name or
 /// that would overwrite the CA files or another node's key.
 fn validate_node_name(name: &str) -> Result<(), CertsError> {
-    let invalid = |reason| CertsError::InvalidNodeName {
-        name: name.to_owned(),
-        reason,
-    };
+    let invalid = |reason| CertsError::InvalidNodeName { name: name.to_owned(), reason };
     match ServerName::try_from(name) {
         Ok(ServerName::DnsName(_)) => {}
         Ok(_) => {
-            return Err(invalid(
-                "it is an IP address, expected a DNS name such as `site-a`",
-            ));
+            return Err(invalid("it is an IP address, expected a DNS name such as `site-a`"));
         }
         Err(_) => {
-            return Err(invalid(
-                "it is not a valid DNS name, expected e.g. `site-a`",
-            ));
+            return Err(invalid("it is not a valid DNS name, expected e.g. `site-a`"));
         }
     }
     if name.eq_ignore_ascii_case("ca") || name.eq_ignore_ascii_case("ca-key") {
         return Err(invalid("its files would overwrite the CA files"));
     }
     if name.ends_with("-key") {
-        return Err(invalid(
-            "names ending in `-key` clash with the key file of another node",
-        ));
+        return Err(invalid("names ending in `-key` clash with the key file of another node"));
     }
     Ok(())
 }
@@ -273,11 +237,7 @@ fn ca_params() -> CertificateParams {
     dn.push(DnType::CommonName, CA_COMMON_NAME);
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let now = SystemTime::now();
     params.not_before = (now - CLOCK_SKEW_ALLOWANCE).into();
     params.not_after = (now + CA_CERT_VALIDITY).into();
@@ -292,10 +252,7 @@ fn node_params(name: &str) -> Result<CertificateParams, rcgen::Error> {
     params.distinguished_name = dn;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
     let now = SystemTime::now();
     params.not_before = (now - CLOCK_SKEW_ALLOWANCE).into();
@@ -305,31 +262,19 @@ fn node_params(name: &str) -> Result<CertificateParams, rcgen::Error> {
 
 fn generate_key(what: &str) -> Result<KeyPair, CertsError> {
     // ECDSA P-256, signed with ring: supported by rustls' ring provider on both sides.
-    KeyPair::generate().map_err(|source| CertsError::Generate {
-        what: what.to_owned(),
-        source,
-    })
+    KeyPair::generate().map_err(|source| CertsError::Generate { what: what.to_owned(), source })
 }
 
-fn load_ca(
-    cert_path: &Path,
-    key_path: &Path,
-) -> Result<(KeyPair, CertificateDer<'static>), CertsError> {
+fn load_ca(cert_path: &Path, key_path: &Path) -> Result<(KeyPair, CertificateDer<'static>), CertsError> {
     let cert_pem = read_to_string(cert_path)?;
     let key_pem = read_to_string(key_path)?;
-    let bad_cert = |reason: String| CertsError::BadCaCert {
-        path: cert_path.to_path_buf(),
-        reason,
-    };
+    let bad_cert = |reason: String| CertsError::BadCaCert { path: cert_path.to_path_buf(), reason };
     let cert = match CertificateDer::pem_slice_iter(cert_pem.as_bytes()).next() {
         Some(Ok(cert)) => cert,
         Some(Err(e)) => return Err(bad_cert(format!("malformed PEM: {e}"))),
         None => return Err(bad_cert("no `BEGIN CERTIFICATE` block".to_owned())),
     };
-    let key = KeyPair::from_pem(&key_pem).map_err(|source| CertsError::BadCaKey {
-        path: key_path.to_path_buf(),
-        source,
-    })?;
+    let key = KeyPair::from_pem(&key_pem).map_err(|source| CertsError::BadCaKey { path: key_path.to_path_buf(), source })?;
     Ok((key, cert))
 }
 
@@ -343,58 +288,39 @@ struct CaChecker {
 
 impl CaChecker {
     fn new(ca_path: &Path, ca_cert: CertificateDer<'static>) -> Result<Self, CertsError> {
-        let bad_cert = |reason: String| CertsError::BadCaCert {
-            path: ca_path.to_path_buf(),
-            reason,
-        };
+        let bad_cert = |reason: String| CertsError::BadCaCert { path: ca_path.to_path_buf(), reason };
         let mut roots = RootCertStore::empty();
         roots.add(ca_cert).map_err(|e| bad_cert(e.to_string()))?;
         let roots = Arc::new(roots);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let client = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-            .build()
-            .map_err(|e| bad_cert(e.to_string()))?;
-        let server = WebPkiServerVerifier::builder_with_provider(roots, provider)
-            .build()
-            .map_err(|e| bad_cert(e.to_string()))?;
+        let client =
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build().map_err(|e| bad_cert(e.to_string()))?;
+        let server = WebPkiServerVerifier::builder_with_provider(roots, provider).build().map_err(|e| bad_cert(e.to_string()))?;
         Ok(Self { client, server })
     }
 
     fn check(&self, cert: &CertificateDer<'_>, name: &str) -> Result<(), String> {
         let now = UnixTime::now();
-        self.client
-            .verify_client_cert(cert, &[], now)
-            .map_err(|e| e.to_string())?;
+        self.client.verify_client_cert(cert, &[], now).map_err(|e| e.to_string())?;
         let server_name = ServerName::try_from(name).map_err(|e| e.to_string())?;
-        self.server
-            .verify_server_cert(cert, &[], &server_name, &[], now)
-            .map_err(|e| e.to_string())?;
+        self.server.verify_server_cert(cert, &[], &server_name, &[], now).map_err(|e| e.to_string())?;
         Ok(())
     }
 }
 
 fn exists(path: &Path) -> Result<bool, CertsError> {
-    path.try_exists().map_err(|source| CertsError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+    path.try_exists().map_err(|source| CertsError::Read { path: path.to_path_buf(), source })
 }
 
 fn read_to_string(path: &Path) -> Result<String, CertsError> {
-    fs::read_to_string(path).map_err(|source| CertsError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+    fs::read_to_string(path).map_err(|source| CertsError::Read { path: path.to_path_buf(), source })
 }
 
 /// Writes `contents` to a temporary file with `mode`, syncs it and renames it over `path`, so
 /// readers see either the old file or the complete new one, and a replaced key file never keeps
 /// looser permissions from before.
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertsError> {
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{file_name}.tmp"));
     let write = || -> io::Result<()> {
         // A stale temporary file from a crash may have other permissions: start afresh.
@@ -403,21 +329,14 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertsError>
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
+        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
         file.write_all(contents)?;
         file.sync_all()?;
         fs::rename(&tmp, path)
     };
     write().map_err(|source| {
         let _ = fs::remove_file(&tmp);
-        CertsError::Write {
-            path: path.to_path_buf(),
-            source,
-        }
+        CertsError::Write { path: path.to_path_buf(), source }
     })
 }
 
@@ -445,28 +364,18 @@ mod tests {
     fn generate_writes_ca_and_node_files_with_private_keys_0600() {
         let dir = tempfile::tempdir().unwrap();
         let written = generate(dir.path(), &names(&["site-a", "site-b"])).unwrap();
-        let expected: Vec<PathBuf> = [
-            "ca.pem",
-            "ca-key.pem",
-            "site-a.pem",
-            "site-a-key.pem",
-            "site-b.pem",
-            "site-b-key.pem",
-        ]
-        .iter()
-        .map(|f| dir.path().join(f))
-        .collect();
+        let expected: Vec<PathBuf> = ["ca.pem", "ca-key.pem", "site-a.pem", "site-a-key.pem", "site-b.pem", "site-b-key.pem"]
+            .iter()
+            .map(|f| dir.path().join(f))
+            .collect();
         assert_eq!(written, expected);
         for path in &written {
             let is_key = path.to_string_lossy().ends_with("-key.pem");
             assert_eq!(mode(path), if is_key { 0o600 } else { 0o644 }, "{path:?}");
         }
         // Nothing temporary left behind.
-        let leftovers: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .filter(|n| n.to_string_lossy().starts_with('.'))
-            .collect();
+        let leftovers: Vec<_> =
+            fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().starts_with('.')).collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
@@ -474,19 +383,12 @@ mod tests {
     fn node_certificate_names_node_and_loopback_and_serves_both_roles() {
         let dir = tempfile::tempdir().unwrap();
         generate(dir.path(), &names(&["site-a"])).unwrap();
-        let checker = CaChecker::new(
-            &dir.path().join("ca.pem"),
-            read_cert(&dir.path().join("ca.pem")),
-        )
-        .unwrap();
+        let checker = CaChecker::new(&dir.path().join("ca.pem"), read_cert(&dir.path().join("ca.pem"))).unwrap();
         let cert = read_cert(&dir.path().join("site-a.pem"));
         checker.check(&cert, "site-a").unwrap();
         let now = UnixTime::now();
         let ip = ServerName::try_from("127.0.0.1").unwrap();
-        checker
-            .server
-            .verify_server_cert(&cert, &[], &ip, &[], now)
-            .unwrap();
+        checker.server.verify_server_cert(&cert, &[], &ip, &[], now).unwrap();
         let err = checker.check(&cert, "site-b").unwrap_err();
         assert!(err.contains("site-a"), "{err}");
     }
@@ -499,18 +401,9 @@ mod tests {
         let ca_key_before = fs::read(dir.path().join("ca-key.pem")).unwrap();
 
         let written = generate(dir.path(), &names(&["site-c"])).unwrap();
-        assert_eq!(
-            written,
-            vec![
-                dir.path().join("site-c.pem"),
-                dir.path().join("site-c-key.pem")
-            ]
-        );
+        assert_eq!(written, vec![dir.path().join("site-c.pem"), dir.path().join("site-c-key.pem")]);
         assert_eq!(fs::read(dir.path().join("ca.pem")).unwrap(), ca_before);
-        assert_eq!(
-            fs::read(dir.path().join("ca-key.pem")).unwrap(),
-            ca_key_before
-        );
+        assert_eq!(fs::read(dir.path().join("ca-key.pem")).unwrap(), ca_key_before);
 
         let ca = dir.path().join("ca.pem");
         let checker = CaChecker::new(&ca, read_cert(&ca)).unwrap();
@@ -526,11 +419,7 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         generate(ours.path(), &[]).unwrap();
         generate(other.path(), &[]).unwrap();
-        fs::copy(
-            other.path().join("ca-key.pem"),
-            ours.path().join("ca-key.pem"),
-        )
-        .unwrap();
+        fs::copy(other.path().join("ca-key.pem"), ours.path().join("ca-key.pem")).unwrap();
         let err = generate(ours.path(), &names(&["site-a"])).unwrap_err();
         assert!(matches!(err, CertsError::CaNotReusable { .. }), "{err}");
         assert!(!ours.path().join("site-a.pem").exists());
@@ -565,20 +454,9 @@ mod tests {
     #[test]
     fn generate_refuses_unusable_node_names() {
         let dir = tempfile::tempdir().unwrap();
-        for bad in [
-            "",
-            "ca",
-            "ca-key",
-            "site-a-key",
-            "../etc",
-            "a b",
-            "127.0.0.1",
-        ] {
+        for bad in ["", "ca", "ca-key", "site-a-key", "../etc", "a b", "127.0.0.1"] {
             let err = generate(dir.path(), &names(&[bad])).unwrap_err();
-            assert!(
-                matches!(&err, CertsError::InvalidNodeName { name, .. } if name == bad),
-                "{bad:?}: {err}"
-            );
+            assert!(matches!(&err, CertsError::InvalidNodeName { name, .. } if name == bad), "{bad:?}: {err}");
         }
         let err = generate(dir.path(), &names(&["site-a", "site-a"])).unwrap_err();
         assert!(matches!(err, CertsError::InvalidNodeName { .. }), "{err}");

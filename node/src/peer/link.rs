@@ -34,7 +34,7 @@ use tracing::{info, warn};
 
 use super::tls::PeerTls;
 use crate::claims::replica::Replica;
-use crate::limits::{OUTBOX_MESSAGES_MAX, BULK_QUEUE_MESSAGES_MAX, PEER_CONNECT_TIMEOUT, PEER_BACKOFF_MAX};
+use crate::limits::{BULK_QUEUE_MESSAGES_MAX, OUTBOX_MESSAGES_MAX, PEER_BACKOFF_MAX, PEER_CONNECT_TIMEOUT};
 
 /// Sync exchanges per volume at session start.
 const SYNC_ROUNDS: usize = 2;
@@ -374,7 +374,10 @@ impl PeerLink {
         }
     }
 
-    async fn dial(&self, lane: Lane) -> anyhow::Result<Framed<tokio_rustls::client::TlsStream<TcpStream>, tokio_util::codec::LengthDelimitedCodec>> {
+    async fn dial(
+        &self,
+        lane: Lane,
+    ) -> anyhow::Result<Framed<tokio_rustls::client::TlsStream<TcpStream>, tokio_util::codec::LengthDelimitedCodec>> {
         use anyhow::Context;
         let tcp = tokio::time::timeout(PEER_CONNECT_TIMEOUT, TcpStream::connect(self.config.connect))
             .await
@@ -384,12 +387,15 @@ impl PeerLink {
         let tls = self.tls.connect(tcp).await?;
         let mut framed = Framed::new(tls, codec());
         framed
-            .send(Message::Hello {
-                protocol_version: PROTOCOL_VERSION,
-                node: self.config.own_name.clone(),
-                lane,
-                volumes: self.volumes.clone(),
-            }.encode())
+            .send(
+                Message::Hello {
+                    protocol_version: PROTOCOL_VERSION,
+                    node: self.config.own_name.clone(),
+                    lane,
+                    volumes: self.volumes.clone(),
+                }
+                .encode(),
+            )
             .await?;
         let reply = tokio::time::timeout(self.config.peer_timeout, framed.next())
             .await
@@ -554,8 +560,9 @@ impl PeerLink {
         }
         match lane {
             Lane::Priority => {
-                let ours: Vec<String> =
-                    (0..self.volumes.len()).map(|i| volume_errors.get(i).cloned().unwrap_or_else(|| "the peer does not have this volume".into())).collect();
+                let ours: Vec<String> = (0..self.volumes.len())
+                    .map(|i| volume_errors.get(i).cloned().unwrap_or_else(|| "the peer does not have this volume".into()))
+                    .collect();
                 self.apply_volume_errors(&ours);
                 let generation = self.generation.fetch_add(1, Ordering::Relaxed);
                 let (session, outbox) = Session::new(generation);
@@ -781,7 +788,9 @@ pub fn compare_volumes(ours: &[VolumeInfo], theirs: &[VolumeInfo]) -> Vec<String
         .enumerate()
         .map(|(i, t)| match ours.get(i) {
             None => format!("volume `{}` is not configured on this node", t.name),
-            Some(o) if o.name != t.name => format!("volume #{i} is `{}` here but `{}` at the peer (list volumes in the same order)", o.name, t.name),
+            Some(o) if o.name != t.name => {
+                format!("volume #{i} is `{}` here but `{}` at the peer (list volumes in the same order)", o.name, t.name)
+            }
             Some(o) if (o.size, o.block_bytes, o.extent_bytes) != (t.size, t.block_bytes, t.extent_bytes) => format!(
                 "volume `{}` differs: here size {} block {} extent {}, at the peer size {} block {} extent {}",
                 o.name, o.size, o.block_bytes, o.extent_bytes, t.size, t.block_bytes, t.extent_bytes

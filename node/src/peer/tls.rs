@@ -189,11 +189,7 @@ fn name_list(names: &[String]) -> String {
     if names.is_empty() {
         return "no DNS name".to_owned();
     }
-    names
-        .iter()
-        .map(|n| format!("`{n}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
 }
 
 /// TLS for the link to one peer: dials it with [`connect`](Self::connect) and admits it with
@@ -211,9 +207,7 @@ pub struct PeerTls {
 
 impl fmt::Debug for PeerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PeerTls")
-            .field("peer_name", &self.peer_name)
-            .finish_non_exhaustive()
+        f.debug_struct("PeerTls").field("peer_name", &self.peer_name).finish_non_exhaustive()
     }
 }
 
@@ -223,13 +217,7 @@ impl PeerTls {
     ///
     /// Fails if a file is missing or holds nothing usable, if the key does not match the
     /// certificate, or if the certificate does not name `own_name`.
-    pub fn load(
-        ca: &Path,
-        cert: &Path,
-        key: &Path,
-        own_name: &str,
-        peer_name: &str,
-    ) -> Result<PeerTls, TlsError> {
+    pub fn load(ca: &Path, cert: &Path, key: &Path, own_name: &str, peer_name: &str) -> Result<PeerTls, TlsError> {
         dns_name(own_name)?;
         dns_name(peer_name)?;
 
@@ -239,31 +227,17 @@ impl PeerTls {
 
         let mut roots = RootCertStore::empty();
         for ca_cert in ca_certs {
-            roots
-                .add(ca_cert)
-                .map_err(|source| TlsError::BadCertificate {
-                    what: "CA certificate",
-                    path: ca.to_path_buf(),
-                    source,
-                })?;
+            roots.add(ca_cert).map_err(|source| TlsError::BadCertificate { what: "CA certificate", path: ca.to_path_buf(), source })?;
         }
         let roots = Arc::new(roots);
 
         match check_names(&chain[0], own_name) {
             Ok(()) => {}
             Err(NameCheck::Mismatch(presented)) => {
-                return Err(TlsError::CertNameMismatch {
-                    path: cert.to_path_buf(),
-                    expected: own_name.to_owned(),
-                    presented,
-                });
+                return Err(TlsError::CertNameMismatch { path: cert.to_path_buf(), expected: own_name.to_owned(), presented });
             }
             Err(NameCheck::Unparsable(source)) => {
-                return Err(TlsError::BadCertificate {
-                    what: "certificate",
-                    path: cert.to_path_buf(),
-                    source,
-                });
+                return Err(TlsError::BadCertificate { what: "certificate", path: cert.to_path_buf(), source });
             }
         }
 
@@ -271,22 +245,14 @@ impl PeerTls {
         let versions: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
         let key_error = |source: rustls::Error| match source {
             rustls::Error::InconsistentKeys(_) | rustls::Error::General(_) => {
-                TlsError::KeyMismatch {
-                    cert: cert.to_path_buf(),
-                    key: key.to_path_buf(),
-                    source,
-                }
+                TlsError::KeyMismatch { cert: cert.to_path_buf(), key: key.to_path_buf(), source }
             }
             other => TlsError::Config(other),
         };
 
-        let client_verifier =
-            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-                .build()
-                .map_err(|source| TlsError::Verifier {
-                    path: ca.to_path_buf(),
-                    source,
-                })?;
+        let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|source| TlsError::Verifier { path: ca.to_path_buf(), source })?;
         let mut server_config = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
             .map_err(TlsError::Config)?
@@ -323,10 +289,7 @@ impl PeerTls {
     ///
     /// In TLS 1.3 this returns before the server has judged our certificate; if the server
     /// refuses it, the first read on the returned stream fails.
-    pub async fn connect<S>(
-        &self,
-        stream: S,
-    ) -> Result<tokio_rustls::client::TlsStream<S>, TlsError>
+    pub async fn connect<S>(&self, stream: S) -> Result<tokio_rustls::client::TlsStream<S>, TlsError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -334,9 +297,7 @@ impl PeerTls {
         let handshake = self.connector.connect(server_name, stream);
         let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
-            .map_err(|_| TlsError::HandshakeTimeout {
-                after: HANDSHAKE_TIMEOUT,
-            })?
+            .map_err(|_| TlsError::HandshakeTimeout { after: HANDSHAKE_TIMEOUT })?
             .map_err(|e| handshake_error(e, &self.peer_name))?;
         // rustls already matched the name; the same exact-name check as `accept` keeps both
         // directions identical.
@@ -355,11 +316,7 @@ impl PeerTls {
     }
 
     /// [`accept`](Self::accept) with a given time limit (tests use a short one).
-    async fn accept_within<S>(
-        &self,
-        stream: S,
-        limit: Duration,
-    ) -> Result<tokio_rustls::server::TlsStream<S>, TlsError>
+    async fn accept_within<S>(&self, stream: S, limit: Duration) -> Result<tokio_rustls::server::TlsStream<S>, TlsError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -376,14 +333,9 @@ impl PeerTls {
     /// The peer's certificate chains to our CA (rustls checked); it must also be the
     /// configured peer's.
     fn check_peer(&self, certs: Option<&[CertificateDer<'static>]>) -> Result<(), TlsError> {
-        let end_entity = certs
-            .and_then(|c| c.first())
-            .ok_or(TlsError::NoPeerCertificate)?;
+        let end_entity = certs.and_then(|c| c.first()).ok_or(TlsError::NoPeerCertificate)?;
         check_names(end_entity, &self.peer_name).map_err(|e| match e {
-            NameCheck::Mismatch(presented) => TlsError::PeerNameMismatch {
-                expected: self.peer_name.clone(),
-                presented,
-            },
+            NameCheck::Mismatch(presented) => TlsError::PeerNameMismatch { expected: self.peer_name.clone(), presented },
             NameCheck::Unparsable(source) => TlsError::PeerCertificateInvalid { source },
         })
     }
@@ -392,9 +344,7 @@ impl PeerTls {
 fn dns_name(name: &str) -> Result<ServerName<'static>, TlsError> {
     match ServerName::try_from(name.to_owned()) {
         Ok(server_name @ ServerName::DnsName(_)) => Ok(server_name),
-        _ => Err(TlsError::InvalidNodeName {
-            name: name.to_owned(),
-        }),
+        _ => Err(TlsError::InvalidNodeName { name: name.to_owned() }),
     }
 }
 
@@ -410,20 +360,13 @@ enum NameCheck {
 /// Our CA issues only exact node names, never wildcards.
 fn check_names(cert: &CertificateDer<'_>, name: &str) -> Result<(), NameCheck> {
     let parsed = ParsedCertificate::try_from(cert).map_err(NameCheck::Unparsable)?;
-    let server_name = dns_name(name).map_err(|_| {
-        NameCheck::Unparsable(rustls::Error::General(format!(
-            "`{name}` is not a DNS name"
-        )))
-    })?;
+    let server_name = dns_name(name).map_err(|_| NameCheck::Unparsable(rustls::Error::General(format!("`{name}` is not a DNS name"))))?;
     match rustls::client::verify_server_name(&parsed, &server_name) {
         Ok(()) => Ok(()),
-        Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
-            presented,
-            ..
-        })) => Err(NameCheck::Mismatch(dns_names(presented))),
-        Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName)) => {
-            Err(NameCheck::Mismatch(Vec::new()))
+        Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext { presented, .. })) => {
+            Err(NameCheck::Mismatch(dns_names(presented)))
         }
+        Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName)) => Err(NameCheck::Mismatch(Vec::new())),
         Err(other) => Err(NameCheck::Unparsable(other)),
     }
 }
@@ -434,14 +377,9 @@ fn dns_names(presented: Vec<String>) -> Vec<String> {
     presented
         .into_iter()
         .filter(|p| !p.starts_with("IpAddress("))
-        .map(|p| {
-            match p
-                .strip_prefix("DnsName(\"")
-                .and_then(|s| s.strip_suffix("\")"))
-            {
-                Some(name) => name.to_owned(),
-                None => p,
-            }
+        .map(|p| match p.strip_prefix("DnsName(\"").and_then(|s| s.strip_suffix("\")")) {
+            Some(name) => name.to_owned(),
+            None => p,
         })
         .collect()
 }
@@ -449,34 +387,20 @@ fn dns_names(presented: Vec<String>) -> Vec<String> {
 /// Turns a failed handshake into the reason an operator needs. tokio-rustls wraps rustls errors
 /// in `io::Error`.
 fn handshake_error(error: io::Error, peer_name: &str) -> TlsError {
-    let Some(tls) = error
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    else {
+    let Some(tls) = error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
         return TlsError::Handshake(error);
     };
     match tls {
-        rustls::Error::InvalidCertificate(
-            CertificateError::UnknownIssuer | CertificateError::BadSignature,
-        ) => TlsError::NotSignedByCa {
-            source: tls.clone(),
-        },
-        rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
-            presented,
-            ..
-        }) => TlsError::PeerNameMismatch {
-            expected: peer_name.to_owned(),
-            presented: dns_names(presented.clone()),
-        },
-        rustls::Error::InvalidCertificate(CertificateError::NotValidForName) => {
-            TlsError::PeerNameMismatch {
-                expected: peer_name.to_owned(),
-                presented: Vec::new(),
-            }
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => {
+            TlsError::NotSignedByCa { source: tls.clone() }
         }
-        rustls::Error::InvalidCertificate(_) => TlsError::PeerCertificateInvalid {
-            source: tls.clone(),
-        },
+        rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext { presented, .. }) => {
+            TlsError::PeerNameMismatch { expected: peer_name.to_owned(), presented: dns_names(presented.clone()) }
+        }
+        rustls::Error::InvalidCertificate(CertificateError::NotValidForName) => {
+            TlsError::PeerNameMismatch { expected: peer_name.to_owned(), presented: Vec::new() }
+        }
+        rustls::Error::InvalidCertificate(_) => TlsError::PeerCertificateInvalid { source: tls.clone() },
         rustls::Error::NoCertificatesPresented => TlsError::NoPeerCertificate,
         rustls::Error::AlertReceived(alert) => TlsError::PeerRefused { alert: *alert },
         _ => TlsError::Handshake(error),
@@ -486,33 +410,21 @@ fn handshake_error(error: io::Error, peer_name: &str) -> TlsError {
 /// Reads a file, telling "missing" from "unreadable".
 fn read_file(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound => TlsError::FileMissing {
-            what,
-            path: path.to_path_buf(),
-        },
-        _ => TlsError::FileUnreadable {
-            what,
-            path: path.to_path_buf(),
-            source,
-        },
+        io::ErrorKind::NotFound => TlsError::FileMissing { what, path: path.to_path_buf() },
+        _ => TlsError::FileUnreadable { what, path: path.to_path_buf(), source },
     })
 }
 
 /// Every certificate in a PEM file, in order (for our own file: end entity first).
 fn load_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = read_file(path, what)?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::MalformedPem {
-            what,
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let certs = CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>().map_err(|source| TlsError::MalformedPem {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
     if certs.is_empty() {
-        return Err(TlsError::NoCertificate {
-            what,
-            path: path.to_path_buf(),
-        });
+        return Err(TlsError::NoCertificate { what, path: path.to_path_buf() });
     }
     Ok(certs)
 }
@@ -521,14 +433,8 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let what = "private key";
     let bytes = read_file(path, what)?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|source| match source {
-        pem::Error::NoItemsFound => TlsError::NoPrivateKey {
-            path: path.to_path_buf(),
-        },
-        source => TlsError::MalformedPem {
-            what,
-            path: path.to_path_buf(),
-            source,
-        },
+        pem::Error::NoItemsFound => TlsError::NoPrivateKey { path: path.to_path_buf() },
+        source => TlsError::MalformedPem { what, path: path.to_path_buf(), source },
     })
 }
 
@@ -567,14 +473,8 @@ mod tests {
 
         /// As `tls`, but trusting the CA of `trusted` (which may be another PKI).
         fn tls_with_ca(&self, trusted: &Pki, own: &str, peer: &str) -> PeerTls {
-            PeerTls::load(
-                &trusted.path("ca.pem"),
-                &self.path(&format!("{own}.pem")),
-                &self.path(&format!("{own}-key.pem")),
-                own,
-                peer,
-            )
-            .unwrap()
+            PeerTls::load(&trusted.path("ca.pem"), &self.path(&format!("{own}.pem")), &self.path(&format!("{own}-key.pem")), own, peer)
+                .unwrap()
         }
     }
 
@@ -647,11 +547,7 @@ mod tests {
         let (_, s) = handshake(&impostor, &b).await;
         let err = s.unwrap_err();
         assert!(matches!(err, TlsError::NotSignedByCa { .. }), "{err:?}");
-        assert!(
-            err.to_string()
-                .starts_with("peer certificate is not signed by the configured CA"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("peer certificate is not signed by the configured CA"), "{err}");
     }
 
     #[tokio::test]
@@ -676,19 +572,13 @@ mod tests {
         let (client, server) = handshake(&c, &b).await;
         let err = server.unwrap_err();
         match &err {
-            TlsError::PeerNameMismatch {
-                expected,
-                presented,
-            } => {
+            TlsError::PeerNameMismatch { expected, presented } => {
                 assert_eq!(expected, "site-a");
                 assert_eq!(presented, &["site-c".to_owned()]);
             }
             other => panic!("expected PeerNameMismatch, got {other:?}"),
         }
-        assert_eq!(
-            err.to_string(),
-            "peer presented a certificate for `site-c`, expected `site-a`"
-        );
+        assert_eq!(err.to_string(), "peer presented a certificate for `site-c`, expected `site-a`");
         // TLS 1.3: the client finished first, then sees the connection closed.
         let mut client = client.unwrap();
         let mut buf = [0u8; 1];
@@ -704,39 +594,22 @@ mod tests {
         let (client, server) = handshake(&a, &c).await;
         let err = client.unwrap_err();
         match &err {
-            TlsError::PeerNameMismatch {
-                expected,
-                presented,
-            } => {
+            TlsError::PeerNameMismatch { expected, presented } => {
                 assert_eq!(expected, "site-b");
                 assert_eq!(presented, &["site-c".to_owned()]);
             }
             other => panic!("expected PeerNameMismatch, got {other:?}"),
         }
-        assert_eq!(
-            err.to_string(),
-            "peer presented a certificate for `site-c`, expected `site-b`"
-        );
+        assert_eq!(err.to_string(), "peer presented a certificate for `site-c`, expected `site-b`");
         assert!(server.is_err());
     }
 
     #[test]
     fn load_refuses_a_certificate_for_another_node() {
         let pki = Pki::new(&["site-a", "site-b"]);
-        let err = PeerTls::load(
-            &pki.path("ca.pem"),
-            &pki.path("site-b.pem"),
-            &pki.path("site-b-key.pem"),
-            "site-a",
-            "site-b",
-        )
-        .unwrap_err();
+        let err = PeerTls::load(&pki.path("ca.pem"), &pki.path("site-b.pem"), &pki.path("site-b-key.pem"), "site-a", "site-b").unwrap_err();
         match &err {
-            TlsError::CertNameMismatch {
-                path,
-                expected,
-                presented,
-            } => {
+            TlsError::CertNameMismatch { path, expected, presented } => {
                 assert_eq!(path, &pki.path("site-b.pem"));
                 assert_eq!(expected, "site-a");
                 assert_eq!(presented, &["site-b".to_owned()]);
@@ -750,22 +623,9 @@ mod tests {
     fn load_names_a_missing_file() {
         let pki = Pki::new(&["site-a"]);
         let missing = pki.path("nope.pem");
-        let err = PeerTls::load(
-            &missing,
-            &pki.path("site-a.pem"),
-            &pki.path("site-a-key.pem"),
-            "site-a",
-            "site-b",
-        )
-        .unwrap_err();
-        assert!(
-            matches!(&err, TlsError::FileMissing { what: "CA certificate", path } if *path == missing),
-            "{err:?}"
-        );
-        assert_eq!(
-            err.to_string(),
-            format!("CA certificate file {} does not exist", missing.display())
-        );
+        let err = PeerTls::load(&missing, &pki.path("site-a.pem"), &pki.path("site-a-key.pem"), "site-a", "site-b").unwrap_err();
+        assert!(matches!(&err, TlsError::FileMissing { what: "CA certificate", path } if *path == missing), "{err:?}");
+        assert_eq!(err.to_string(), format!("CA certificate file {} does not exist", missing.display()));
     }
 
     #[test]
@@ -773,27 +633,15 @@ mod tests {
         let pki = Pki::new(&["site-a"]);
         let garbage = pki.path("garbage.pem");
         std::fs::write(&garbage, "this is not PEM\n").unwrap();
-        let load = |ca: &Path, cert: &Path, key: &Path| {
-            PeerTls::load(ca, cert, key, "site-a", "site-b").unwrap_err()
-        };
-        let (ca, cert, key) = (
-            pki.path("ca.pem"),
-            pki.path("site-a.pem"),
-            pki.path("site-a-key.pem"),
-        );
+        let load = |ca: &Path, cert: &Path, key: &Path| PeerTls::load(ca, cert, key, "site-a", "site-b").unwrap_err();
+        let (ca, cert, key) = (pki.path("ca.pem"), pki.path("site-a.pem"), pki.path("site-a-key.pem"));
 
         let err = load(&ca, &garbage, &key);
-        assert!(
-            matches!(&err, TlsError::NoCertificate { what: "certificate", path } if *path == garbage),
-            "{err:?}"
-        );
+        assert!(matches!(&err, TlsError::NoCertificate { what: "certificate", path } if *path == garbage), "{err:?}");
         assert!(err.to_string().contains("garbage.pem"), "{err}");
 
         let err = load(&ca, &cert, &garbage);
-        assert!(
-            matches!(&err, TlsError::NoPrivateKey { path } if *path == garbage),
-            "{err:?}"
-        );
+        assert!(matches!(&err, TlsError::NoPrivateKey { path } if *path == garbage), "{err:?}");
         assert!(err.to_string().contains("contains no private key"), "{err}");
 
         // Key file given as certificate: it has no certificate in it.
@@ -802,54 +650,23 @@ mod tests {
 
         // A certificate block whose body is not base64.
         let broken = pki.path("broken.pem");
-        std::fs::write(
-            &broken,
-            "-----BEGIN CERTIFICATE-----\n!!!not base64!!!\n-----END CERTIFICATE-----\n",
-        )
-        .unwrap();
+        std::fs::write(&broken, "-----BEGIN CERTIFICATE-----\n!!!not base64!!!\n-----END CERTIFICATE-----\n").unwrap();
         let err = load(&broken, &cert, &key);
-        assert!(
-            matches!(
-                &err,
-                TlsError::MalformedPem {
-                    what: "CA certificate",
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(&err, TlsError::MalformedPem { what: "CA certificate", .. }), "{err:?}");
     }
 
     #[test]
     fn load_refuses_a_key_that_does_not_match_the_certificate() {
         let pki = Pki::new(&["site-a", "site-b"]);
-        let err = PeerTls::load(
-            &pki.path("ca.pem"),
-            &pki.path("site-a.pem"),
-            &pki.path("site-b-key.pem"),
-            "site-a",
-            "site-b",
-        )
-        .unwrap_err();
+        let err = PeerTls::load(&pki.path("ca.pem"), &pki.path("site-a.pem"), &pki.path("site-b-key.pem"), "site-a", "site-b").unwrap_err();
         assert!(matches!(&err, TlsError::KeyMismatch { .. }), "{err:?}");
     }
 
     #[test]
     fn load_refuses_names_that_are_not_dns_names() {
         let pki = Pki::new(&["site-a"]);
-        for (own, peer) in [
-            ("site a", "site-b"),
-            ("site-a", ""),
-            ("site-a", "127.0.0.1"),
-        ] {
-            let err = PeerTls::load(
-                &pki.path("ca.pem"),
-                &pki.path("site-a.pem"),
-                &pki.path("site-a-key.pem"),
-                own,
-                peer,
-            )
-            .unwrap_err();
+        for (own, peer) in [("site a", "site-b"), ("site-a", ""), ("site-a", "127.0.0.1")] {
+            let err = PeerTls::load(&pki.path("ca.pem"), &pki.path("site-a.pem"), &pki.path("site-a-key.pem"), own, peer).unwrap_err();
             assert!(matches!(&err, TlsError::InvalidNodeName { .. }), "{err:?}");
         }
     }

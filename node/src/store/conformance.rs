@@ -36,10 +36,7 @@ fn out_of_range_requests_fail_and_change_nothing() {
         assert!(matches!(store.write_at(&[2; 4097], SIZE - 4096), Err(StoreError::OutOfRange { .. })), "{name}");
         assert!(matches!(store.read_at(&mut [0; 2], SIZE - 1), Err(StoreError::OutOfRange { .. })), "{name}");
         assert!(matches!(store.trim(u64::MAX - 1, 4), Err(StoreError::OutOfRange { .. })), "{name}");
-        assert!(matches!(
-            store.write_zeroes(SIZE, 1, ZeroMode::KeepAllocated, false),
-            Err(StoreError::OutOfRange { .. })
-        ));
+        assert!(matches!(store.write_zeroes(SIZE, 1, ZeroMode::KeepAllocated, false), Err(StoreError::OutOfRange { .. })));
         assert_eq!(read(&*store, SIZE - 4096, 4096), vec![1; 4096], "{name}");
     }
 }

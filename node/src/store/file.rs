@@ -35,7 +35,9 @@ pub enum OpenError {
         source: std::io::Error,
     },
     /// The metadata file is unreadable: refused, never reformatted.
-    #[error("volume `{volume}`: metadata file {path} is corrupt ({source}); refusing to open it (restore it or remove the volume directory to recreate the volume empty)")]
+    #[error(
+        "volume `{volume}`: metadata file {path} is corrupt ({source}); refusing to open it (restore it or remove the volume directory to recreate the volume empty)"
+    )]
     CorruptMeta {
         /// Volume name.
         volume: String,
@@ -45,7 +47,9 @@ pub enum OpenError {
         source: MetaError,
     },
     /// The configuration disagrees with what is on disk.
-    #[error("volume `{volume}`: configured {field} is {configured} but the volume on disk has {stored}; refusing to open it (a volume's geometry cannot change)")]
+    #[error(
+        "volume `{volume}`: configured {field} is {configured} but the volume on disk has {stored}; refusing to open it (a volume's geometry cannot change)"
+    )]
     Mismatch {
         /// Volume name.
         volume: String,
@@ -131,8 +135,11 @@ impl FileStore {
         };
         let meta_path = dir.join("meta");
         let meta_bytes = read_bounded(&meta_path).map_err(io("read", &meta_path))?;
-        let meta = VolumeMeta::decode(&meta_bytes)
-            .map_err(|source| OpenError::CorruptMeta { volume: want.name.clone(), path: meta_path.clone(), source })?;
+        let meta = VolumeMeta::decode(&meta_bytes).map_err(|source| OpenError::CorruptMeta {
+            volume: want.name.clone(),
+            path: meta_path.clone(),
+            source,
+        })?;
         let mismatch = |field, configured: u64, stored: u64| {
             (configured != stored).then(|| OpenError::Mismatch { volume: want.name.clone(), field, configured, stored })
         };

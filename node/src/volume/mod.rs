@@ -157,14 +157,7 @@ impl Volume {
     }
 
     /// Writes zeroes over a range.
-    pub async fn write_zeroes(
-        &self,
-        offset: u64,
-        length: u64,
-        mode: ZeroMode,
-        fast_only: bool,
-        fua: bool,
-    ) -> Result<(), VolumeError> {
+    pub async fn write_zeroes(&self, offset: u64, length: u64, mode: ZeroMode, fast_only: bool, fua: bool) -> Result<(), VolumeError> {
         if let Some(replica) = &self.replica {
             self.check_range(offset, length)?;
             replica.write(offset, length, WriteOp::Zero { mode, fast_only }, fua).await?;

@@ -35,13 +35,7 @@ pub struct ProxyConfig {
 impl ProxyConfig {
     /// A proxy with no control API and an OS-seeded jitter.
     pub fn new(listen: SocketAddr, upstream: SocketAddr, link: LinkSettings) -> Self {
-        ProxyConfig {
-            listen,
-            upstream,
-            link,
-            control: None,
-            seed: None,
-        }
+        ProxyConfig { listen, upstream, link, control: None, seed: None }
     }
 }
 
@@ -77,51 +71,24 @@ impl Proxy {
     /// runtime. Returns once both sockets are bound, so connecting right away works.
     pub async fn start(config: ProxyConfig) -> Result<ProxyHandle, StartError> {
         config.link.validate()?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let listener = TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
         let control_listener = match config.control {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::BindControl { addr, source })?,
-            ),
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::BindControl { addr, source })?),
             None => None,
         };
         let control_addr = match &control_listener {
-            Some(l) => Some(l.local_addr().map_err(|source| StartError::BindControl {
-                addr: config.control.unwrap_or(local_addr),
-                source,
-            })?),
+            Some(l) => {
+                Some(l.local_addr().map_err(|source| StartError::BindControl { addr: config.control.unwrap_or(local_addr), source })?)
+            }
             None => None,
         };
 
-        let shared = Arc::new(Shared::new(
-            local_addr,
-            config.upstream,
-            config.link,
-            config.seed,
-        ));
+        let shared = Arc::new(Shared::new(local_addr, config.upstream, config.link, config.seed));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let mut tasks = vec![tokio::spawn(task::accept_loop(
-            shared.clone(),
-            listener,
-            shutdown_rx.clone(),
-        ))];
+        let mut tasks = vec![tokio::spawn(task::accept_loop(shared.clone(), listener, shutdown_rx.clone()))];
         if let Some(listener) = control_listener {
-            tasks.push(tokio::spawn(crate::control::serve(
-                shared.clone(),
-                listener,
-                shutdown_rx,
-            )));
+            tasks.push(tokio::spawn(crate::control::serve(shared.clone(), listener, shutdown_rx)));
         }
         tracing::info!(
             listen = %local_addr,
@@ -130,13 +97,7 @@ impl Proxy {
             "link simulator started: {}",
             shared.settings().summary()
         );
-        Ok(ProxyHandle {
-            shared,
-            local_addr,
-            control_addr,
-            shutdown_tx,
-            tasks,
-        })
+        Ok(ProxyHandle { shared, local_addr, control_addr, shutdown_tx, tasks })
     }
 }
 
@@ -207,10 +168,7 @@ impl ProxyHandle {
         self.shutdown_tx.send_replace(true);
         for mut task in std::mem::take(&mut self.tasks) {
             // The accept loop has its own grace period; allow for it.
-            if tokio::time::timeout(SHUTDOWN_GRACE * 2, &mut task)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(SHUTDOWN_GRACE * 2, &mut task).await.is_err() {
                 task.abort();
             }
         }

@@ -57,12 +57,7 @@ pub(crate) struct Pipe {
 
 impl Pipe {
     pub(crate) fn new(dir: Dir) -> Self {
-        Pipe {
-            dir,
-            queue: std::sync::Mutex::default(),
-            front_changed: Notify::new(),
-            space_freed: Notify::new(),
-        }
+        Pipe { dir, queue: std::sync::Mutex::default(), front_changed: Notify::new(), space_freed: Notify::new() }
     }
 
     pub(crate) fn dir(&self) -> Dir {
@@ -72,8 +67,7 @@ impl Pipe {
     /// Whether a full-size read still fits under both queue bounds.
     fn has_room(&self) -> bool {
         let q = lock(&self.queue);
-        q.bytes + READ_CHUNK_BYTES_MAX <= DIRECTION_QUEUE_BYTES_MAX
-            && q.chunks.len() < DIRECTION_QUEUE_CHUNKS_MAX
+        q.bytes + READ_CHUNK_BYTES_MAX <= DIRECTION_QUEUE_BYTES_MAX && q.chunks.len() < DIRECTION_QUEUE_CHUNKS_MAX
     }
 
     fn push(&self, data: Bytes, eof: bool, now: LinkTime, link: &DirState) {
@@ -82,15 +76,8 @@ impl Pipe {
         let deliver_at = link.schedule(now, data.len(), &mut q.stream);
         link.count_received(data.len());
         q.bytes += data.len();
-        assert!(
-            q.bytes <= DIRECTION_QUEUE_BYTES_MAX,
-            "pipe queue over its bound"
-        );
-        q.chunks.push_back(Chunk {
-            data,
-            eof,
-            deliver_at,
-        });
+        assert!(q.bytes <= DIRECTION_QUEUE_BYTES_MAX, "pipe queue over its bound");
+        q.chunks.push_back(Chunk { data, eof, deliver_at });
         drop(q);
         if was_empty {
             self.front_changed.notify_one();
@@ -154,11 +141,7 @@ impl Pipe {
 }
 
 /// Reads from `src` into the pipe until end of stream, stopping while the pipe is full.
-pub(crate) async fn forward_reads<R: AsyncRead + Unpin>(
-    src: &mut R,
-    pipe: &Pipe,
-    shared: &Shared,
-) -> io::Result<()> {
+pub(crate) async fn forward_reads<R: AsyncRead + Unpin>(src: &mut R, pipe: &Pipe, shared: &Shared) -> io::Result<()> {
     let link = shared.dir(pipe.dir);
     let mut buf = vec![0u8; READ_CHUNK_BYTES_MAX];
     loop {
@@ -179,11 +162,7 @@ pub(crate) async fn forward_reads<R: AsyncRead + Unpin>(
 
 /// Writes the pipe's chunks to `dst` at their delivery instants; shuts `dst` down for writing
 /// after the end-of-stream marker.
-pub(crate) async fn forward_writes<W: AsyncWrite + Unpin>(
-    dst: &mut W,
-    pipe: &Pipe,
-    shared: &Shared,
-) -> io::Result<()> {
+pub(crate) async fn forward_writes<W: AsyncWrite + Unpin>(dst: &mut W, pipe: &Pipe, shared: &Shared) -> io::Result<()> {
     let link = shared.dir(pipe.dir);
     // Kept across wake-ups while the deadline stays the same, so waking early (a partition
     // came and went) does not re-register the timer.

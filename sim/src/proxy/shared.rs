@@ -18,9 +18,7 @@ use super::pipe::Pipe;
 use crate::limits::CONNECTIONS_MAX;
 use crate::link::{LinkDirection, LinkTime, StreamClock};
 use crate::settings::{Dir, LinkSettings, LinkUpdate, SettingsError};
-use crate::status::{
-    Counters, Direction, DirectionCounters, Flow, LinkStatus, PartitionMode, PartitionState,
-};
+use crate::status::{Counters, Direction, DirectionCounters, Flow, LinkStatus, PartitionMode, PartitionState};
 use crate::timer::lock;
 
 /// One direction of the link: the model, its randomness and its partition flow.
@@ -48,11 +46,7 @@ impl DirState {
             None => StdRng::from_os_rng(),
         };
         DirState {
-            core: Mutex::new(DirCore {
-                link: LinkDirection::new(settings.direction(dir)),
-                rng,
-                flow: Flow::Open,
-            }),
+            core: Mutex::new(DirCore { link: LinkDirection::new(settings.direction(dir)), rng, flow: Flow::Open }),
             received_bytes: AtomicU64::new(0),
             delivered_bytes: AtomicU64::new(0),
             queued_bytes: AtomicU64::new(0),
@@ -62,12 +56,7 @@ impl DirState {
 
     /// Delivery instant of a chunk offered now, or `None` while this direction is partitioned
     /// (the chunk is held until heal).
-    pub(crate) fn schedule(
-        &self,
-        now: LinkTime,
-        bytes: usize,
-        stream: &mut StreamClock,
-    ) -> Option<LinkTime> {
+    pub(crate) fn schedule(&self, now: LinkTime, bytes: usize, stream: &mut StreamClock) -> Option<LinkTime> {
         let mut core = lock(&self.core);
         if core.flow != Flow::Open {
             return None;
@@ -77,20 +66,17 @@ impl DirState {
     }
 
     pub(crate) fn count_received(&self, bytes: usize) {
-        self.received_bytes
-            .fetch_add(bytes as u64, Ordering::Relaxed);
+        self.received_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         self.queued_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn count_delivered(&self, bytes: usize) {
-        self.delivered_bytes
-            .fetch_add(bytes as u64, Ordering::Relaxed);
+        self.delivered_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         self.queued_bytes.fetch_sub(bytes as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn count_discarded(&self, bytes: usize) {
-        self.discarded_bytes
-            .fetch_add(bytes as u64, Ordering::Relaxed);
+        self.discarded_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         self.queued_bytes.fetch_sub(bytes as u64, Ordering::Relaxed);
     }
 
@@ -146,20 +132,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(
-        listen: SocketAddr,
-        upstream: SocketAddr,
-        settings: LinkSettings,
-        seed: Option<u64>,
-    ) -> Self {
+    pub(crate) fn new(listen: SocketAddr, upstream: SocketAddr, settings: LinkSettings, seed: Option<u64>) -> Self {
         Shared {
             listen,
             upstream,
             epoch: Instant::now(),
-            dirs: [
-                DirState::new(&settings, Dir::Ab, seed),
-                DirState::new(&settings, Dir::Ba, seed),
-            ],
+            dirs: [DirState::new(&settings, Dir::Ab, seed), DirState::new(&settings, Dir::Ba, seed)],
             settings: Mutex::new(settings),
             registry: Mutex::default(),
             conn_slots: Arc::new(Semaphore::new(CONNECTIONS_MAX)),
@@ -178,9 +156,7 @@ impl Shared {
 
     /// A link-clock instant on the system clock (far future if it does not fit).
     pub(crate) fn instant(&self, t: LinkTime) -> Instant {
-        self.epoch
-            .checked_add(t.0)
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
+        self.epoch.checked_add(t.0).unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
     }
 
     pub(crate) fn settings(&self) -> LinkSettings {
@@ -191,9 +167,7 @@ impl Shared {
         let mut settings = lock(&self.settings);
         let new = update.apply(&settings)?;
         for dir in Dir::ALL {
-            lock(&self.dir(dir).core)
-                .link
-                .set_params(new.direction(dir));
+            lock(&self.dir(dir).core).link.set_params(new.direction(dir));
         }
         *settings = new.clone();
         tracing::info!("link settings: {}", new.summary());
@@ -227,9 +201,7 @@ impl Shared {
         match mode {
             PartitionMode::Reset => {
                 let killed = kill_all(&registry);
-                self.conn_counters
-                    .reset
-                    .fetch_add(killed, Ordering::Relaxed);
+                self.conn_counters.reset.fetch_add(killed, Ordering::Relaxed);
             }
             PartitionMode::Hold => {
                 let pipes = pipes_of(&registry, |dir| direction.includes(dir));
@@ -260,9 +232,7 @@ impl Shared {
     /// Resets every open connection; returns how many.
     pub(crate) fn reset_connections(&self) -> u64 {
         let killed = kill_all(&lock(&self.registry));
-        self.conn_counters
-            .reset
-            .fetch_add(killed, Ordering::Relaxed);
+        self.conn_counters.reset.fetch_add(killed, Ordering::Relaxed);
         tracing::info!(connections = killed, "reset all connections");
         killed
     }
@@ -335,11 +305,5 @@ fn kill_all(registry: &Registry) -> u64 {
 }
 
 fn pipes_of(registry: &Registry, wanted: impl Fn(Dir) -> bool) -> Vec<Arc<Pipe>> {
-    registry
-        .conns
-        .values()
-        .flat_map(|entry| entry.pipes.iter())
-        .filter(|pipe| wanted(pipe.dir()))
-        .cloned()
-        .collect()
+    registry.conns.values().flat_map(|entry| entry.pipes.iter()).filter(|pipe| wanted(pipe.dir())).cloned().collect()
 }

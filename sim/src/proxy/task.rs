@@ -14,11 +14,7 @@ use crate::settings::Dir;
 
 /// Accepts connections until `shutdown` turns true (or its sender is dropped), then resets
 /// every connection and waits for their tasks.
-pub(crate) async fn accept_loop(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {
@@ -43,29 +39,16 @@ pub(crate) async fn accept_loop(
     }
     drop(listener);
     shared.close();
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        tracing::warn!(
-            "connection tasks still running {SHUTDOWN_GRACE:?} after shutdown; aborting"
-        );
+        tracing::warn!("connection tasks still running {SHUTDOWN_GRACE:?} after shutdown; aborting");
         tasks.shutdown().await;
     }
 }
 
 /// Waits for a connection slot, then accepts.
-async fn accept_with_slot(
-    listener: &TcpListener,
-    shared: &Shared,
-) -> std::io::Result<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
-    let slot = shared
-        .conn_slots
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| std::io::Error::other("connection semaphore closed"))?;
+async fn accept_with_slot(listener: &TcpListener, shared: &Shared) -> std::io::Result<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    let slot = shared.conn_slots.clone().acquire_owned().await.map_err(|_| std::io::Error::other("connection semaphore closed"))?;
     let (stream, peer) = listener.accept().await?;
     Ok((stream, peer, slot))
 }
@@ -86,12 +69,7 @@ enum Outcome {
     Failed(std::io::Error),
 }
 
-async fn handle_connection(
-    shared: Arc<Shared>,
-    client: TcpStream,
-    peer: SocketAddr,
-    _slot: OwnedSemaphorePermit,
-) {
+async fn handle_connection(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr, _slot: OwnedSemaphorePermit) {
     if shared.refuses_connections() {
         tracing::debug!(%peer, "refused a connection during a reset partition");
         shared.count_refused();
@@ -100,12 +78,7 @@ async fn handle_connection(
     }
     // The proxy must not add Nagle delays of its own; the endpoints keep their settings.
     let _ = client.set_nodelay(true);
-    let upstream = match tokio::time::timeout(
-        UPSTREAM_CONNECT_TIMEOUT,
-        TcpStream::connect(shared.upstream),
-    )
-    .await
-    {
+    let upstream = match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(shared.upstream)).await {
         Ok(Ok(upstream)) => upstream,
         Ok(Err(e)) => {
             tracing::info!(%peer, upstream = %shared.upstream, "failed to connect upstream: {e}");
@@ -164,18 +137,8 @@ async fn run_connection(
     let (mut client_rx, mut client_tx) = client.split();
     let (mut upstream_rx, mut upstream_tx) = upstream.split();
     let [ab, ba] = pipes;
-    let ab = async {
-        tokio::try_join!(
-            forward_reads(&mut client_rx, ab, shared),
-            forward_writes(&mut upstream_tx, ab, shared),
-        )
-    };
-    let ba = async {
-        tokio::try_join!(
-            forward_reads(&mut upstream_rx, ba, shared),
-            forward_writes(&mut client_tx, ba, shared),
-        )
-    };
+    let ab = async { tokio::try_join!(forward_reads(&mut client_rx, ab, shared), forward_writes(&mut upstream_tx, ab, shared),) };
+    let ba = async { tokio::try_join!(forward_reads(&mut upstream_rx, ba, shared), forward_writes(&mut client_tx, ba, shared),) };
     tokio::select! {
         result = async { tokio::try_join!(ab, ba) } => match result {
             Ok(_) => Outcome::Closed,

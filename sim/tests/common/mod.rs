@@ -18,9 +18,7 @@ pub const MS: Duration = Duration::from_millis(1);
 
 /// Runs `body`, failing the test if it takes longer than [`TEST_DEADLINE`].
 pub async fn bounded<T>(body: impl Future<Output = T>) -> T {
-    tokio::time::timeout(TEST_DEADLINE, body)
-        .await
-        .expect("test exceeded its deadline")
+    tokio::time::timeout(TEST_DEADLINE, body).await.expect("test exceeded its deadline")
 }
 
 pub fn localhost() -> SocketAddr {
@@ -45,15 +43,7 @@ pub async fn echo_server() -> SocketAddr {
 
 /// A proxy with the given settings (and a control API) in front of `upstream`.
 pub async fn proxy(upstream: SocketAddr, link: LinkSettings) -> ProxyHandle {
-    Proxy::start(ProxyConfig {
-        listen: localhost(),
-        upstream,
-        link,
-        control: Some(localhost()),
-        seed: Some(1),
-    })
-    .await
-    .unwrap()
+    Proxy::start(ProxyConfig { listen: localhost(), upstream, link, control: Some(localhost()), seed: Some(1) }).await.unwrap()
 }
 
 pub async fn connect(addr: SocketAddr) -> TcpStream {
@@ -113,10 +103,7 @@ pub fn assert_close(measured: Duration, expected: Duration, what: &str) {
     let low = expected.saturating_sub(tolerance);
     let high = expected + tolerance;
     eprintln!("{what}: measured {measured:?}, expected {expected:?}");
-    assert!(
-        measured >= low && measured <= high,
-        "{what}: measured {measured:?}, expected {expected:?} ± {tolerance:?}"
-    );
+    assert!(measured >= low && measured <= high, "{what}: measured {measured:?}, expected {expected:?} ± {tolerance:?}");
 }
 
 /// Polls `condition` every 5 ms until it holds or `within` passes.
@@ -152,10 +139,7 @@ pub async fn connect_through(proxy: &ProxyHandle, upstream: &TcpListener) -> End
     let client = connect(proxy.local_addr()).await;
     let (server, _) = upstream.accept().await.unwrap();
     server.set_nodelay(true).unwrap();
-    let registered = eventually(Duration::from_secs(2), || {
-        proxy.counters().connections_total > before
-    })
-    .await;
+    let registered = eventually(Duration::from_secs(2), || proxy.counters().connections_total > before).await;
     assert!(registered, "the proxy never registered the connection");
     Ends { client, server }
 }
@@ -163,7 +147,5 @@ pub async fn connect_through(proxy: &ProxyHandle, upstream: &TcpListener) -> End
 /// Whether reading `stream` yields nothing for `window` (bytes held, connection open).
 pub async fn silent_for(stream: &mut TcpStream, window: Duration) -> bool {
     let mut byte = [0u8; 1];
-    tokio::time::timeout(window, stream.read(&mut byte))
-        .await
-        .is_err()
+    tokio::time::timeout(window, stream.read(&mut byte)).await.is_err()
 }

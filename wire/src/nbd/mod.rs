@@ -307,11 +307,7 @@ pub enum DecodeError {
 }
 
 fn need(bytes: &[u8], n: usize) -> Result<(), DecodeError> {
-    if bytes.len() < n {
-        Err(DecodeError::Truncated { need: n, have: bytes.len() })
-    } else {
-        Ok(())
-    }
+    if bytes.len() < n { Err(DecodeError::Truncated { need: n, have: bytes.len() }) } else { Ok(()) }
 }
 
 fn be_u16(b: &[u8], at: usize) -> u16 {
@@ -656,12 +652,7 @@ pub fn decode_reply_header(b: &[u8]) -> Result<ReplyHeader, DecodeError> {
         }
         STRUCTURED_REPLY_MAGIC => {
             need(b, CHUNK_HEADER_BYTES)?;
-            Ok(ReplyHeader::Chunk {
-                flags: be_u16(b, 4),
-                chunk_type: be_u16(b, 6),
-                cookie: be_u64(b, 8),
-                length: be_u32(b, 16),
-            })
+            Ok(ReplyHeader::Chunk { flags: be_u16(b, 4), chunk_type: be_u16(b, 6), cookie: be_u64(b, 8), length: be_u32(b, 16) })
         }
         got => Err(DecodeError::BadMagic { expected: SIMPLE_REPLY_MAGIC as u64, got: got as u64 }),
     }

@@ -88,7 +88,10 @@ impl Sim {
         let max_owned = rng.random_range(1..=4);
         let predict = rng.random_range(0..=2);
         let node = |wins| Node {
-            s: ReplicaState::new(geometry(EXTENTS), Knobs { max_owned, predict, release_after: Duration::from_millis(50), wins_ties: wins }),
+            s: ReplicaState::new(
+                geometry(EXTENTS),
+                Knobs { max_owned, predict, release_after: Duration::from_millis(50), wins_ties: wins },
+            ),
             store: vec![0; BLOCKS as usize],
             op: None,
             waiting_handovers: Vec::new(),
@@ -123,8 +126,10 @@ impl Sim {
         for c in &released {
             for b in geometry(EXTENTS).blocks_in(c.extent) {
                 assert_eq!(
-                    self.nodes[n].store[b as usize], self.nodes[1 - n].store[b as usize],
-                    "node {n} released {:?} before block {b} reached the peer", c.extent
+                    self.nodes[n].store[b as usize],
+                    self.nodes[1 - n].store[b as usize],
+                    "node {n} released {:?} before block {b} reached the peer",
+                    c.extent
                 );
             }
         }
@@ -220,7 +225,8 @@ impl Sim {
             assert!(!newer, "node {n} read the initial zero of block {block} after a write to it was acknowledged");
             return;
         }
-        let w = candidates.iter().find(|w| w.value == v).unwrap_or_else(|| panic!("node {n} read value {v} never written to block {block}"));
+        let w =
+            candidates.iter().find(|w| w.value == v).unwrap_or_else(|| panic!("node {n} read value {v} never written to block {block}"));
         assert!(w.start <= self.step, "read a value from the future");
         assert!(!superseded(v, w.ack, w.start), "node {n} read stale value {v} of block {block} (read began at step {start})");
     }
@@ -271,9 +277,7 @@ impl Sim {
                 let Some(op) = self.nodes[to].op.take() else { return };
                 match (&op.stage, value) {
                     (Stage::Pulling { id: want }, Some(v)) if *want == id => self.check_read(to, op.block, op.start, v),
-                    (Stage::Pulling { id: want }, None) if *want == id => {
-                        self.nodes[to].op = Some(HostOp { stage: Stage::Begin, ..op })
-                    }
+                    (Stage::Pulling { id: want }, None) if *want == id => self.nodes[to].op = Some(HostOp { stage: Stage::Begin, ..op }),
                     _ => self.nodes[to].op = Some(op),
                 }
             }
