@@ -75,7 +75,19 @@ fn run_seed(sites: &TwoSites, seed: u64) -> Vec<Vec<Op>> {
         .collect();
     let mut per_block: Vec<Vec<Op>> = vec![Vec::new(); BLOCKS_PER_SEED as usize];
     for t in threads {
-        for (block, op) in t.join().expect("client thread") {
+        let Ok(ops) = t.join() else {
+            let tail = |logs: Vec<String>| {
+                logs.iter()
+                    .rev()
+                    .take(std::env::var("GEOMIRROR_TEST_LOG_LINES").ok().and_then(|v| v.parse().ok()).unwrap_or(40))
+                    .rev()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            panic!("seed {seed}: a client failed; site-a log:\n{}\nsite-b log:\n{}", tail(sites.a.logs()), tail(sites.b.logs()));
+        };
+        for (block, op) in ops {
             per_block[block as usize].push(op);
         }
     }

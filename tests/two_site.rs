@@ -215,7 +215,12 @@ fn an_unreachable_peer_fails_claims_and_pulls_with_eio_after_the_timeout() {
     let out = run_with_deadline(60, "qemu-io", &["-f", "raw", "-c", "read -P 0x52 8M 4k", &uri(&s.a)]);
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("Input/output error"), "a read of a peer-owned extent must fail with EIO: {text}");
-    s.a.assert_no_unexpected_warnings(&["heartbeat"]);
+    // Each EIO is traceable to one log line that says why.
+    let logs = s.a.logs();
+    let failed = |needle: &str| logs.iter().any(|l| l.contains("host request failed") && l.contains(needle));
+    assert!(failed("offset=20971520") && failed("need the peer, which is unreachable"), "the failed write is not logged with its reason");
+    assert!(failed("offset=8388608") && failed("is owned by the peer, which is unreachable"), "the failed read is not logged with its reason");
+    s.a.assert_no_unexpected_warnings(&["host request failed"]);
     s.a.kill9();
 }
 

@@ -19,6 +19,12 @@ pub const NBD_MAX_REQUEST_BYTES: u64 = 32 << 20;
 pub const NBD_MAX_REQUEST_BYTES_LIMIT: u64 = 64 << 20;
 /// Largest volume (16 TiB).
 pub const VOLUME_BYTES_MAX: u64 = 16 << 40;
+/// Smallest block size.
+pub const BLOCK_BYTES_MIN: u64 = 512;
+/// Largest block size.
+pub const BLOCK_BYTES_MAX: u64 = 64 * 1024;
+/// Largest extent size.
+pub const EXTENT_BYTES_MAX: u64 = 1 << 30;
 /// Upper bound for `predict_extents`.
 pub const PREDICT_EXTENTS_LIMIT: u32 = 1024;
 

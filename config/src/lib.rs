@@ -284,11 +284,11 @@ impl NodeConfig {
                 return Err(invalid(key("name"), format!("volume `{}` is defined twice", v.name)));
             }
             let block = v.block_size.bytes();
-            if !block.is_power_of_two() || !(512..=65536).contains(&block) {
+            if !block.is_power_of_two() || !(defaults::BLOCK_BYTES_MIN..=defaults::BLOCK_BYTES_MAX).contains(&block) {
                 return Err(invalid(key("block_size"), format!("{} must be a power of two from 512B to 64KiB", v.block_size)));
             }
             let extent = v.extent_size.bytes();
-            if !extent.is_power_of_two() || extent < block || extent > 1 << 30 {
+            if !extent.is_power_of_two() || extent < block || extent > defaults::EXTENT_BYTES_MAX {
                 return Err(invalid(
                     key("extent_size"),
                     format!("{} must be a power of two from block_size ({}) to 1GiB", v.extent_size, v.block_size),

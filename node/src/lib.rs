@@ -3,9 +3,10 @@
 //! admin endpoint.
 //!
 //! Entry point: [`run`]. Layout: [`store`] (where bytes live), [`volume`]
-//! (the read and write paths), [`claims`] (the claims state machine, record
-//! and replica), [`peer`] (TLS, the link to the other node), [`nbd`] (the
-//! host protocol), [`admin`] (`/metrics`, `/status`), [`metrics`],
+//! (the read and write paths), [`engine`] (the runtime around the protocol
+//! engine `geomirror-core`: it executes the core's outputs and decides
+//! nothing), [`peer`] (TLS, the connections to the other node), [`nbd`]
+//! (the host protocol), [`admin`] (`/metrics`, `/status`), [`metrics`],
 //! [`limits`].
 //!
 //! Invariants: a write is acknowledged only after the store accepted it
@@ -13,7 +14,7 @@
 //! before it is durable; no input from the network can panic the node.
 
 pub mod admin;
-pub mod claims;
+pub mod engine;
 pub mod limits;
 pub mod metrics;
 pub mod nbd;
@@ -31,16 +32,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::claims::record::RecordFile;
-use crate::claims::replica::Replica;
-use crate::claims::state::{Geometry, Knobs};
+use crate::engine::claims_file::ClaimsFile;
+use crate::engine::{Engine, EngineVolume};
 use crate::nbd::{Exports, ServerLimits};
 use crate::peer::link::{LinkConfig, PeerLink};
 use crate::peer::tls::PeerTls;
 use crate::store::BlockStore;
 use crate::store::file::{DataDirLock, FileStore, VolumeGeometry};
 use crate::volume::Volume;
-use geomirror_wire::peer::VolumeInfo;
+use geomirror_core::CoreConfig;
+use geomirror_wire::peer::{VolumeIndex, VolumeInfo};
 
 /// Addresses a running node is bound to (ports may have been 0 in config).
 #[derive(Clone, Copy, Debug)]
@@ -84,11 +85,13 @@ pub async fn run(
 
     let mut exports = Exports::default();
     let mut link = None;
+    let mut engine = None;
     let mut peer_listener = None;
     match (&config.peer, &config.tls) {
         (Some(peer), Some(tls)) => {
             let peer_tls =
                 PeerTls::load(&tls.ca, &tls.cert, &tls.key, &config.node.name, &peer.name).context("load the peer link's TLS files")?;
+            let core_config = CoreConfig::from_node_config(&config).context("derive the protocol engine's settings")?;
             let infos = opened
                 .iter()
                 .map(|(_, meta, _)| VolumeInfo {
@@ -99,46 +102,33 @@ pub async fn run(
                     volume_id: meta.volume_id,
                 })
                 .collect();
+            let mut volumes = Vec::new();
+            let mut files = Vec::new();
+            for (_, meta, store) in &opened {
+                let file = ClaimsFile::new(&data_dir.join("volumes").join(&meta.name));
+                let contents = file.load().with_context(|| format!("open the claims file of volume `{}`", meta.name))?;
+                if !contents.own.is_empty() || !contents.record.is_empty() {
+                    info!(volume = %meta.name, own = contents.own.len(), peer_owned = contents.record.len(), "claims file loaded; own extents will be sent again");
+                }
+                files.push(contents);
+                volumes.push(EngineVolume { name: meta.name.clone(), store: store.clone(), file });
+            }
+            let e = Engine::new(&config.node.name, core_config, volumes, files);
+            e.start(shutdown.clone());
             let link_config = LinkConfig {
                 own_name: config.node.name.clone(),
                 peer_name: peer.name.clone(),
                 listen: peer.listen,
                 connect: peer.connect,
                 peer_timeout: peer.peer_timeout.get(),
-                heartbeat_interval: peer.heartbeat_interval.get(),
             };
-            let peer_link = PeerLink::new(link_config, peer_tls, infos);
-            let mut replicas = Vec::new();
-            for (slot, (v, meta, store)) in opened.into_iter().enumerate() {
-                let geometry = Geometry { block_bytes: meta.block_bytes.into(), extent_bytes: meta.extent_bytes.into(), size: meta.size };
-                let knobs = Knobs {
-                    max_owned: v.max_owned_extents as usize,
-                    predict: v.predict_extents,
-                    release_after: v.release_after.get(),
-                    wins_ties: config.node.name < peer.name,
-                };
-                let record = RecordFile::new(&data_dir.join("volumes").join(&meta.name));
-                let replica = Replica::open(
-                    slot as u16,
-                    &meta.name,
-                    geometry,
-                    knobs,
-                    store.clone(),
-                    record,
-                    peer_link.clone(),
-                    peer.peer_timeout.get(),
-                )
-                .with_context(|| format!("open the claims record of volume `{}`", meta.name))?;
-                replicas.push(replica.clone());
-                exports.insert(Arc::new(Volume::new(meta, store).with_replica(replica)));
-            }
-            peer_link.attach(replicas.clone());
-            for r in &replicas {
-                r.start(shutdown.clone());
+            link = Some(PeerLink::new(link_config, peer_tls, infos, e.clone()));
+            for (i, (_, meta, store)) in opened.into_iter().enumerate() {
+                exports.insert(Arc::new(Volume::new(meta, store).with_engine(e.clone(), VolumeIndex(i as u16))));
             }
             peer_listener =
                 Some(TcpListener::bind(peer.listen).await.with_context(|| format!("bind the peer listener on {}", peer.listen))?);
-            link = Some(peer_link);
+            engine = Some(e);
         }
         _ => {
             for (_, meta, store) in opened {
@@ -175,6 +165,7 @@ pub async fn run(
         exports: exports.clone(),
         prometheus,
         link: link.clone(),
+        engine: engine.clone(),
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, shutdown.clone()));
     match (&config.peer, bound.peer) {

@@ -135,65 +135,33 @@ pub const CLAIMS_GRANTED: &str = "geomirror_claims_granted_total";
 /// Extents released by this node.
 pub const RELEASES: &str = "geomirror_releases_total";
 
-/// A counter that can also be read back (for `/status`).
-pub struct Count {
-    counter: Counter,
-    value: std::sync::atomic::AtomicU64,
-}
-
-impl Count {
-    fn new(counter: Counter) -> Self {
-        Count { counter, value: std::sync::atomic::AtomicU64::new(0) }
-    }
-    /// Adds `n`.
-    pub fn increment(&self, n: u64) {
-        self.counter.increment(n);
-        self.value.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-    }
-    /// The total so far.
-    pub fn get(&self) -> u64 {
-        self.value.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
-/// Replication metric handles of one volume.
-pub struct ReplicaMetrics {
-    /// Host writes that waited for a round trip.
-    pub claim_round_trips: Count,
-    /// Pulls.
-    pub pulls: Count,
-    /// Handovers received.
-    pub handovers: Count,
-    /// Copy bytes sent.
-    pub copy_sent_bytes: Counter,
-    /// Frame bytes sent on the bulk lane.
+/// Replication metric handles of one volume, set from the core's figures
+/// (counters are totals kept by the core, so they are set, not added to).
+pub struct ReplicationMetrics {
+    claim_round_trips: Counter,
+    pulls: Counter,
+    handovers: Counter,
+    copy_sent_bytes: Counter,
+    /// Frame bytes sent on the bulk lane (counted by the lane's writer).
     pub bulk_sent_bytes: Counter,
-    /// Copies applied.
-    pub copies_applied: Counter,
-    /// Stale copies dropped.
-    pub copies_stale: Counter,
-    /// Claims granted to the peer.
-    pub claims_granted: Counter,
-    /// Releases.
-    pub releases: Counter,
-    /// Owned extents.
-    pub owned: metrics::Gauge,
-    /// Peer-owned extents.
-    pub peer_owned: metrics::Gauge,
-    /// Unsent bytes.
-    pub unsent: metrics::Gauge,
-    /// Not durable at the peer.
-    pub not_durable: metrics::Gauge,
+    copies_applied: Counter,
+    copies_stale: Counter,
+    claims_granted: Counter,
+    releases: Counter,
+    owned: metrics::Gauge,
+    peer_owned: metrics::Gauge,
+    unsent: metrics::Gauge,
+    not_durable: metrics::Gauge,
 }
 
-impl ReplicaMetrics {
+impl ReplicationMetrics {
     /// Registers the handles for `volume`.
     pub fn new(volume: &str) -> Self {
         let v = volume.to_string();
-        ReplicaMetrics {
-            claim_round_trips: Count::new(counter!(CLAIM_ROUND_TRIPS, "volume" => v.clone())),
-            pulls: Count::new(counter!(PULLS, "volume" => v.clone())),
-            handovers: Count::new(counter!(HANDOVERS, "volume" => v.clone())),
+        ReplicationMetrics {
+            claim_round_trips: counter!(CLAIM_ROUND_TRIPS, "volume" => v.clone()),
+            pulls: counter!(PULLS, "volume" => v.clone()),
+            handovers: counter!(HANDOVERS, "volume" => v.clone()),
             copy_sent_bytes: counter!(COPY_SENT_BYTES, "volume" => v.clone()),
             bulk_sent_bytes: counter!(PEER_SENT_BYTES, "volume" => v.clone(), "lane" => "bulk"),
             copies_applied: counter!(COPIES_APPLIED, "volume" => v.clone()),
@@ -205,5 +173,23 @@ impl ReplicaMetrics {
             unsent: metrics::gauge!(UNSENT_BYTES, "volume" => v.clone()),
             not_durable: metrics::gauge!(NOT_DURABLE_AT_PEER_BYTES, "volume" => v),
         }
+    }
+
+    /// Sets every handle from a volume's view in the core's status.
+    pub fn set(&self, v: &geomirror_core::VolumeView, block_bytes: u64) {
+        let c = &v.counters;
+        self.claim_round_trips.absolute(c.claim_round_trips);
+        self.pulls.absolute(c.pulls);
+        self.handovers.absolute(c.handovers_received);
+        self.copy_sent_bytes.absolute(c.copy_sent_bytes);
+        self.copies_applied.absolute(c.copies_applied);
+        self.copies_stale.absolute(c.copies_stale);
+        self.claims_granted.absolute(c.claims_granted);
+        self.releases.absolute(c.releases);
+        let f = &v.figures;
+        self.owned.set(f.owned_extents as f64);
+        self.peer_owned.set(f.peer_owned_extents as f64);
+        self.unsent.set((f.unsent_blocks * block_bytes) as f64);
+        self.not_durable.set((f.not_durable_blocks * block_bytes) as f64);
     }
 }

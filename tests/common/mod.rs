@@ -44,7 +44,12 @@ impl NodeProcess {
     /// Starts `geomirror node --config PATH` and waits for its "node ready" line.
     pub fn start(config_path: &Path) -> NodeProcess {
         let mut command = Command::new(geomirror_bin());
-        command.args(["node", "--config"]).arg(config_path).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
+        command
+            .args(["node", "--config"])
+            .arg(config_path)
+            .env("RUST_LOG", std::env::var("GEOMIRROR_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         die_with_parent(&mut command);
         let mut child = command.spawn().expect("spawn geomirror node");
         let stderr = child.stderr.take().expect("stderr is piped");

@@ -1,7 +1,8 @@
 //! The peer protocol between the two nodes of a pair.
 //!
 //! Frames: a 4-byte big-endian length, then a postcard-encoded [`Message`]
-//! (tokio-util's `LengthDelimitedCodec`, limit [`FRAME_BYTES_MAX`]). Each
+//! (the node frames them with tokio-util's `LengthDelimitedCodec`, limit
+//! [`FRAME_BYTES_MAX`]; this crate has no runtime). Each
 //! node dials two TLS connections to its peer, one per [`Lane`], and sends
 //! its own requests on them; the peer answers on the same connection. The
 //! priority lane carries claims, handovers, pulls, releases and heartbeats
@@ -14,20 +15,21 @@
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio_util::codec::LengthDelimitedCodec;
 
 /// Version spoken; a peer with another version is refused at hello.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// History: 1 the first; 2 adds [`Message::HandoverPart`] (handovers of more
+/// than [`DATA_BYTES_MAX`] of blocks).
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest frame; a larger one closes the connection with `FrameTooLarge`.
 pub const FRAME_BYTES_MAX: usize = 8 * 1024 * 1024 + 64 * 1024;
 /// Largest block payload in one copy, handover or pull message.
 pub const DATA_BYTES_MAX: usize = 8 * 1024 * 1024;
 const _: () = assert!(FRAME_BYTES_MAX >= DATA_BYTES_MAX + 4096);
 
-/// The framing codec with its limit set explicitly.
-pub fn codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder().max_frame_length(FRAME_BYTES_MAX).length_field_length(4).new_codec()
-}
+/// Bytes a message may add around its block payload (tags, lengths, ids,
+/// run headers); a frame is at most `DATA_BYTES_MAX` plus this.
+pub const FRAME_OVERHEAD_BYTES_MAX: usize = 64 * 1024;
+const _: () = assert!(FRAME_BYTES_MAX >= DATA_BYTES_MAX + FRAME_OVERHEAD_BYTES_MAX);
 
 /// Index of an extent within a volume.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -66,8 +68,19 @@ pub struct VolumeInfo {
     pub volume_id: [u8; 16],
 }
 
-/// Volumes are referred to by their position in the hello's list.
-pub type VolumeSlot = u16;
+/// A volume, by its position in the hello's list of volumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct VolumeIndex(pub u16);
+
+/// Identifies one request of a node to its peer; its answer carries it back.
+/// Unique per node for the life of the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RequestId(pub u64);
+
+/// Position of a [`Message::Copy`] in one volume's copy stream within one
+/// session: 1, 2, 3, ... (progress reports refer to it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+pub struct CopySeq(pub u64);
 
 /// One extent's ownership as exchanged at session start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,9 +156,9 @@ pub enum Message {
     /// Session start: the sender's view of ownership of a volume.
     Sync {
         /// Request id.
-        id: u64,
+        id: RequestId,
         /// Volume.
-        volume: VolumeSlot,
+        volume: VolumeIndex,
         /// The sender's epoch counter.
         counter: Epoch,
         /// Extents the sender owns.
@@ -158,7 +171,7 @@ pub enum Message {
     /// Answer to [`Message::Sync`], with the responder's view after merging.
     SyncReply {
         /// Request id.
-        id: u64,
+        id: RequestId,
         /// The responder's epoch counter.
         counter: Epoch,
         /// Extents the responder owns.
@@ -169,41 +182,49 @@ pub enum Message {
         gives: Vec<ExtentClaim>,
     },
     /// Record that the requester may hold writes to these extents. The first
-    /// is being written; the rest are predicted.
+    /// is being written; the rest are predicted. The responder first applies
+    /// `releases` (the requester's releases it may not have seen yet: the
+    /// claim may overtake them), so its record of the requester's claims
+    /// never exceeds the requester's limit.
     Claim {
         /// Request id.
-        id: u64,
+        id: RequestId,
         /// Volume.
-        volume: VolumeSlot,
+        volume: VolumeIndex,
         /// The requester's epoch counter.
         counter: Epoch,
         /// Extents, the demanded one first.
         extents: Vec<Extent>,
+        /// Releases of the requester not yet confirmed.
+        releases: Vec<ExtentClaim>,
     },
     /// Answer to [`Message::Claim`], one outcome per extent in order.
     ClaimReply {
         /// Request id.
-        id: u64,
+        id: RequestId,
         /// The responder's counter after granting.
         counter: Epoch,
         /// Outcomes.
         outcomes: Vec<ClaimOutcome>,
     },
-    /// Give me this extent you own.
+    /// Give me this extent you own. The responder first applies `releases`
+    /// (as for a claim).
     Handover {
         /// Request id.
-        id: u64,
+        id: RequestId,
         /// Volume.
-        volume: VolumeSlot,
+        volume: VolumeIndex,
         /// The requester's counter.
         counter: Epoch,
         /// The extent.
         extent: Extent,
+        /// Releases of the requester not yet confirmed.
+        releases: Vec<ExtentClaim>,
     },
     /// Answer to [`Message::Handover`].
     HandoverReply {
         /// Request id.
-        id: u64,
+        id: RequestId,
         /// The responder's counter.
         counter: Epoch,
         /// The requester's new epoch, or None if the responder does not own it.
@@ -214,9 +235,9 @@ pub enum Message {
     /// Read bytes of an extent the responder owns.
     Pull {
         /// Request id.
-        id: u64,
+        id: RequestId,
         /// Volume.
-        volume: VolumeSlot,
+        volume: VolumeIndex,
         /// Byte offset.
         offset: u64,
         /// Byte length (within one extent).
@@ -226,50 +247,50 @@ pub enum Message {
     /// does not hold the newest data for that range.
     PullReply {
         /// Request id.
-        id: u64,
+        id: RequestId,
         /// The bytes.
         data: Option<Bytes>,
     },
     /// The sender gives up these extents: all their writes are durable at the receiver.
     Release {
         /// Volume.
-        volume: VolumeSlot,
+        volume: VolumeIndex,
         /// Extents and the epochs being released.
         extents: Vec<ExtentClaim>,
     },
     /// Liveness probe.
     Heartbeat {
         /// Request id.
-        id: u64,
+        id: RequestId,
     },
     /// Answer to [`Message::Heartbeat`].
     HeartbeatReply {
         /// Request id.
-        id: u64,
+        id: RequestId,
     },
     /// Copy stream: runs of blocks of extents the sender owns, in one
     /// message (one sequence number).
     Copy {
-        /// Stream sequence number (per session, from 1).
-        seq: u64,
+        /// Stream position (per volume and session, from 1).
+        seq: CopySeq,
         /// Volume.
-        volume: VolumeSlot,
+        volume: VolumeIndex,
         /// The runs.
         items: Vec<CopyItem>,
     },
     /// Copy stream progress, from the receiver.
     CopyProgress {
         /// Volume.
-        volume: VolumeSlot,
-        /// Every copy up to this seq has been applied (in memory).
-        received: u64,
-        /// Every copy up to this seq is durable (after fdatasync).
-        durable: u64,
+        volume: VolumeIndex,
+        /// Every copy up to this one has been applied (in memory).
+        received: CopySeq,
+        /// Every copy up to this one is durable (after fdatasync).
+        durable: CopySeq,
     },
     /// A request the responder could not serve (unknown volume, bad range).
     Error {
         /// Request id.
-        id: u64,
+        id: RequestId,
         /// Why.
         message: String,
     },
@@ -277,11 +298,22 @@ pub enum Message {
     /// its ownership recorded): the giver forgets the give.
     HandoverAck {
         /// Volume.
-        volume: VolumeSlot,
+        volume: VolumeIndex,
         /// The extent.
         extent: Extent,
         /// The epoch it was given at.
         epoch: Epoch,
+    },
+    /// Part of the blocks of a handover that carries more than one frame
+    /// holds: sent before the [`Message::HandoverReply`] of the same request
+    /// on the same lane, which carries the last part.
+    HandoverPart {
+        /// The handover request's id.
+        id: RequestId,
+        /// The requester's new epoch (as in the reply).
+        epoch: Epoch,
+        /// Blocks not yet durable at the requester.
+        blocks: Vec<BlockRun>,
     },
 }
 
@@ -307,6 +339,39 @@ impl Message {
         Bytes::from(postcard::to_stdvec(self).expect("peer messages always serialize"))
     }
 
+    /// The variant's name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "Hello",
+            Message::HelloReply { .. } => "HelloReply",
+            Message::Sync { .. } => "Sync",
+            Message::SyncReply { .. } => "SyncReply",
+            Message::Claim { .. } => "Claim",
+            Message::ClaimReply { .. } => "ClaimReply",
+            Message::Handover { .. } => "Handover",
+            Message::HandoverReply { .. } => "HandoverReply",
+            Message::Pull { .. } => "Pull",
+            Message::PullReply { .. } => "PullReply",
+            Message::Release { .. } => "Release",
+            Message::Heartbeat { .. } => "Heartbeat",
+            Message::HeartbeatReply { .. } => "HeartbeatReply",
+            Message::Copy { .. } => "Copy",
+            Message::CopyProgress { .. } => "CopyProgress",
+            Message::Error { .. } => "Error",
+            Message::HandoverAck { .. } => "HandoverAck",
+            Message::HandoverPart { .. } => "HandoverPart",
+        }
+    }
+
+    /// The lane this message travels on.
+    pub fn lane(&self) -> Option<Lane> {
+        match self {
+            Message::Hello { .. } | Message::HelloReply { .. } => None,
+            Message::Copy { .. } | Message::CopyProgress { .. } | Message::Release { .. } => Some(Lane::Bulk),
+            _ => Some(Lane::Priority),
+        }
+    }
+
     /// Parses one frame's bytes.
     pub fn decode(frame: &[u8]) -> Result<Message, PeerDecodeError> {
         if frame.len() > FRAME_BYTES_MAX {
@@ -316,7 +381,7 @@ impl Message {
     }
 
     /// Request id of a request or reply, if it has one.
-    pub fn id(&self) -> Option<u64> {
+    pub fn id(&self) -> Option<RequestId> {
         match self {
             Message::Sync { id, .. }
             | Message::SyncReply { id, .. }
@@ -328,7 +393,8 @@ impl Message {
             | Message::PullReply { id, .. }
             | Message::Heartbeat { id }
             | Message::HeartbeatReply { id }
-            | Message::Error { id, .. } => Some(*id),
+            | Message::Error { id, .. }
+            | Message::HandoverPart { id, .. } => Some(*id),
             _ => None,
         }
     }
@@ -339,8 +405,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// One sample of every variant, in variant order.
     fn samples() -> Vec<Message> {
         let run = BlockRun { first: BlockIndex(7), data: Bytes::from_static(&[1, 2, 3, 4]) };
+        let claim = |e, p| ExtentClaim { extent: Extent(e), epoch: Epoch(p) };
         vec![
             Message::Hello {
                 protocol_version: PROTOCOL_VERSION,
@@ -354,48 +422,75 @@ mod tests {
                     volume_id: [9; 16],
                 }],
             },
-            Message::HelloReply { protocol_version: 1, node: "site-b".into(), refusal: String::new(), volume_errors: vec![String::new()] },
+            Message::HelloReply { protocol_version: 2, node: "site-b".into(), refusal: String::new(), volume_errors: vec![String::new()] },
             Message::Sync {
-                id: 1,
-                volume: 0,
+                id: RequestId(1),
+                volume: VolumeIndex(0),
                 counter: Epoch(5),
-                own: vec![ExtentClaim { extent: Extent(3), epoch: Epoch(4) }],
+                own: vec![claim(3, 4)],
                 record: vec![],
                 gives: vec![],
             },
-            Message::SyncReply {
-                id: 1,
+            Message::SyncReply { id: RequestId(1), counter: Epoch(6), own: vec![], record: vec![claim(3, 4)], gives: vec![claim(5, 6)] },
+            Message::Claim {
+                id: RequestId(2),
+                volume: VolumeIndex(0),
                 counter: Epoch(6),
-                own: vec![],
-                record: vec![ExtentClaim { extent: Extent(3), epoch: Epoch(4) }],
-                gives: vec![ExtentClaim { extent: Extent(5), epoch: Epoch(6) }],
+                extents: vec![Extent(10), Extent(11)],
+                releases: vec![claim(4, 3)],
             },
-            Message::Claim { id: 2, volume: 0, counter: Epoch(6), extents: vec![Extent(10), Extent(11)] },
             Message::ClaimReply {
-                id: 2,
+                id: RequestId(2),
                 counter: Epoch(8),
                 outcomes: vec![ClaimOutcome::Granted(Epoch(7)), ClaimOutcome::Declined, ClaimOutcome::OwnedByResponder(Epoch(2))],
             },
-            Message::Handover { id: 3, volume: 0, counter: Epoch(8), extent: Extent(2) },
-            Message::HandoverReply { id: 3, counter: Epoch(9), granted: Some(Epoch(9)), blocks: vec![run.clone()] },
-            Message::Pull { id: 4, volume: 0, offset: 4096, length: 4096 },
-            Message::PullReply { id: 4, data: Some(Bytes::from_static(b"abcd")) },
-            Message::Release { volume: 0, extents: vec![ExtentClaim { extent: Extent(1), epoch: Epoch(1) }] },
-            Message::Heartbeat { id: 5 },
-            Message::HeartbeatReply { id: 5 },
+            Message::Handover { id: RequestId(3), volume: VolumeIndex(0), counter: Epoch(8), extent: Extent(2), releases: vec![] },
+            Message::HandoverReply { id: RequestId(3), counter: Epoch(9), granted: Some(Epoch(9)), blocks: vec![run.clone()] },
+            Message::Pull { id: RequestId(4), volume: VolumeIndex(0), offset: 4096, length: 4096 },
+            Message::PullReply { id: RequestId(4), data: Some(Bytes::from_static(b"abcd")) },
+            Message::Release { volume: VolumeIndex(0), extents: vec![claim(1, 1)] },
+            Message::Heartbeat { id: RequestId(5) },
+            Message::HeartbeatReply { id: RequestId(5) },
             Message::Copy {
-                seq: 1,
-                volume: 0,
+                seq: CopySeq(1),
+                volume: VolumeIndex(0),
                 items: vec![
                     CopyItem { extent: Extent(0), epoch: Epoch(1), first: BlockIndex(7), count: 1, data: run.data.clone() },
                     CopyItem { extent: Extent(1), epoch: Epoch(1), first: BlockIndex(300), count: 4, data: Bytes::new() },
                 ],
             },
-            Message::CopyProgress { volume: 0, received: 10, durable: 8 },
-            Message::Error { id: 6, message: "no".into() },
-            Message::HandoverAck { volume: 0, extent: Extent(2), epoch: Epoch(9) },
+            Message::CopyProgress { volume: VolumeIndex(0), received: CopySeq(10), durable: CopySeq(8) },
+            Message::Error { id: RequestId(6), message: "no".into() },
+            Message::HandoverAck { volume: VolumeIndex(0), extent: Extent(2), epoch: Epoch(9) },
+            Message::HandoverPart { id: RequestId(3), epoch: Epoch(9), blocks: vec![run] },
         ]
     }
+
+    /// The encoding of each sample, in order. postcard encodes by variant
+    /// and field order: a reordered variant or field changes these bytes.
+    const GOLDEN: &[&[u8]] = &[
+        &[
+            0, 2, 6, 115, 105, 116, 101, 45, 97, 1, 1, 4, 118, 111, 108, 48, 128, 128, 128, 128, 4, 128, 32, 128, 128, 64, 9, 9, 9, 9, 9,
+            9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9,
+        ],
+        &[1, 2, 6, 115, 105, 116, 101, 45, 98, 0, 1, 0],
+        &[2, 1, 0, 5, 1, 3, 4, 0, 0],
+        &[3, 1, 6, 0, 1, 3, 4, 1, 5, 6],
+        &[4, 2, 0, 6, 2, 10, 11, 1, 4, 3],
+        &[5, 2, 8, 3, 0, 7, 2, 1, 2],
+        &[6, 3, 0, 8, 2, 0],
+        &[7, 3, 9, 1, 9, 1, 7, 4, 1, 2, 3, 4],
+        &[8, 4, 0, 128, 32, 128, 32],
+        &[9, 4, 1, 4, 97, 98, 99, 100],
+        &[10, 0, 1, 1, 1],
+        &[11, 5],
+        &[12, 5],
+        &[13, 1, 0, 2, 0, 1, 7, 1, 4, 1, 2, 3, 4, 1, 1, 172, 2, 4, 0],
+        &[14, 0, 10, 8],
+        &[15, 6, 2, 110, 111],
+        &[16, 0, 2, 9],
+        &[17, 3, 9, 1, 7, 4, 1, 2, 3, 4],
+    ];
 
     #[test]
     fn every_message_round_trips() {
@@ -404,21 +499,21 @@ mod tests {
         }
     }
 
-    /// postcard encodes by variant and field order: this catches a reorder.
     #[test]
-    fn golden_bytes_do_not_change() {
-        assert_eq!(Message::Heartbeat { id: 5 }.encode().as_ref(), &[11, 5]);
-        assert_eq!(Message::CopyProgress { volume: 1, received: 10, durable: 8 }.encode().as_ref(), &[14, 1, 10, 8]);
-        assert_eq!(
-            Message::Claim { id: 2, volume: 0, counter: Epoch(6), extents: vec![Extent(10), Extent(300)] }.encode().as_ref(),
-            &[4, 2, 0, 6, 2, 10, 172, 2]
-        );
-        assert_eq!(
-            Message::ClaimReply { id: 2, counter: Epoch(8), outcomes: vec![ClaimOutcome::Granted(Epoch(7)), ClaimOutcome::Declined] }
-                .encode()
-                .as_ref(),
-            &[5, 2, 8, 2, 0, 7, 2]
-        );
+    fn golden_bytes_of_every_variant_do_not_change() {
+        let samples = samples();
+        assert_eq!(samples.len(), GOLDEN.len(), "one golden encoding per variant");
+        for (i, (m, golden)) in samples.iter().zip(GOLDEN).enumerate() {
+            assert_eq!(m.encode().as_ref(), *golden, "variant #{i} ({}) encodes differently", m.kind());
+        }
+    }
+
+    #[test]
+    fn every_variant_has_a_lane_but_the_hello() {
+        for m in samples() {
+            let hello = matches!(m, Message::Hello { .. } | Message::HelloReply { .. });
+            assert_eq!(m.lane().is_none(), hello, "{}", m.kind());
+        }
     }
 
     #[test]
@@ -437,8 +532,8 @@ mod tests {
         }
 
         #[test]
-        fn truncations_of_valid_messages_are_rejected_or_shorter(i in 0usize..17, cut in 0usize..64) {
-            let m = &samples()[i % 17];
+        fn truncations_of_valid_messages_are_rejected_or_shorter(i in 0usize..18, cut in 0usize..64) {
+            let m = &samples()[i % 18];
             let bytes = m.encode();
             let cut = cut.min(bytes.len());
             if cut < bytes.len()

@@ -61,6 +61,10 @@ pub struct ReplicationStatus {
     pub handovers: u64,
     /// Why the volume is not served, if it is not.
     pub problem: Option<String>,
+    /// Bytes of memory the copy tracking holds (bitmaps per owned extent
+    /// with unsent or in-flight blocks, and copies in flight).
+    #[serde(default)]
+    pub tracking_bytes: u64,
 }
 
 /// One volume in [`NodeStatus`].

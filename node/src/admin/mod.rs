@@ -30,11 +30,14 @@ pub struct AdminState {
     pub prometheus: PrometheusHandle,
     /// The peer link, for a two-site node.
     pub link: Option<Arc<crate::peer::link::PeerLink>>,
+    /// The engine, for a two-site node.
+    pub engine: Option<Arc<crate::engine::Engine>>,
 }
 
 impl AdminState {
     /// The status snapshot.
     pub fn status(&self) -> NodeStatus {
+        let core = self.engine.as_ref().map(|e| e.status());
         NodeStatus {
             name: self.name.clone(),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
@@ -44,19 +47,21 @@ impl AdminState {
                 .exports
                 .volumes()
                 .map(|v| {
-                    let replication = v.replica().map(|r| {
-                        let s = r.status();
+                    let view = core.as_ref().and_then(|c| c.volumes.iter().find(|x| x.name == v.name()));
+                    let replication = view.map(|view| {
                         let block = u64::from(v.meta().block_bytes);
+                        let f = &view.figures;
                         ReplicationStatus {
-                            owned_extents: s.figures.owned_extents as u64,
-                            peer_owned_extents: s.figures.peer_owned_extents as u64,
-                            unsent_bytes: s.figures.unsent_blocks as u64 * block,
-                            not_durable_at_peer_bytes: s.figures.not_durable_blocks as u64 * block,
-                            received_not_durable_bytes: s.figures.received_not_durable_blocks as u64 * block,
-                            claim_round_trips: r.metrics().claim_round_trips.get(),
-                            pulls: r.metrics().pulls.get(),
-                            handovers: r.metrics().handovers.get(),
-                            problem: s.problem,
+                            owned_extents: f.owned_extents,
+                            peer_owned_extents: f.peer_owned_extents,
+                            unsent_bytes: f.unsent_blocks * block,
+                            not_durable_at_peer_bytes: f.not_durable_blocks * block,
+                            received_not_durable_bytes: f.received_not_durable_bytes,
+                            claim_round_trips: view.counters.claim_round_trips,
+                            pulls: view.counters.pulls,
+                            handovers: view.counters.handovers_received,
+                            problem: view.problem.clone(),
+                            tracking_bytes: f.tracking_bytes,
                         }
                     });
                     VolumeStatus {
@@ -66,7 +71,7 @@ impl AdminState {
                         extent_bytes: v.meta().extent_bytes,
                         reads_total: v.reads_total(),
                         writes_total: v.writes_total(),
-                        serving: v.replica().is_none_or(|r| r.is_serving()),
+                        serving: view.is_none_or(|view| view.problem.is_none()),
                         replication,
                     }
                 })
@@ -94,6 +99,9 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: Canc
 }
 
 async fn metrics_handler(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    if let Some(engine) = &state.engine {
+        engine.refresh_metrics();
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.prometheus.render())
 }
 

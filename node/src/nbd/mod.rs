@@ -162,6 +162,11 @@ pub fn errno_for(command: Command, error: &VolumeError) -> Errno {
         },
         VolumeError::Store(StoreError::NotFast) => Errno::NotSup,
         VolumeError::PeerUnavailable(_) | VolumeError::NotServing(_) => Errno::Io,
+        VolumeError::Fault(fault) => match fault.kind {
+            geomirror_core::IoFaultKind::NoSpace => Errno::NoSpc,
+            geomirror_core::IoFaultKind::NotFast => Errno::NotSup,
+            geomirror_core::IoFaultKind::Io => Errno::Io,
+        },
         VolumeError::Store(StoreError::Io(e)) => match e.raw_os_error() {
             Some(libc::ENOSPC) => Errno::NoSpc,
             Some(libc::ENOMEM) => Errno::NoMem,

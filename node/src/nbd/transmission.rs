@@ -171,6 +171,29 @@ struct Context {
 }
 
 impl Context {
+    /// Maps a failure to its NBD error and logs it: every error a host sees
+    /// is traceable to a log line (identical failures within a second are
+    /// counted and summed up in the next line, not repeated).
+    fn failed(&self, command: Command, offset: u64, length: u64, error: &crate::volume::VolumeError) -> Errno {
+        let errno = errno_for(command, error);
+        let reason = error.to_string();
+        if let Some(suppressed) = self.volume.failure_log().admit(&reason) {
+            tracing::warn!(
+                volume = %self.volume.name(),
+                command = ?command,
+                offset,
+                length,
+                errno = ?errno,
+                suppressed_since_last = suppressed,
+                reason,
+                "host request failed"
+            );
+        }
+        errno
+    }
+}
+
+impl Context {
     async fn execute(&self, request: Request, payload: Option<Bytes>, received: Instant) -> Reply {
         let volume = &self.volume;
         let (offset, length) = (request.offset, u64::from(request.length));
@@ -182,18 +205,28 @@ impl Context {
             match command {
                 Command::Read if length == 0 => Err(Errno::Inval),
                 Command::Read if request.length > self.max_request_bytes => Err(Errno::Overflow),
-                Command::Read => volume.read(offset, request.length).await.map(|d| (Op::Read, Some(d))).map_err(|e| errno_for(command, &e)),
+                Command::Read => volume
+                    .read(offset, request.length)
+                    .await
+                    .map(|d| (Op::Read, Some(d)))
+                    .map_err(|e| self.failed(command, offset, length, &e)),
                 Command::Write => {
                     let data = payload.expect("the reader attaches a WRITE's payload");
                     if data.is_empty() {
                         Err(Errno::Inval)
                     } else {
-                        volume.write(offset, data, fua).await.map(|()| (Op::Write, None)).map_err(|e| errno_for(command, &e))
+                        volume
+                            .write(offset, data, fua)
+                            .await
+                            .map(|()| (Op::Write, None))
+                            .map_err(|e| self.failed(command, offset, length, &e))
                     }
                 }
-                Command::Flush => volume.flush().await.map(|()| (Op::Flush, None)).map_err(|e| errno_for(command, &e)),
+                Command::Flush => volume.flush().await.map(|()| (Op::Flush, None)).map_err(|e| self.failed(command, offset, length, &e)),
                 Command::Trim if length == 0 => Err(Errno::Inval),
-                Command::Trim => volume.trim(offset, length, fua).await.map(|()| (Op::Trim, None)).map_err(|e| errno_for(command, &e)),
+                Command::Trim => {
+                    volume.trim(offset, length, fua).await.map(|()| (Op::Trim, None)).map_err(|e| self.failed(command, offset, length, &e))
+                }
                 Command::WriteZeroes if length == 0 => Err(Errno::Inval),
                 Command::WriteZeroes => {
                     let mode = if request.flags & cflag::NO_HOLE != 0 { ZeroMode::KeepAllocated } else { ZeroMode::MayUnmap };
@@ -202,7 +235,7 @@ impl Context {
                         .write_zeroes(offset, length, mode, fast_only, fua)
                         .await
                         .map(|()| (Op::WriteZeroes, None))
-                        .map_err(|e| errno_for(command, &e))
+                        .map_err(|e| self.failed(command, offset, length, &e))
                 }
                 // Not advertised, or unknown: the spec's answer is EINVAL.
                 Command::Cache | Command::BlockStatus | Command::Resize | Command::Unknown(_) | Command::Disc => Err(Errno::Inval),

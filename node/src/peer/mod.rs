@@ -1,7 +1,8 @@
 //! The peer link: mutual TLS ([`tls`]), certificate generation ([`certs`]),
-//! and the two connections (priority and bulk lanes) to the other node
-//! ([`link`]).
+//! the framing ([`codec`]) and the two connections (priority and bulk
+//! lanes) to the other node ([`link`]).
 
 pub mod certs;
+pub mod codec;
 pub mod link;
 pub mod tls;

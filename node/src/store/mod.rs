@@ -18,14 +18,8 @@ mod conformance;
 
 use std::io;
 
-/// How a zero-write may be carried out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ZeroMode {
-    /// The range may become a hole (NBD WRITE_ZEROES without NO_HOLE).
-    MayUnmap,
-    /// The range must stay allocated (NO_HOLE).
-    KeepAllocated,
-}
+/// How a zero-write may be carried out (the core's type: one meaning).
+pub use geomirror_core::ZeroMode;
 
 /// Errors of a block store.
 #[derive(Debug, thiserror::Error)]

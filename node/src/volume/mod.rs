@@ -2,16 +2,20 @@
 //! block store.
 //!
 //! Every store call runs on the blocking pool, never on a runtime worker.
-//! On a two-site node the volume has a [`Replica`]: writes are admitted only
-//! to extents this node owns (claiming or taking them over first), and reads
-//! of extents the peer owns are pulled from it (DESIGN.md section 4).
+//! On a two-site node the volume goes through the [`Engine`]: writes are
+//! admitted only to extents this node owns (claiming or taking them over
+//! first), and reads of extents the peer owns are pulled from it (DESIGN.md
+//! section 4).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::claims::replica::{Replica, WriteOp};
+use geomirror_core::{HostError, IoFault};
+use geomirror_wire::peer::VolumeIndex;
+
+use crate::engine::Engine;
 use crate::metrics::VolumeMetrics;
 use crate::store::meta::VolumeMeta;
 use crate::store::{BlockStore, StoreError, ZeroMode};
@@ -26,9 +30,23 @@ pub enum VolumeError {
     /// peer could not be reached within `peer_timeout`.
     #[error("peer unavailable: {0}")]
     PeerUnavailable(String),
-    /// The volume is not served (it does not match the peer's).
+    /// The volume is not served (it does not match the peer's, or a fault stopped it).
     #[error("volume not served: {0}")]
     NotServing(String),
+    /// The store failed (as the protocol engine reports it).
+    #[error("store failure: {0}")]
+    Fault(IoFault),
+}
+
+impl From<HostError> for VolumeError {
+    fn from(e: HostError) -> Self {
+        match e {
+            HostError::OutOfRange { offset, length, size } => VolumeError::Store(StoreError::OutOfRange { offset, length, size }),
+            HostError::PeerUnavailable(why) => VolumeError::PeerUnavailable(why),
+            HostError::NotServing(why) => VolumeError::NotServing(why),
+            HostError::Store(fault) => VolumeError::Fault(fault),
+        }
+    }
 }
 
 /// One volume being served.
@@ -38,8 +56,37 @@ pub struct Volume {
     metrics: VolumeMetrics,
     reads_total: AtomicU64,
     writes_total: AtomicU64,
-    /// The mirror of this volume at the peer, for a two-site node.
-    replica: Option<Arc<Replica>>,
+    /// The engine and this volume's index in it, for a two-site node.
+    engine: Option<(Arc<Engine>, VolumeIndex)>,
+    failures: FailureLog,
+}
+
+/// Rate limit of the host-failure log lines of one volume: a reason is
+/// logged at once, then at most once a second while it repeats, with how
+/// many failures were not logged in between.
+#[derive(Default)]
+pub struct FailureLog {
+    state: std::sync::Mutex<Option<(String, std::time::Instant, u64)>>,
+}
+
+impl FailureLog {
+    /// Whether to log a failure with `reason` now; if so, how many failures
+    /// since the last logged line were not logged.
+    pub fn admit(&self, reason: &str) -> Option<u64> {
+        let mut state = self.state.lock().expect("failure log lock");
+        let now = std::time::Instant::now();
+        match state.as_mut() {
+            Some((last, at, suppressed)) if last == reason && now.duration_since(*at) < std::time::Duration::from_secs(1) => {
+                *suppressed += 1;
+                None
+            }
+            _ => {
+                let suppressed = state.as_ref().map_or(0, |s| s.2);
+                *state = Some((reason.to_string(), now, 0));
+                Some(suppressed)
+            }
+        }
+    }
 }
 
 impl Volume {
@@ -47,18 +94,31 @@ impl Volume {
     pub fn new(meta: VolumeMeta, store: Arc<dyn BlockStore>) -> Self {
         assert_eq!(meta.size, store.size(), "metadata and store disagree on the size");
         let metrics = VolumeMetrics::new(&meta.name);
-        Volume { meta, store, metrics, reads_total: AtomicU64::new(0), writes_total: AtomicU64::new(0), replica: None }
+        Volume {
+            meta,
+            store,
+            metrics,
+            reads_total: AtomicU64::new(0),
+            writes_total: AtomicU64::new(0),
+            engine: None,
+            failures: FailureLog::default(),
+        }
     }
 
-    /// Routes reads and writes through the claims of a two-site pair.
-    pub fn with_replica(mut self, replica: Arc<Replica>) -> Self {
-        self.replica = Some(replica);
+    /// Routes reads and writes through the engine of a two-site pair.
+    pub fn with_engine(mut self, engine: Arc<Engine>, index: VolumeIndex) -> Self {
+        self.engine = Some((engine, index));
         self
     }
 
-    /// The replica, for a two-site node.
-    pub fn replica(&self) -> Option<&Arc<Replica>> {
-        self.replica.as_ref()
+    /// The rate limit of this volume's host-failure log lines.
+    pub fn failure_log(&self) -> &FailureLog {
+        &self.failures
+    }
+
+    /// Whether the volume is mirrored to a peer.
+    pub fn is_replicated(&self) -> bool {
+        self.engine.is_some()
     }
 
     /// Export name.
@@ -99,8 +159,8 @@ impl Volume {
     /// Reads `length` bytes at `offset`.
     pub async fn read(&self, offset: u64, length: u32) -> Result<Bytes, VolumeError> {
         self.check_range(offset, length.into())?;
-        let data = match &self.replica {
-            Some(replica) => replica.read(offset, length).await?,
+        let data = match &self.engine {
+            Some((engine, index)) => engine.read(*index, offset, length).await?,
             None => {
                 let store = self.store.clone();
                 blocking(move || {
@@ -120,8 +180,8 @@ impl Volume {
     pub async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), VolumeError> {
         self.check_range(offset, data.len() as u64)?;
         let len = data.len() as u64;
-        match &self.replica {
-            Some(replica) => replica.write(offset, len, WriteOp::Data(data), fua).await?,
+        match &self.engine {
+            Some((engine, index)) => engine.write(*index, offset, data, fua).await?,
             None => {
                 let store = self.store.clone();
                 blocking(move || {
@@ -139,17 +199,22 @@ impl Volume {
 
     /// Makes every completed write durable.
     pub async fn flush(&self) -> Result<(), VolumeError> {
-        let store = self.store.clone();
-        blocking(move || store.sync()).await?;
+        match &self.engine {
+            Some((engine, index)) => engine.flush(*index).await?,
+            None => {
+                let store = self.store.clone();
+                blocking(move || store.sync()).await?;
+            }
+        }
         self.metrics.flushes.increment(1);
         Ok(())
     }
 
     /// Discards a range (reads back as zeroes).
     pub async fn trim(&self, offset: u64, length: u64, fua: bool) -> Result<(), VolumeError> {
-        if let Some(replica) = &self.replica {
+        if let Some((engine, index)) = &self.engine {
             self.check_range(offset, length)?;
-            replica.write(offset, length, WriteOp::Trim, fua).await?;
+            engine.trim(*index, offset, length, fua).await?;
             self.metrics.discards.increment(1);
             return Ok(());
         }
@@ -158,9 +223,9 @@ impl Volume {
 
     /// Writes zeroes over a range.
     pub async fn write_zeroes(&self, offset: u64, length: u64, mode: ZeroMode, fast_only: bool, fua: bool) -> Result<(), VolumeError> {
-        if let Some(replica) = &self.replica {
+        if let Some((engine, index)) = &self.engine {
             self.check_range(offset, length)?;
-            replica.write(offset, length, WriteOp::Zero { mode, fast_only }, fua).await?;
+            engine.write_zeroes(*index, offset, length, mode, fast_only, fua).await?;
             self.metrics.discards.increment(1);
             return Ok(());
         }

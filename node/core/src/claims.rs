@@ -1,0 +1,1366 @@
+//! The claims of one volume at one node: who may hold writes the other has
+//! not received, per extent, with epochs; prediction; the owned-extent
+//! limit; the copy stream's tracking; handovers; releases; the merge of both
+//! views at session start. Pure state: the node core decides when to call
+//! what, and carries out the I/O and messages these methods imply.
+//!
+//! Invariants (DESIGN.md section 3), checked by [`Claims::check`] in tests
+//! and in the simulator after every step:
+//! - an extent is in at most one of own claims and the claims record;
+//! - writes are admitted only to owned extents that are not being handed
+//!   out and have no peer data being applied;
+//! - an extent is released only when none of its blocks is un-durable at
+//!   the peer and no write to it is in flight;
+//! - messages for an older epoch never undo a newer state;
+//! - extents taking a place in the owned-extent budget never exceed the
+//!   limit, except extents adopted at session start (the peer already
+//!   records them as ours, so refusing them would not reduce exposure).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::RangeInclusive;
+
+use geomirror_wire::peer::{BlockIndex, ClaimOutcome, CopySeq, Epoch, Extent, ExtentClaim};
+
+use crate::claims_file::ClaimsFileContents;
+use crate::config::VolumeSettings;
+use crate::geometry::Geometry;
+use crate::time::Time;
+use crate::tracking::{CountDelta, Dirt};
+
+/// An extent this node owns.
+#[derive(Clone, Debug)]
+pub struct Owned {
+    /// The ownership epoch.
+    pub epoch: Epoch,
+    /// Host writes admitted and not finished.
+    pub writes_in_flight: u32,
+    /// Last admitted write (or the grant).
+    pub last_write: Time,
+    /// The peer asked for it: new writes wait until it is handed out.
+    pub handing_out: bool,
+    /// Store syncs issued before its last write ended: it may be released
+    /// only after a later one completed (its data durable here too).
+    write_mark: u64,
+    /// Writes wait until the claims file is durable at this version: set
+    /// when owning it voided a release our file still lists (after a crash
+    /// that file would release it again, without the writes since).
+    writable_at: u64,
+    /// Blocks not yet durable at the peer (None: none).
+    dirt: Option<Box<Dirt>>,
+}
+
+/// Where a handover we asked for stands after its answer granted it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReceivingStage {
+    /// The blocks it carried are being written and made durable; `complete`
+    /// once the final reply (not only parts) has arrived.
+    Applying {
+        /// The final reply arrived.
+        complete: bool,
+    },
+    /// Blocks durable; our ownership is being written to the claims file.
+    Persisting,
+}
+
+/// Per-extent ownership; an extent absent from the map is clean (neither
+/// node holds writes the other lacks).
+#[derive(Clone, Debug)]
+pub enum ExtentState {
+    /// Own claim: this node may hold writes the peer lacks.
+    Owned(Owned),
+    /// Our claim for it is in flight.
+    Claiming,
+    /// Our claim's answer was lost with the session: the peer may have
+    /// granted it. The next session-start sync tells (we never wrote under it).
+    ClaimUnknown,
+    /// In our claims record: the peer may hold writes we lack.
+    PeerOwned {
+        /// The peer's epoch.
+        epoch: Epoch,
+    },
+    /// In our claims record, and we asked the peer to hand it over.
+    Acquiring {
+        /// The peer's epoch.
+        epoch: Epoch,
+        /// We re-granted it to the peer after asking; a "not owner" answer
+        /// to our request is then stale.
+        regranted: bool,
+        /// The peer released it while our request was on its way: its data
+        /// is here, and the answer will be "not the owner" (or a give, if
+        /// the peer claimed it again and we re-granted it).
+        released: bool,
+    },
+    /// The peer handed it over: its blocks are being applied.
+    Receiving {
+        /// Our new epoch.
+        epoch: Epoch,
+        /// The peer's epoch before.
+        from: Epoch,
+        /// How far it got.
+        stage: ReceivingStage,
+    },
+}
+
+impl ExtentState {
+    /// Whether the extent takes a place in our owned-extent budget.
+    fn takes_budget(&self) -> bool {
+        !matches!(self, ExtentState::PeerOwned { .. })
+    }
+    /// Whether the extent is in our claims record (the peer owns it).
+    fn in_record(&self) -> bool {
+        matches!(self, ExtentState::PeerOwned { .. } | ExtentState::Acquiring { released: false, .. })
+    }
+    /// How the extent appears in the claims file: own (0) or record (1), with its epoch.
+    fn file_entry(&self) -> Option<(u8, Epoch)> {
+        match self {
+            ExtentState::Owned(o) => Some((0, o.epoch)),
+            ExtentState::Receiving { epoch, stage: ReceivingStage::Persisting, .. } => Some((0, *epoch)),
+            ExtentState::Receiving { from, .. } => Some((1, *from)),
+            ExtentState::PeerOwned { epoch } | ExtentState::Acquiring { epoch, released: false, .. } => Some((1, *epoch)),
+            ExtentState::Acquiring { released: true, .. } | ExtentState::Claiming | ExtentState::ClaimUnknown => None,
+        }
+    }
+}
+
+/// Whether a request that needs the peer can be sent now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerAccess {
+    /// A ready session with room for a request.
+    Ready,
+    /// No ready session (or no room): do not start anything that needs it.
+    Unavailable,
+}
+
+/// Why a write cannot be admitted yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitReason {
+    /// A claim or handover of the extent is in flight: the peer's answer
+    /// changes its state.
+    PeerAnswer,
+    /// The extent is in a local transition (being handed out, received, or
+    /// written with the peer's data): retry when its state changes.
+    Busy,
+    /// The owned-extent limit is reached and nothing can be released yet:
+    /// retry when the copy stream makes an extent clean.
+    Limit,
+    /// The peer is needed and there is no ready session.
+    Session,
+}
+
+/// What a host write must do before it may proceed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WriteAccess {
+    /// All extents owned; the write is admitted (call [`Claims::end_write`]).
+    Admitted,
+    /// Send this claim (first extent demanded, rest predicted); they are now `Claiming`.
+    Claim(Vec<Extent>),
+    /// Ask the peer to hand this extent over; it is now `Acquiring`.
+    Handover(Extent),
+    /// Wait, then ask again.
+    Wait(WaitReason),
+}
+
+/// Where a read of an extent is served from.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum ReadSource {
+    /// Our store holds the newest data.
+    Local,
+    /// The peer may hold newer data: pull.
+    Peer,
+    /// A handover to us is being applied: wait for it.
+    Wait,
+}
+
+/// The owner's answer to a handover request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HandoverStep {
+    /// We do not own it (the requester's view is stale).
+    NotOwner,
+    /// Writes to it (or an apply of peer data) are in flight, or it is
+    /// being handed to us; ask again when that is done. New writes wait.
+    WaitForWrites,
+    /// Ready to give: read these blocks (not yet durable at the requester,
+    /// as `(first, count)`), then [`Claims::commit_give`]. New writes wait.
+    Read {
+        /// The runs to read.
+        runs: Vec<(BlockIndex, u64)>,
+    },
+}
+
+/// A run of blocks of one extent for the copy stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyRun {
+    /// The extent.
+    pub extent: Extent,
+    /// Our epoch.
+    pub epoch: Epoch,
+    /// First block.
+    pub first: BlockIndex,
+    /// Number of blocks.
+    pub count: u64,
+}
+
+/// A copy message sent and not yet durable at the peer.
+#[derive(Debug)]
+struct InFlightCopy {
+    seq: CopySeq,
+    extents: Vec<Extent>,
+    bytes: u64,
+}
+
+/// A release decided and not yet confirmed by the peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingRelease {
+    /// The extent and the epoch released.
+    pub claim: ExtentClaim,
+    /// The claims file version that no longer lists it: the release leaves
+    /// only once that version is durable (else a crash could bring the
+    /// claim back here after the peer forgot it).
+    pub file_version: u64,
+}
+
+impl PendingRelease {
+    /// Whether it may leave: its claims file version is durable.
+    pub fn ready(&self, durable_version: u64) -> bool {
+        self.file_version <= durable_version
+    }
+}
+
+/// Counters for status and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClaimsFigures {
+    /// Extents we own.
+    pub owned_extents: u64,
+    /// Extents taking a place in the owned-extent budget (owned, being
+    /// claimed or acquired).
+    pub budget_used: u64,
+    /// Extents in our claims record.
+    pub peer_owned_extents: u64,
+    /// Blocks written and not yet sent.
+    pub unsent_blocks: u64,
+    /// Blocks written and not yet durable at the peer.
+    pub not_durable_blocks: u64,
+    /// Bytes of copies in flight that the peer has received but not yet made durable.
+    pub received_not_durable_bytes: u64,
+    /// Bytes of copy tracking held (bitmaps and in-flight records).
+    pub tracking_bytes: u64,
+}
+
+/// The claims of one volume at one node.
+pub struct Claims {
+    geometry: Geometry,
+    max_owned: usize,
+    predict: u64,
+    predict_ceiling: u64,
+    wins_ties: bool,
+    release_after: std::time::Duration,
+    counter: Epoch,
+    extents: BTreeMap<Extent, ExtentState>,
+    budget_used: usize,
+    record_len: usize,
+    owned_len: usize,
+    gives: BTreeMap<Extent, Epoch>,
+    /// Releases to send on the bulk lane (once durable here).
+    releases: Vec<PendingRelease>,
+    /// Releases the peer has not confirmed applying. They ride on every
+    /// claim (a claim may overtake a release), and a lost one is sent again
+    /// at the next session's sync instead of the extent being taken back.
+    released: BTreeMap<Extent, PendingRelease>,
+    /// Store syncs issued so far, and the latest completed (a release
+    /// needs one issued after the extent's last write to have completed).
+    syncs_issued: u64,
+    syncs_done: u64,
+    /// The claims file version known durable.
+    file_durable: u64,
+    /// Peer data (copies, handover blocks) being written to our store, per
+    /// extent: host writes there wait, so older data never lands on newer.
+    applying: BTreeMap<Extent, u32>,
+    last_demanded: Option<Extent>,
+    stream_run: u32,
+    /// Extents with unsent blocks, oldest first (each at most once).
+    queue: VecDeque<Extent>,
+    inflight: VecDeque<InFlightCopy>,
+    next_seq: CopySeq,
+    peer_received: CopySeq,
+    unsent_blocks: u64,
+    not_durable_blocks: u64,
+    unreceived_bytes: u64,
+    /// Bumped whenever the contents of the claims file change.
+    file_version: u64,
+}
+
+impl Claims {
+    /// A fresh state: everything clean.
+    pub fn new(settings: &VolumeSettings, wins_ties: bool) -> Claims {
+        settings.check().expect("volume settings are checked at config load");
+        Claims {
+            geometry: settings.geometry,
+            max_owned: settings.knobs.max_owned,
+            predict: u64::from(settings.knobs.predict),
+            predict_ceiling: settings.predict_ceiling(),
+            wins_ties,
+            release_after: settings.knobs.release_after,
+            counter: Epoch(0),
+            extents: BTreeMap::new(),
+            budget_used: 0,
+            record_len: 0,
+            owned_len: 0,
+            gives: BTreeMap::new(),
+            releases: Vec::new(),
+            released: BTreeMap::new(),
+            syncs_issued: 0,
+            syncs_done: 0,
+            file_durable: 0,
+            applying: BTreeMap::new(),
+            last_demanded: None,
+            stream_run: 0,
+            queue: VecDeque::new(),
+            inflight: VecDeque::new(),
+            next_seq: CopySeq(1),
+            peer_received: CopySeq(0),
+            unsent_blocks: 0,
+            not_durable_blocks: 0,
+            unreceived_bytes: 0,
+            file_version: 0,
+        }
+    }
+
+    /// Restores the state of a claims file at start: own claims become owned
+    /// and fully suspect (every block is sent again: we cannot know which
+    /// ones the peer lacks), the record becomes peer-owned. Entries outside
+    /// the volume are ignored.
+    pub fn restore(settings: &VolumeSettings, wins_ties: bool, file: &ClaimsFileContents, now: Time) -> Claims {
+        let mut c = Claims::new(settings, wins_ties);
+        c.counter = file.counter;
+        let extents = c.geometry.extents();
+        for e in file.record.iter().filter(|e| e.extent.0 < extents) {
+            c.observe_counter(e.epoch);
+            c.set(e.extent, Some(ExtentState::PeerOwned { epoch: e.epoch }));
+        }
+        for g in &file.gives {
+            if matches!(c.extents.get(&g.extent), Some(ExtentState::PeerOwned { epoch }) if *epoch == g.epoch) {
+                c.gives.insert(g.extent, g.epoch);
+            }
+        }
+        for e in file.own.iter().filter(|e| e.extent.0 < extents) {
+            c.adopt(e.extent, e.epoch, now, true);
+        }
+        for r in file.released.iter().filter(|r| r.extent.0 < extents && !c.extents.contains_key(&r.extent)) {
+            // Durable in the file we started from, and what they covered was
+            // synced before it was written.
+            c.released.insert(r.extent, PendingRelease { claim: *r, file_version: 0 });
+        }
+        c.file_version = 0;
+        c
+    }
+
+    /// Sizes.
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    /// The epoch counter.
+    pub fn counter(&self) -> Epoch {
+        self.counter
+    }
+
+    /// Raises the counter to at least `seen` (every message carries one).
+    pub fn observe_counter(&mut self, seen: Epoch) {
+        if seen > self.counter {
+            self.counter = seen;
+        }
+    }
+
+    /// The state of an extent (None: clean).
+    pub fn extent(&self, e: Extent) -> Option<&ExtentState> {
+        self.extents.get(&e)
+    }
+
+    /// Every extent that is not clean, in order.
+    pub fn extents(&self) -> impl Iterator<Item = (&Extent, &ExtentState)> {
+        self.extents.iter()
+    }
+
+    /// The claims file version of the current state.
+    pub fn file_version(&self) -> u64 {
+        self.file_version
+    }
+
+    /// The claims file contents of the current state.
+    pub fn file_contents(&self) -> ClaimsFileContents {
+        let mut own = Vec::new();
+        let mut record = Vec::new();
+        for (&extent, state) in &self.extents {
+            match state.file_entry() {
+                Some((0, epoch)) => own.push(ExtentClaim { extent, epoch }),
+                Some((_, epoch)) => record.push(ExtentClaim { extent, epoch }),
+                None => {}
+            }
+        }
+        let released = self.released.values().map(|r| r.claim).collect();
+        ClaimsFileContents { counter: self.counter, own, record, gives: self.gives(), released }
+    }
+
+    /// Our own claims and our claims record, as exchanged at session start
+    /// (an extent being received counts as the peer's until it is ours).
+    pub fn views(&self) -> (Vec<ExtentClaim>, Vec<ExtentClaim>) {
+        let c = self.file_contents();
+        (c.own, c.record)
+    }
+
+    /// Handovers we gave and the new owner has not confirmed.
+    pub fn gives(&self) -> Vec<ExtentClaim> {
+        self.gives.iter().map(|(&extent, &epoch)| ExtentClaim { extent, epoch }).collect()
+    }
+
+    /// Figures for status.
+    pub fn figures(&self) -> ClaimsFigures {
+        let received_not_durable_bytes = self.inflight.iter().take_while(|f| f.seq <= self.peer_received).map(|f| f.bytes).sum();
+        let dirt_bytes: usize = self
+            .extents
+            .values()
+            .filter_map(|s| match s {
+                ExtentState::Owned(o) => o.dirt.as_ref().map(|d| d.footprint_bytes()),
+                _ => None,
+            })
+            .sum();
+        let inflight_bytes: usize =
+            self.inflight.iter().map(|f| std::mem::size_of::<InFlightCopy>() + f.extents.len() * std::mem::size_of::<Extent>()).sum();
+        ClaimsFigures {
+            owned_extents: self.owned_len as u64,
+            budget_used: self.budget() as u64,
+            peer_owned_extents: self.record_len as u64,
+            unsent_blocks: self.unsent_blocks,
+            not_durable_blocks: self.not_durable_blocks,
+            received_not_durable_bytes,
+            tracking_bytes: (dirt_bytes + inflight_bytes + self.queue.len() * std::mem::size_of::<Extent>()) as u64,
+        }
+    }
+
+    /// Changes an extent's state, keeping the counts, the gives and the
+    /// claims file version right.
+    fn set(&mut self, e: Extent, new: Option<ExtentState>) {
+        if let Some(&given) = self.gives.get(&e) {
+            let still_given = matches!(&new, Some(ExtentState::PeerOwned { epoch }) | Some(ExtentState::Acquiring { epoch, released: false, .. }) if *epoch == given);
+            if !still_given {
+                self.gives.remove(&e);
+                self.file_version += 1;
+            }
+        }
+        let old = match new {
+            Some(state) => self.extents.insert(e, state),
+            None => self.extents.remove(&e),
+        };
+        let new = self.extents.get(&e);
+        let count = |s: Option<&ExtentState>, f: fn(&ExtentState) -> bool| s.is_some_and(f) as usize;
+        let owned = |s: &ExtentState| matches!(s, ExtentState::Owned(_));
+        let (new_budget, new_record, new_owned) =
+            (count(new, ExtentState::takes_budget), count(new, ExtentState::in_record), count(new, owned));
+        let new_entry = new.and_then(ExtentState::file_entry);
+        self.budget_used = self.budget_used + new_budget - count(old.as_ref(), ExtentState::takes_budget);
+        self.record_len = self.record_len + new_record - count(old.as_ref(), ExtentState::in_record);
+        self.owned_len = self.owned_len + new_owned - count(old.as_ref(), owned);
+        if old.as_ref().and_then(ExtentState::file_entry) != new_entry {
+            self.file_version += 1;
+        }
+        // Owning it again voids an unconfirmed release of it: either the
+        // peer applied it (a newer grant followed) or never saw it (and
+        // records it as ours, which we adopted). Writes wait until our file
+        // no longer lists the release.
+        if new_owned == 1 && self.released.remove(&e).is_some() {
+            self.file_version += 1;
+            let version = self.file_version;
+            if let Some(ExtentState::Owned(o)) = self.extents.get_mut(&e) {
+                o.writable_at = version;
+            }
+        }
+        // Tracking of an extent that stops being owned by us goes with it
+        // (its callers took what they needed first).
+        if let Some(ExtentState::Owned(o)) = old
+            && let Some(d) = o.dirt
+            && new_owned == 0
+        {
+            self.apply_delta(CountDelta { unsent: -(d.unsent_count() as i64), not_durable: -(d.not_durable_count() as i64) });
+            if d.queued {
+                self.queue.retain(|q| *q != e);
+            }
+        }
+    }
+
+    fn apply_delta(&mut self, d: CountDelta) {
+        self.unsent_blocks = self.unsent_blocks.checked_add_signed(d.unsent).expect("unsent count went negative");
+        self.not_durable_blocks = self.not_durable_blocks.checked_add_signed(d.not_durable).expect("not-durable count went negative");
+    }
+
+    fn next_epoch(&mut self) -> Epoch {
+        self.counter = Epoch(self.counter.0 + 1);
+        self.counter
+    }
+
+    // ------------------------------------------------------------ host I/O
+
+    /// Where a read of extent `e` is served from.
+    pub fn read_source(&self, e: Extent) -> ReadSource {
+        match self.extents.get(&e) {
+            Some(ExtentState::PeerOwned { .. }) | Some(ExtentState::Acquiring { released: false, .. }) => ReadSource::Peer,
+            Some(ExtentState::Receiving { .. }) => ReadSource::Wait,
+            _ => ReadSource::Local,
+        }
+    }
+
+    /// Whether [`begin_write`](Self::begin_write) would admit a write to
+    /// extents `range` without a message to the peer.
+    pub fn would_admit(&self, range: RangeInclusive<u64>) -> bool {
+        range.into_iter().all(|i| {
+            matches!(self.extents.get(&Extent(i)), Some(ExtentState::Owned(o)) if !o.handing_out && o.writable_at <= self.file_durable)
+                && !self.applying.contains_key(&Extent(i))
+        })
+    }
+
+    /// Asks to write extents `range`. Admits the write only when all are
+    /// owned (no hold-and-wait across extents, so two sites writing
+    /// overlapping ranges cannot deadlock); otherwise starts at most one
+    /// claim or handover for the first extent that needs one.
+    pub fn begin_write(&mut self, range: RangeInclusive<u64>, now: Time, peer: PeerAccess) -> WriteAccess {
+        for i in range.clone() {
+            let e = Extent(i);
+            if self.applying.contains_key(&e) {
+                return WriteAccess::Wait(WaitReason::Busy);
+            }
+            match self.extents.get(&e) {
+                Some(ExtentState::Owned(o)) if !o.handing_out && o.writable_at <= self.file_durable => continue,
+                Some(ExtentState::Claiming) | Some(ExtentState::Acquiring { .. }) => return WriteAccess::Wait(WaitReason::PeerAnswer),
+                Some(ExtentState::Owned(_)) | Some(ExtentState::Receiving { .. }) => return WriteAccess::Wait(WaitReason::Busy),
+                Some(ExtentState::ClaimUnknown) => return WriteAccess::Wait(WaitReason::Session),
+                Some(ExtentState::PeerOwned { epoch }) => {
+                    let epoch = *epoch;
+                    if peer == PeerAccess::Unavailable {
+                        return WriteAccess::Wait(WaitReason::Session);
+                    }
+                    if !self.make_room(&range) {
+                        return WriteAccess::Wait(WaitReason::Limit);
+                    }
+                    self.set(e, Some(ExtentState::Acquiring { epoch, regranted: false, released: false }));
+                    return WriteAccess::Handover(e);
+                }
+                None => {
+                    if peer == PeerAccess::Unavailable {
+                        return WriteAccess::Wait(WaitReason::Session);
+                    }
+                    if !self.make_room(&range) {
+                        return WriteAccess::Wait(WaitReason::Limit);
+                    }
+                    let mut claim = vec![e];
+                    claim.extend(self.predict(e));
+                    for &c in &claim {
+                        self.set(c, Some(ExtentState::Claiming));
+                    }
+                    self.last_demanded = Some(e);
+                    return WriteAccess::Claim(claim);
+                }
+            }
+        }
+        for i in range {
+            if let Some(ExtentState::Owned(o)) = self.extents.get_mut(&Extent(i)) {
+                o.writes_in_flight += 1;
+                o.last_write = now;
+            }
+        }
+        WriteAccess::Admitted
+    }
+
+    /// Extents to claim ahead of `e`: after a sequential run of claims, the
+    /// next clean extents, doubling with the run's length (up to a quarter
+    /// of the limit, and never more than one claim message carries).
+    fn predict(&mut self, e: Extent) -> Vec<Extent> {
+        if self.predict == 0 {
+            return Vec::new();
+        }
+        let sequential = e.0 > 0
+            && (matches!(self.extents.get(&Extent(e.0 - 1)), Some(ExtentState::Owned(_)))
+                || self.last_demanded.is_some_and(|last| last.0 + 1 == e.0));
+        self.stream_run = if sequential { self.stream_run.saturating_add(1) } else { 0 };
+        if !sequential {
+            // A random write predicts nothing (claiming neighbours of random
+            // writes only spends the limit); a stream shows itself by its
+            // second extent.
+            return Vec::new();
+        }
+        let grown = self.predict << self.stream_run.min(6);
+        let depth = grown.min(self.predict_ceiling);
+        let free = self.max_owned.saturating_sub(self.budget() + 1) as u64;
+        (e.0 + 1..self.geometry.extents())
+            .take(depth.min(free) as usize)
+            .map(Extent)
+            .take_while(|c| !self.extents.contains_key(c))
+            .collect()
+    }
+
+    /// Frees a place in the budget if the limit is reached, by releasing the
+    /// least recently written extent that is durable at the peer, never one
+    /// of the extents the write itself needs (`keep`). False: nothing can be
+    /// released now (back-pressure).
+    fn make_room(&mut self, keep: &RangeInclusive<u64>) -> bool {
+        if self.budget() < self.max_owned {
+            return true;
+        }
+        let victim = self
+            .extents
+            .iter()
+            .filter_map(|(&e, s)| match s {
+                ExtentState::Owned(o) if self.releasable(e, o) && !keep.contains(&e.0) => Some((o.last_write, e)),
+                _ => None,
+            })
+            .min();
+        match victim {
+            Some((_, e)) => {
+                self.release(e);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Places taken in the owned-extent budget: extents we own or are
+    /// acquiring, and extents we gave that the peer has not confirmed (a
+    /// give that is revoked brings its extent back, so it cannot have made
+    /// room for another).
+    fn budget(&self) -> usize {
+        self.budget_used + self.gives.len()
+    }
+
+    fn releasable(&self, e: Extent, o: &Owned) -> bool {
+        self.clean_here(e, o) && self.syncs_done > o.write_mark
+    }
+
+    /// Durable at the peer and idle; releasable once its data is durable here.
+    fn clean_here(&self, e: Extent, o: &Owned) -> bool {
+        o.writes_in_flight == 0 && !o.handing_out && o.dirt.is_none() && !self.applying.contains_key(&e)
+    }
+
+    /// Whether an extent waits for a store sync before it can be released
+    /// (idle long enough, or the limit is reached) and none is in flight.
+    pub fn needs_sync_for_release(&self, now: Time) -> bool {
+        let at_limit = self.budget() >= self.max_owned;
+        self.extents.iter().any(|(&e, s)| match s {
+            ExtentState::Owned(o) => {
+                self.clean_here(e, o)
+                    && self.syncs_done <= o.write_mark
+                    && self.syncs_issued <= o.write_mark
+                    && (at_limit || now.since(o.last_write) >= self.release_after)
+            }
+            _ => false,
+        })
+    }
+
+    fn release(&mut self, e: Extent) {
+        if let Some(ExtentState::Owned(o)) = self.extents.get(&e) {
+            let claim = ExtentClaim { extent: e, epoch: o.epoch };
+            self.set(e, None);
+            self.file_version += 1;
+            let r = PendingRelease { claim, file_version: self.file_version };
+            self.released.insert(e, r);
+            self.releases.push(r);
+        }
+    }
+
+    /// A store sync was issued (number `n`, counting from 1).
+    pub fn note_sync_issued(&mut self, n: u64) {
+        self.syncs_issued = self.syncs_issued.max(n);
+    }
+
+    /// The claims file is durable at `version`.
+    pub fn note_file_durable(&mut self, version: u64) {
+        self.file_durable = self.file_durable.max(version);
+    }
+
+    /// Store sync number `n` completed: every write that ended before it
+    /// was issued is durable here.
+    pub fn note_sync_done(&mut self, n: u64) {
+        self.syncs_done = self.syncs_done.max(n);
+    }
+
+    /// Our releases the peer has not confirmed, to ride on a claim.
+    pub fn unconfirmed_releases(&self) -> Vec<ExtentClaim> {
+        self.released.values().map(|r| r.claim).collect()
+    }
+
+    /// Whether every unconfirmed release may leave (see [`PendingRelease::ready`]):
+    /// only then may a claim carry them.
+    pub fn releases_ready(&self, durable_version: u64) -> bool {
+        self.released.values().all(|r| r.ready(durable_version))
+    }
+
+    /// Whether releases, or writes to an owned extent, wait for the claims
+    /// file to be written.
+    pub fn waits_for_file(&self, durable_version: u64) -> bool {
+        self.released.values().chain(&self.releases).any(|r| !r.ready(durable_version))
+            || self.extents.values().any(|s| matches!(s, ExtentState::Owned(o) if o.writable_at > durable_version))
+    }
+
+    /// The peer applied these releases of ours (it answered the claim that
+    /// carried them).
+    pub fn confirm_releases(&mut self, carried: &[ExtentClaim]) {
+        for c in carried {
+            if self.released.get(&c.extent).is_some_and(|r| r.claim.epoch == c.epoch) {
+                self.released.remove(&c.extent);
+                self.file_version += 1;
+            }
+        }
+    }
+
+    /// A write admitted by [`begin_write`](Self::begin_write) reached the
+    /// store (`ok`) or failed (it may have written part of the range): its
+    /// blocks join the copy stream either way.
+    pub fn end_write(&mut self, offset: u64, length: u64, now: Time) {
+        for i in self.geometry.extents_of(offset, length) {
+            if let Some(ExtentState::Owned(o)) = self.extents.get_mut(&Extent(i)) {
+                assert!(o.writes_in_flight > 0, "end_write without begin_write on extent {i}");
+                o.writes_in_flight -= 1;
+                o.last_write = now;
+                o.write_mark = self.syncs_issued;
+            }
+        }
+        let first = offset / self.geometry.block_bytes;
+        let end = (offset + length).div_ceil(self.geometry.block_bytes);
+        self.mark_dirty(first, end);
+    }
+
+    /// Marks blocks `first..end` written, extent by extent (owned extents only).
+    fn mark_dirty(&mut self, first: u64, end: u64) {
+        let per = self.geometry.blocks_per_extent();
+        let mut b = first;
+        while b < end {
+            let e = Extent(b / per);
+            let stop = end.min((e.0 + 1) * per);
+            let mut delta = CountDelta::default();
+            let mut enqueue = false;
+            if let Some(ExtentState::Owned(o)) = self.extents.get_mut(&e) {
+                let dirt = o.dirt.get_or_insert_with(|| Box::new(Dirt::new(per as usize)));
+                delta = dirt.mark((b - e.0 * per) as usize, (stop - e.0 * per) as usize);
+                if !dirt.queued {
+                    dirt.queued = true;
+                    enqueue = true;
+                }
+            }
+            if enqueue {
+                self.queue.push_back(e);
+            }
+            self.apply_delta(delta);
+            b = stop;
+        }
+    }
+
+    // ------------------------------------------------------------ our requests' answers
+
+    /// The peer answered our claim (which carried `releases`).
+    pub fn on_claim_reply(&mut self, extents: &[Extent], outcomes: &[ClaimOutcome], counter: Epoch, now: Time, releases: &[ExtentClaim]) {
+        self.observe_counter(counter);
+        self.confirm_releases(releases);
+        for (i, &e) in extents.iter().enumerate() {
+            if !matches!(self.extents.get(&e), Some(ExtentState::Claiming)) {
+                continue; // changed meanwhile (the peer's own claim was granted)
+            }
+            match outcomes.get(i).copied().unwrap_or(ClaimOutcome::Declined) {
+                ClaimOutcome::Granted(epoch) => {
+                    self.observe_counter(epoch);
+                    let owned = Owned {
+                        epoch,
+                        writes_in_flight: 0,
+                        last_write: now,
+                        handing_out: false,
+                        write_mark: 0,
+                        writable_at: 0,
+                        dirt: None,
+                    };
+                    self.set(e, Some(ExtentState::Owned(owned)));
+                }
+                ClaimOutcome::OwnedByResponder(epoch) => self.set(e, Some(ExtentState::PeerOwned { epoch })),
+                ClaimOutcome::Declined => self.set(e, None),
+            }
+        }
+    }
+
+    /// Our claim was refused with an error: nothing was granted.
+    pub fn on_claim_refused(&mut self, extents: &[Extent]) {
+        for &e in extents {
+            if matches!(self.extents.get(&e), Some(ExtentState::Claiming)) {
+                self.set(e, None);
+            }
+        }
+    }
+
+    /// Our claim's session ended before its answer: the peer may have
+    /// granted it, so the extents keep their place in the budget until the
+    /// next session's sync says (the bound on exposure holds meanwhile).
+    pub fn on_claim_lost(&mut self, extents: &[Extent]) {
+        for &e in extents {
+            if matches!(self.extents.get(&e), Some(ExtentState::Claiming)) {
+                self.set(e, Some(ExtentState::ClaimUnknown));
+            }
+        }
+    }
+
+    /// The peer granted our handover request at `epoch` (in a part or the
+    /// final reply): the extent starts receiving. False when we were not
+    /// asking for it (a protocol violation).
+    pub fn on_handover_granted(&mut self, e: Extent, epoch: Epoch, complete: bool) -> bool {
+        self.observe_counter(epoch);
+        match self.extents.get(&e).cloned() {
+            Some(ExtentState::Acquiring { epoch: from, .. }) => {
+                self.set(e, Some(ExtentState::Receiving { epoch, from, stage: ReceivingStage::Applying { complete } }));
+                true
+            }
+            Some(ExtentState::Receiving { epoch: mine, from, stage: ReceivingStage::Applying { .. } }) if mine == epoch => {
+                if complete {
+                    self.set(e, Some(ExtentState::Receiving { epoch, from, stage: ReceivingStage::Applying { complete: true } }));
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The peer answered that it does not own the extent we asked for.
+    pub fn on_handover_declined(&mut self, e: Extent, counter: Epoch) {
+        self.observe_counter(counter);
+        if let Some(ExtentState::Acquiring { epoch, regranted, .. }) = self.extents.get(&e).cloned() {
+            if regranted {
+                // We re-granted it to the peer after asking: the answer is stale.
+                self.set(e, Some(ExtentState::PeerOwned { epoch }));
+            } else {
+                self.set(e, None);
+            }
+        }
+    }
+
+    /// Our handover request failed without a grant (refused, or its session
+    /// ended): the peer still owns the extent. A handover whose blocks were
+    /// partly received goes back too: the peer revokes its give at the next sync.
+    pub fn on_handover_failed(&mut self, e: Extent) {
+        match self.extents.get(&e).cloned() {
+            Some(ExtentState::Acquiring { released: true, .. }) => self.set(e, None),
+            Some(ExtentState::Acquiring { epoch, .. }) => self.set(e, Some(ExtentState::PeerOwned { epoch })),
+            Some(ExtentState::Receiving { from, stage: ReceivingStage::Applying { complete: false }, .. }) => {
+                self.set(e, Some(ExtentState::PeerOwned { epoch: from }))
+            }
+            _ => {}
+        }
+    }
+
+    /// A handover to us could not be applied here: the extent goes back to
+    /// the peer at its old epoch (the peer revokes its give at the next sync).
+    pub fn on_receive_failed(&mut self, e: Extent) {
+        if let Some(ExtentState::Receiving { from, stage: ReceivingStage::Applying { .. }, .. }) = self.extents.get(&e).cloned() {
+            self.set(e, Some(ExtentState::PeerOwned { epoch: from }));
+        }
+    }
+
+    /// The blocks of a completed handover are durable in our store: our
+    /// ownership goes to the claims file next.
+    pub fn on_handover_applied(&mut self, e: Extent) {
+        if let Some(ExtentState::Receiving { epoch, from, stage: ReceivingStage::Applying { complete: true } }) =
+            self.extents.get(&e).cloned()
+        {
+            self.set(e, Some(ExtentState::Receiving { epoch, from, stage: ReceivingStage::Persisting }));
+        }
+    }
+
+    /// Our ownership of a received extent is durable: it is owned, and
+    /// writes may go on. Returns the epoch (to confirm to the giver).
+    pub fn on_handover_durable(&mut self, e: Extent, now: Time) -> Option<Epoch> {
+        match self.extents.get(&e) {
+            Some(ExtentState::Receiving { epoch, stage: ReceivingStage::Persisting, .. }) => {
+                let epoch = *epoch;
+                let owned =
+                    Owned { epoch, writes_in_flight: 0, last_write: now, handing_out: false, write_mark: 0, writable_at: 0, dirt: None };
+                self.set(e, Some(ExtentState::Owned(owned)));
+                Some(epoch)
+            }
+            _ => None,
+        }
+    }
+
+    /// Extents whose handover to us waits for its claims file write.
+    pub fn persisting_handovers(&self) -> Vec<Extent> {
+        self.extents
+            .iter()
+            .filter(|(_, s)| matches!(s, ExtentState::Receiving { stage: ReceivingStage::Persisting, .. }))
+            .map(|(&e, _)| e)
+            .collect()
+    }
+
+    /// Whether a handover to us is still being received.
+    pub fn is_receiving(&self) -> bool {
+        self.extents.values().any(|s| matches!(s, ExtentState::Receiving { .. }))
+    }
+
+    // ------------------------------------------------------------ the peer's requests
+
+    /// The peer asks to record its claims. The caller makes the claims file
+    /// durable before replying.
+    pub fn on_claim_request(&mut self, extents: &[Extent], counter: Epoch) -> Vec<ClaimOutcome> {
+        self.observe_counter(counter);
+        let mut outcomes = Vec::with_capacity(extents.len());
+        for (i, &e) in extents.iter().enumerate() {
+            let demanded = i == 0;
+            let outcome = if e.0 >= self.geometry.extents() {
+                ClaimOutcome::Declined
+            } else {
+                match self.extents.get(&e).cloned() {
+                    None | Some(ExtentState::PeerOwned { .. }) => {
+                        let epoch = self.next_epoch();
+                        self.set(e, Some(ExtentState::PeerOwned { epoch }));
+                        ClaimOutcome::Granted(epoch)
+                    }
+                    Some(ExtentState::Acquiring { .. }) => {
+                        let epoch = self.next_epoch();
+                        self.set(e, Some(ExtentState::Acquiring { epoch, regranted: true, released: false }));
+                        ClaimOutcome::Granted(epoch)
+                    }
+                    Some(ExtentState::Claiming) if !self.wins_ties => {
+                        let epoch = self.next_epoch();
+                        self.set(e, Some(ExtentState::PeerOwned { epoch }));
+                        ClaimOutcome::Granted(epoch)
+                    }
+                    Some(ExtentState::Claiming) | Some(ExtentState::ClaimUnknown) | Some(ExtentState::Receiving { .. }) => {
+                        ClaimOutcome::Declined
+                    }
+                    Some(ExtentState::Owned(o)) if demanded && !o.handing_out => ClaimOutcome::OwnedByResponder(o.epoch),
+                    Some(ExtentState::Owned(_)) => ClaimOutcome::Declined,
+                }
+            };
+            outcomes.push(outcome);
+        }
+        outcomes
+    }
+
+    /// The peer asks us to hand extent `e` over.
+    pub fn on_handover_request(&mut self, e: Extent, counter: Epoch) -> HandoverStep {
+        self.observe_counter(counter);
+        if matches!(self.extents.get(&e), Some(ExtentState::Receiving { .. })) {
+            // It is being handed to us: ours in a moment (answering "not
+            // the owner" now would make the requester think it clean).
+            return HandoverStep::WaitForWrites;
+        }
+        let applying = self.applying.contains_key(&e);
+        let Some(ExtentState::Owned(o)) = self.extents.get_mut(&e) else {
+            return HandoverStep::NotOwner;
+        };
+        o.handing_out = true;
+        if o.writes_in_flight > 0 || applying {
+            return HandoverStep::WaitForWrites;
+        }
+        let runs = match &o.dirt {
+            Some(d) => {
+                let base = e.0 * self.geometry.blocks_per_extent();
+                d.not_durable_runs().into_iter().map(|(f, n)| (BlockIndex(base + f as u64), n as u64)).collect()
+            }
+            None => Vec::new(),
+        };
+        HandoverStep::Read { runs }
+    }
+
+    /// Gives an extent whose blocks were read (no write could happen since:
+    /// it is being handed out): the peer owns it at the returned epoch, and
+    /// the give stays recorded until the peer confirms it. None when the
+    /// extent is no longer ours to give.
+    pub fn commit_give(&mut self, e: Extent) -> Option<Epoch> {
+        match self.extents.get(&e) {
+            Some(ExtentState::Owned(o)) if o.handing_out && o.writes_in_flight == 0 => {}
+            _ => return None,
+        }
+        let epoch = self.next_epoch();
+        self.set(e, Some(ExtentState::PeerOwned { epoch }));
+        self.gives.insert(e, epoch);
+        self.file_version += 1;
+        Some(epoch)
+    }
+
+    /// A handover we were asked for will not be given (its session ended
+    /// while writes were in flight): writes to the extent may go on.
+    pub fn abandon_handover(&mut self, e: Extent) {
+        if let Some(ExtentState::Owned(o)) = self.extents.get_mut(&e) {
+            o.handing_out = false;
+        }
+    }
+
+    /// The new owner confirms it applied our handover of `e` at `epoch`.
+    pub fn on_handover_ack(&mut self, e: Extent, epoch: Epoch) {
+        if self.gives.get(&e) == Some(&epoch) {
+            self.gives.remove(&e);
+            self.file_version += 1;
+        }
+    }
+
+    /// The peer released extents: those at the current epoch leave our
+    /// claims record; older epochs were overtaken by a newer claim.
+    pub fn on_release(&mut self, released: &[ExtentClaim]) {
+        for c in released {
+            match self.extents.get(&c.extent).cloned() {
+                Some(ExtentState::PeerOwned { epoch }) if epoch == c.epoch => self.set(c.extent, None),
+                // Our handover request crossed the release: its answer
+                // settles the state.
+                Some(ExtentState::Acquiring { epoch, regranted, released: false }) if epoch == c.epoch => {
+                    self.set(c.extent, Some(ExtentState::Acquiring { epoch, regranted, released: true }))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether we can answer a pull of extent `e` with our store's data.
+    pub fn can_serve_pull(&self, e: Extent) -> bool {
+        self.read_source(e) == ReadSource::Local
+    }
+
+    /// Whether a copy for `e` at `epoch` is current (else it is dropped).
+    pub fn accepts_copy(&self, e: Extent, epoch: Epoch) -> bool {
+        matches!(self.extents.get(&e),
+            Some(ExtentState::PeerOwned { epoch: mine }) | Some(ExtentState::Acquiring { epoch: mine, released: false, .. }) if *mine == epoch)
+    }
+
+    /// Peer data for `e` starts or stops being written to our store.
+    pub fn set_applying(&mut self, e: Extent, on: bool) {
+        if on {
+            *self.applying.entry(e).or_insert(0) += 1;
+        } else if let Some(n) = self.applying.get_mut(&e) {
+            *n -= 1;
+            if *n == 0 {
+                self.applying.remove(&e);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ session start
+
+    /// Merges the peer's view at session start (the peer's own claims, its
+    /// record of ours, its unconfirmed gives). Epochs decide every
+    /// disagreement; extents the peer records as ours are adopted. Returns
+    /// the extents whose give to us was revoked.
+    pub fn on_sync(
+        &mut self,
+        counter: Epoch,
+        peer_own: &[ExtentClaim],
+        peer_record: &[ExtentClaim],
+        peer_gives: &[ExtentClaim],
+        now: Time,
+    ) -> Vec<Extent> {
+        self.observe_counter(counter);
+        let extents = self.geometry.extents();
+        let mut revoked = Vec::new();
+        // Handovers the peer gave us and we never applied (the reply was
+        // lost with the link): the peer's store holds the newest data, so
+        // the give is revoked: the peer owns it again, one epoch later.
+        for c in peer_gives.iter().filter(|c| c.extent.0 < extents) {
+            // Applied (or overtaken since): we own it at that epoch or
+            // later; our record has the peer owning it at that epoch or later
+            // (we applied it and gave it back since); or we released it at
+            // that epoch or later and the peer has not confirmed it yet (its
+            // give is stale in its file).
+            let applied = match self.extents.get(&c.extent) {
+                Some(ExtentState::Owned(o)) => o.epoch >= c.epoch,
+                Some(ExtentState::PeerOwned { epoch }) | Some(ExtentState::Acquiring { epoch, .. }) => *epoch >= c.epoch,
+                Some(ExtentState::Receiving { epoch, .. }) => *epoch >= c.epoch,
+                Some(ExtentState::Claiming) | Some(ExtentState::ClaimUnknown) | None => {
+                    self.released.get(&c.extent).is_some_and(|r| r.claim.epoch >= c.epoch)
+                }
+            };
+            if !applied {
+                // A fresh epoch, above any either side has seen (the counters
+                // were exchanged), so the peer adopts it from our record.
+                let epoch = self.next_epoch();
+                self.set(c.extent, Some(ExtentState::PeerOwned { epoch }));
+                revoked.push(c.extent);
+            }
+        }
+        // Releases not yet sent belong to the old session: the peer still
+        // records those extents as ours, so they are adopted below and
+        // released again later.
+        self.releases.clear();
+        for c in peer_own.iter().filter(|c| c.extent.0 < extents) {
+            self.observe_counter(c.epoch);
+            if self.gives.get(&c.extent).is_some_and(|g| c.epoch >= *g) {
+                // The peer owns what we gave it: the handover was applied.
+                self.gives.remove(&c.extent);
+                self.file_version += 1;
+            }
+            match self.extents.get(&c.extent).cloned() {
+                None | Some(ExtentState::Claiming) | Some(ExtentState::ClaimUnknown) => {
+                    self.set(c.extent, Some(ExtentState::PeerOwned { epoch: c.epoch }))
+                }
+                Some(ExtentState::PeerOwned { epoch }) if c.epoch > epoch => {
+                    self.set(c.extent, Some(ExtentState::PeerOwned { epoch: c.epoch }))
+                }
+                Some(ExtentState::Acquiring { epoch, regranted, .. }) if c.epoch > epoch => {
+                    self.set(c.extent, Some(ExtentState::Acquiring { epoch: c.epoch, regranted, released: false }))
+                }
+                Some(ExtentState::Owned(o)) if c.epoch > o.epoch && o.writes_in_flight == 0 => {
+                    // Both sides own it: the newer grant wins. Only a forced
+                    // takeover can cause this.
+                    self.set(c.extent, Some(ExtentState::PeerOwned { epoch: c.epoch }));
+                }
+                _ => {}
+            }
+        }
+        for c in peer_record.iter().filter(|c| c.extent.0 < extents) {
+            self.observe_counter(c.epoch);
+            if !self.extents.contains_key(&c.extent) && self.released.get(&c.extent).is_some_and(|r| r.claim.epoch == c.epoch) {
+                // Our release of it was lost with the link: its data is at
+                // the peer (release after data), so it is released again
+                // rather than taken back.
+                self.releases.push(self.released[&c.extent]);
+                continue;
+            }
+            match self.extents.get(&c.extent).cloned() {
+                Some(ExtentState::Owned(mut o)) if c.epoch > o.epoch => {
+                    o.epoch = c.epoch;
+                    self.set(c.extent, Some(ExtentState::Owned(o)));
+                }
+                Some(ExtentState::Owned(_)) | Some(ExtentState::Receiving { .. }) => {}
+                // We never wrote under a claim whose answer we did not see.
+                Some(ExtentState::ClaimUnknown) => self.adopt(c.extent, c.epoch, now, false),
+                None | Some(ExtentState::Claiming) => self.adopt(c.extent, c.epoch, now, true),
+                Some(ExtentState::PeerOwned { epoch }) | Some(ExtentState::Acquiring { epoch, .. }) => {
+                    if c.epoch > epoch {
+                        self.adopt(c.extent, c.epoch, now, true);
+                    }
+                }
+            }
+        }
+        // A give the peer mentions nowhere was applied and released since
+        // (had the peer not applied it, its record would still list the
+        // extent as ours): confirmed. Its release reaches us again.
+        let forgotten: Vec<Extent> =
+            self.gives.keys().copied().filter(|e| !peer_own.iter().chain(peer_record).any(|c| c.extent == *e)).collect();
+        for e in forgotten {
+            self.gives.remove(&e);
+            self.file_version += 1;
+        }
+        // Claims the peer does not record as ours were not granted.
+        let unknown: Vec<Extent> = self.extents.iter().filter(|(_, s)| matches!(s, ExtentState::ClaimUnknown)).map(|(&e, _)| e).collect();
+        for e in unknown {
+            self.set(e, None);
+        }
+        // Releases the peer no longer records (at that epoch) were applied.
+        let applied: Vec<ExtentClaim> = self.released.values().filter(|r| !peer_record.contains(&r.claim)).map(|r| r.claim).collect();
+        self.confirm_releases(&applied);
+        revoked
+    }
+
+    /// Takes ownership of an extent the peer records as ours; with
+    /// `suspect`, every block is sent again (we cannot know which ones the
+    /// peer lacks).
+    fn adopt(&mut self, e: Extent, epoch: Epoch, now: Time, suspect: bool) {
+        if e.0 >= self.geometry.extents() {
+            return;
+        }
+        self.observe_counter(epoch);
+        let owned = Owned { epoch, writes_in_flight: 0, last_write: now, handing_out: false, write_mark: 0, writable_at: 0, dirt: None };
+        self.set(e, Some(ExtentState::Owned(owned)));
+        if suspect {
+            let blocks = self.geometry.blocks_in(e);
+            self.mark_dirty(blocks.start, blocks.end);
+        }
+    }
+
+    // ------------------------------------------------------------ copy stream
+
+    /// Whether any block waits to be sent.
+    pub fn has_unsent(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Copy messages sent and not yet durable at the peer.
+    pub fn copies_in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Bytes of copies sent and not yet reported received by the peer.
+    pub fn unreceived_bytes(&self) -> u64 {
+        self.unreceived_bytes
+    }
+
+    /// Copy message `seq` could not be sent (its blocks could not be read):
+    /// it is forgotten, and its blocks are sent again in a later message.
+    pub fn copy_failed(&mut self, seq: CopySeq, runs: &[CopyRun]) {
+        if let Some(i) = self.inflight.iter().position(|f| f.seq == seq) {
+            let f = self.inflight.remove(i).expect("found");
+            if f.seq > self.peer_received {
+                self.unreceived_bytes -= f.bytes;
+            }
+        }
+        for run in runs {
+            self.mark_dirty(run.first.0, run.first.0 + run.count);
+        }
+    }
+
+    /// The newest copy position handed out so far.
+    pub fn last_copy_seq(&self) -> CopySeq {
+        CopySeq(self.next_seq.0 - 1)
+    }
+
+    /// Takes up to `max_runs` runs, `max_blocks` blocks in all, to travel
+    /// as one copy message: one frame, one apply, one progress entry for
+    /// many small writes. Returns the message's position and its runs.
+    pub fn next_copy_batch(&mut self, max_blocks: u64, max_runs: usize) -> Option<(CopySeq, Vec<CopyRun>)> {
+        let seq = self.next_seq;
+        let per = self.geometry.blocks_per_extent();
+        let mut runs = Vec::new();
+        let mut blocks = 0;
+        let mut touched = Vec::new();
+        while runs.len() < max_runs && blocks < max_blocks {
+            let Some(&e) = self.queue.front() else { break };
+            let Some(ExtentState::Owned(o)) = self.extents.get_mut(&e) else {
+                self.queue.pop_front();
+                continue;
+            };
+            let epoch = o.epoch;
+            let Some(dirt) = o.dirt.as_mut() else {
+                self.queue.pop_front();
+                continue;
+            };
+            let (taken, delta) = dirt.take_runs(max_blocks - blocks, max_runs - runs.len(), seq);
+            if !dirt.has_unsent() {
+                dirt.queued = false;
+                self.queue.pop_front();
+            }
+            if !taken.is_empty() {
+                touched.push(e);
+            }
+            for (first, count) in taken {
+                blocks += count as u64;
+                runs.push(CopyRun { extent: e, epoch, first: BlockIndex(e.0 * per + first as u64), count: count as u64 });
+            }
+            self.apply_delta(delta);
+        }
+        if runs.is_empty() {
+            return None;
+        }
+        let bytes = blocks * self.geometry.block_bytes;
+        self.inflight.push_back(InFlightCopy { seq, extents: touched, bytes });
+        self.unreceived_bytes += bytes;
+        self.next_seq = CopySeq(seq.0 + 1);
+        Some((seq, runs))
+    }
+
+    /// The peer reports copies up to `received` in its memory (not yet
+    /// durable: a crash there loses them, so they stay tracked).
+    pub fn on_copy_received(&mut self, received: CopySeq) {
+        if received <= self.peer_received {
+            return;
+        }
+        for f in self.inflight.iter().skip_while(|f| f.seq <= self.peer_received).take_while(|f| f.seq <= received) {
+            self.unreceived_bytes -= f.bytes;
+        }
+        self.peer_received = received;
+    }
+
+    /// The peer reports copies up to `durable` durable: extents whose
+    /// newest copy that covers are clean of it.
+    pub fn on_copy_durable(&mut self, durable: CopySeq) {
+        self.on_copy_received(durable);
+        while self.inflight.front().is_some_and(|f| f.seq <= durable) {
+            let f = self.inflight.pop_front().expect("checked");
+            for e in f.extents {
+                let mut delta = CountDelta::default();
+                if let Some(ExtentState::Owned(o)) = self.extents.get_mut(&e)
+                    && let Some(d) = o.dirt.as_mut()
+                {
+                    delta = d.on_durable(durable);
+                    if d.is_clean() {
+                        o.dirt = None;
+                    }
+                }
+                self.apply_delta(delta);
+            }
+        }
+    }
+
+    /// A new session starts: everything in flight is sent again, from
+    /// position 1, in extent order.
+    pub fn on_copy_session_reset(&mut self) {
+        let mut total = CountDelta::default();
+        for (_, s) in self.extents.iter_mut() {
+            if let ExtentState::Owned(o) = s
+                && let Some(d) = o.dirt.as_mut()
+            {
+                let delta = d.requeue_inflight();
+                total.unsent += delta.unsent;
+                d.queued = d.has_unsent();
+            }
+        }
+        self.apply_delta(total);
+        self.queue = self
+            .extents
+            .iter()
+            .filter(|(_, s)| matches!(s, ExtentState::Owned(o) if o.dirt.as_ref().is_some_and(|d| d.queued)))
+            .map(|(&e, _)| e)
+            .collect();
+        self.inflight.clear();
+        self.next_seq = CopySeq(1);
+        self.peer_received = CopySeq(0);
+        self.unreceived_bytes = 0;
+    }
+
+    // ------------------------------------------------------------ releases
+
+    /// Releases owned extents that are idle for `release_after` and durable
+    /// at the peer. Returns how many.
+    pub fn release_idle(&mut self, now: Time) -> usize {
+        let idle: Vec<Extent> = self
+            .extents
+            .iter()
+            .filter_map(|(&e, s)| match s {
+                ExtentState::Owned(o) if self.releasable(e, o) && now.since(o.last_write) >= self.release_after => Some(e),
+                _ => None,
+            })
+            .collect();
+        for &e in &idle {
+            self.release(e);
+        }
+        idle.len()
+    }
+
+    /// Releases ready to send (see [`PendingRelease::ready`]).
+    pub fn take_releases(&mut self, durable_version: u64) -> Vec<ExtentClaim> {
+        let (ready, wait): (Vec<PendingRelease>, Vec<PendingRelease>) = self.releases.iter().partition(|r| r.ready(durable_version));
+        self.releases = wait;
+        ready.into_iter().map(|r| r.claim).collect()
+    }
+
+    /// Whether releases wait to be sent.
+    pub fn has_releases(&self) -> bool {
+        !self.releases.is_empty()
+    }
+
+    // ------------------------------------------------------------ checks
+
+    /// Checks the structural invariants; tests and the simulator call it
+    /// after every step.
+    pub fn check(&self) {
+        let budget = self.extents.values().filter(|s| s.takes_budget()).count();
+        assert_eq!(budget, self.budget_used, "budget count drifted");
+        let record = self.extents.values().filter(|s| s.in_record()).count();
+        assert_eq!(record, self.record_len, "claims record count drifted");
+        let (mut unsent, mut not_durable) = (0, 0);
+        for (e, s) in &self.extents {
+            if let ExtentState::Owned(o) = s {
+                assert!(o.epoch <= self.counter, "extent {e:?} epoch {:?} above the counter {:?}", o.epoch, self.counter);
+                if let Some(d) = &o.dirt {
+                    unsent += d.unsent_count();
+                    not_durable += d.not_durable_count();
+                    assert_eq!(d.queued, self.queue.contains(e), "extent {e:?} queued flag disagrees with the queue");
+                    assert!(!d.has_unsent() || d.queued, "extent {e:?} has unsent blocks but is not queued");
+                }
+            }
+        }
+        assert_eq!(unsent, self.unsent_blocks, "unsent count drifted");
+        assert_eq!(not_durable, self.not_durable_blocks, "not-durable count drifted");
+        for g in self.gives.keys() {
+            assert!(matches!(self.extents.get(g), Some(s) if s.in_record()), "give of {g:?} for an extent the peer does not own here");
+        }
+        let unreceived: u64 = self.inflight.iter().filter(|f| f.seq > self.peer_received).map(|f| f.bytes).sum();
+        assert_eq!(unreceived, self.unreceived_bytes, "unreceived byte count drifted");
+    }
+}

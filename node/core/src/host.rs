@@ -1,0 +1,498 @@
+//! Host requests inside the core: what each waits for, and the steps from
+//! arrival to reply. A write acquires its extents group by group (claim or
+//! handover as needed), writes, and syncs for FUA; a read serves each piece
+//! from the store or pulls it from the peer. A request that cannot go on
+//! parks on its volume and is looked at again when the volume's state
+//! changes, until its deadline.
+
+use bytes::{Bytes, BytesMut};
+use geomirror_wire::peer::{Extent, Message};
+
+use crate::claims::{PeerAccess, ReadSource, WaitReason, WriteAccess};
+use crate::ids::{HostRequestId, VolumeIndex};
+use crate::io::{HostError, HostRequest, IoFault, IoOp, StoreWrite, ZeroMode};
+use crate::limits::{BACKPRESSURE_WAIT_MAX, PULL_BYTES_MAX, PULL_RETRY_DELAY, WRITE_GROUP_EXTENTS_MAX};
+use crate::node::{IoPurpose, NodeCore, Serving};
+use crate::session::Pending;
+use crate::time::Time;
+
+/// What a write puts in the store.
+#[derive(Clone, Debug)]
+pub(crate) enum WriteData {
+    Data(Bytes),
+    Trim,
+    Zeroes { mode: ZeroMode, fast_only: bool },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WriteStage {
+    /// Acquiring the extents of the group starting at `next_extent`.
+    Acquire,
+    /// The group's store write is in flight.
+    Writing { offset: u64, length: u64 },
+    /// The FUA sync is in flight; the last group's range stays a write in
+    /// flight (its extents cannot be handed out) until it is acknowledged.
+    Syncing { offset: u64, length: u64 },
+}
+
+#[derive(Debug)]
+pub(crate) struct WriteTask {
+    offset: u64,
+    length: u64,
+    data: WriteData,
+    fua: bool,
+    /// First extent of the next group.
+    next_extent: u64,
+    stage: WriteStage,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PieceState {
+    Todo,
+    Reading,
+    Pulling,
+    RetryAt(Time),
+    Done,
+}
+
+#[derive(Debug)]
+pub(crate) struct Piece {
+    offset: u64,
+    length: u64,
+    state: PieceState,
+    data: Option<Bytes>,
+}
+
+#[derive(Debug)]
+pub(crate) struct ReadTask {
+    length: u64,
+    pieces: Vec<Piece>,
+}
+
+#[derive(Debug)]
+pub(crate) enum TaskKind {
+    Write(WriteTask),
+    Read(ReadTask),
+    Flush,
+}
+
+/// A host request in progress.
+#[derive(Debug)]
+pub(crate) struct HostTask {
+    pub volume: VolumeIndex,
+    started: Time,
+    /// Waits for the peer end here (`peer_timeout` after arrival).
+    deadline: Time,
+    /// Waits for room under the limit, with the link up, end here.
+    patience: Time,
+    /// It waited for a claim or handover round trip.
+    waited: bool,
+    /// What it is waiting for, for the error if it waits too long.
+    waiting: Option<String>,
+    kind: TaskKind,
+}
+
+impl NodeCore {
+    pub(crate) fn on_host_request(&mut self, id: HostRequestId, volume: VolumeIndex, request: HostRequest) {
+        assert!(!self.tasks.contains_key(&id), "host request id {id:?} reused while in progress");
+        let Some(v) = self.volumes.get(volume.0 as usize) else {
+            self.reply(id, Err(HostError::NotServing(format!("no volume #{}", volume.0))));
+            return;
+        };
+        let g = v.claims.geometry();
+        let range = match &request {
+            HostRequest::Read { offset, length } => Some((*offset, u64::from(*length))),
+            HostRequest::Write { offset, data, .. } => Some((*offset, data.len() as u64)),
+            HostRequest::Trim { offset, length, .. } | HostRequest::WriteZeroes { offset, length, .. } => Some((*offset, *length)),
+            HostRequest::Flush => None,
+        };
+        if let Some((offset, length)) = range {
+            if !g.contains(offset, length) {
+                self.reply(id, Err(HostError::OutOfRange { offset, length, size: g.size }));
+                return;
+            }
+            if length == 0 {
+                self.reply(id, Ok(matches!(request, HostRequest::Read { .. }).then(Bytes::new)));
+                return;
+            }
+        }
+        let kind = match request {
+            HostRequest::Read { offset, length } => {
+                TaskKind::Read(ReadTask { length: length.into(), pieces: read_pieces(g, offset, length.into()) })
+            }
+            HostRequest::Write { offset, data, fua } => {
+                TaskKind::Write(WriteTask::new(g, offset, data.len() as u64, WriteData::Data(data), fua))
+            }
+            HostRequest::Trim { offset, length, fua } => TaskKind::Write(WriteTask::new(g, offset, length, WriteData::Trim, fua)),
+            HostRequest::WriteZeroes { offset, length, mode, fast_only, fua } => {
+                TaskKind::Write(WriteTask::new(g, offset, length, WriteData::Zeroes { mode, fast_only }, fua))
+            }
+            HostRequest::Flush => TaskKind::Flush,
+        };
+        let task = HostTask {
+            volume,
+            started: self.now,
+            deadline: self.now + self.config.peer_timeout,
+            patience: self.now + BACKPRESSURE_WAIT_MAX,
+            waited: false,
+            waiting: None,
+            kind,
+        };
+        self.tasks.insert(id, task);
+        self.run_task(id);
+    }
+
+    /// Looks again at every request parked on volume `vi`.
+    pub(crate) fn run_parked(&mut self, vi: usize) {
+        let parked = std::mem::take(&mut self.volumes[vi].parked);
+        for id in parked {
+            self.run_task(id);
+        }
+    }
+
+    fn park(&mut self, id: HostRequestId, until: Time, why: String) {
+        let task = self.tasks.get_mut(&id).expect("parked task exists");
+        task.waiting = Some(why);
+        let vi = task.volume.0 as usize;
+        self.volumes[vi].parked.insert(id);
+        self.deadlines.push(std::cmp::Reverse((until, id)));
+    }
+
+    fn finish(&mut self, id: HostRequestId, result: Result<Option<Bytes>, HostError>) {
+        let task = self.tasks.remove(&id).expect("finished task exists");
+        let vi = task.volume.0 as usize;
+        self.volumes[vi].parked.remove(&id);
+        if task.waited && result.is_ok() && matches!(task.kind, TaskKind::Write(_)) {
+            self.volumes[vi].counters.claim_round_trips += 1;
+        }
+        self.reply(id, result);
+    }
+
+    /// Moves a request as far as it goes now.
+    fn run_task(&mut self, id: HostRequestId) {
+        let Some(task) = self.tasks.get(&id) else { return };
+        let vi = task.volume.0 as usize;
+        if let Serving::Stopped(reason) | Serving::Mismatch(reason) = &self.volumes[vi].serving {
+            let busy = match &task.kind {
+                TaskKind::Write(w) => w.stage != WriteStage::Acquire,
+                TaskKind::Read(r) => r.pieces.iter().any(|p| matches!(p.state, PieceState::Reading | PieceState::Pulling)),
+                TaskKind::Flush => false,
+            };
+            if !busy {
+                let reason = reason.clone();
+                self.finish(id, Err(HostError::NotServing(reason)));
+                return;
+            }
+        }
+        match &task.kind {
+            TaskKind::Write(_) => self.run_write(id, vi),
+            TaskKind::Read(_) => self.run_read(id, vi),
+            TaskKind::Flush => {
+                self.issue_sync(vi, IoPurpose::HostSync { task: id });
+            }
+        }
+    }
+
+    fn run_write(&mut self, id: HostRequestId, vi: usize) {
+        let task = self.tasks.get(&id).expect("running task exists");
+        let TaskKind::Write(w) = &task.kind else { unreachable!() };
+        if w.stage != WriteStage::Acquire {
+            return;
+        }
+        let g = self.volumes[vi].claims.geometry();
+        let last = g.extents_of(w.offset, w.length).end().to_owned();
+        let group = WRITE_GROUP_EXTENTS_MAX.min(self.volumes[vi].settings.knobs.max_owned as u64).max(1);
+        let first = w.next_extent;
+        let end = (first + group - 1).min(last);
+        let (deadline, patience) = (task.deadline, task.patience);
+        let peer = self.peer_access();
+        let access = self.volumes[vi].claims.begin_write(first..=end, self.now, peer);
+        let counter = self.volumes[vi].claims.counter();
+        let volume = self.volumes[vi].index;
+        match access {
+            WriteAccess::Admitted => {
+                let task = self.tasks.get_mut(&id).expect("running task exists");
+                let TaskKind::Write(w) = &mut task.kind else { unreachable!() };
+                let piece_offset = w.offset.max(first * g.extent_bytes);
+                let piece_end = (w.offset + w.length).min((end + 1) * g.extent_bytes);
+                let length = piece_end - piece_offset;
+                let write = match &w.data {
+                    WriteData::Data(d) => {
+                        let at = (piece_offset - w.offset) as usize;
+                        StoreWrite::Data { offset: piece_offset, data: d.slice(at..at + length as usize) }
+                    }
+                    WriteData::Trim => StoreWrite::Trim { offset: piece_offset, length },
+                    WriteData::Zeroes { mode, fast_only } => {
+                        StoreWrite::Zeroes { offset: piece_offset, length, mode: *mode, fast_only: *fast_only }
+                    }
+                };
+                w.stage = WriteStage::Writing { offset: piece_offset, length };
+                w.next_extent = end + 1;
+                self.io(vi, IoOp::Write { writes: vec![write] }, IoPurpose::HostWrite { task: id });
+            }
+            WriteAccess::Claim(extents) => {
+                self.tasks.get_mut(&id).expect("exists").waited = true;
+                let releases = self.volumes[vi].claims.unconfirmed_releases();
+                let pending = Pending::Claim { volume: vi, extents: extents.clone(), releases: releases.clone() };
+                self.request_with_releases(vi, pending, move |id| Message::Claim { id, volume, counter, extents, releases });
+                self.changed.insert(vi);
+                self.park(id, deadline, format!("claiming extent {first} from the peer"));
+            }
+            WriteAccess::Handover(extent) => {
+                self.tasks.get_mut(&id).expect("exists").waited = true;
+                let releases = self.volumes[vi].claims.unconfirmed_releases();
+                let pending = Pending::Handover { volume: vi, extent, releases: releases.clone() };
+                self.request_with_releases(vi, pending, move |id| Message::Handover { id, volume, counter, extent, releases });
+                self.changed.insert(vi);
+                self.park(id, deadline, format!("asking the peer to hand over extent {}", extent.0));
+            }
+            WriteAccess::Wait(reason) => {
+                let ready = peer == PeerAccess::Ready;
+                let (limit, why) = match reason {
+                    WaitReason::PeerAnswer => (deadline, format!("the peer did not answer for extents {first}..={end}")),
+                    WaitReason::Busy => (if ready { patience } else { deadline }, format!("extents {first}..={end} stayed in transition")),
+                    WaitReason::Limit => (
+                        if ready { patience } else { deadline },
+                        format!(
+                            "the owned-extent limit was reached and no owned extent became durable at the peer (extents {first}..={end})"
+                        ),
+                    ),
+                    WaitReason::Session => (deadline, format!("extents {first}..={end} need the peer, which is unreachable")),
+                };
+                self.wait_or_fail(id, limit, why);
+            }
+        }
+    }
+
+    /// Parks a request until `limit`, or fails it if that has passed.
+    fn wait_or_fail(&mut self, id: HostRequestId, limit: Time, why: String) {
+        if self.now >= limit {
+            let waited = self.now.since(self.tasks[&id].started);
+            self.finish(id, Err(HostError::PeerUnavailable(format!("{why} (gave up after {waited:?})"))));
+        } else {
+            self.park(id, limit, why);
+        }
+    }
+
+    pub(crate) fn on_host_write_done(&mut self, id: HostRequestId, result: Result<(), IoFault>) {
+        let now = self.now;
+        let task = self.tasks.get_mut(&id).expect("write completion for a live task");
+        let vi = task.volume.0 as usize;
+        let TaskKind::Write(w) = &mut task.kind else { unreachable!() };
+        let WriteStage::Writing { offset, length } = w.stage else { panic!("write completion in stage {:?}", w.stage) };
+        let last = self.volumes[vi].claims.geometry().extents_of(w.offset, w.length).end().to_owned();
+        self.changed.insert(vi);
+        if let Err(fault) = result {
+            // The store may hold part of a failed write: its blocks are copied.
+            self.volumes[vi].claims.end_write(offset, length, now);
+            self.finish(id, Err(HostError::Store(fault)));
+            return;
+        }
+        if w.next_extent <= last {
+            self.volumes[vi].claims.end_write(offset, length, now);
+            w.stage = WriteStage::Acquire;
+            self.run_task(id);
+        } else if w.fua {
+            w.stage = WriteStage::Syncing { offset, length };
+            self.issue_sync(vi, IoPurpose::HostSync { task: id });
+        } else {
+            self.volumes[vi].claims.end_write(offset, length, now);
+            self.finish(id, Ok(None));
+        }
+    }
+
+    pub(crate) fn on_host_sync_done(&mut self, id: HostRequestId, result: Result<(), IoFault>) {
+        let now = self.now;
+        let task = &self.tasks[&id];
+        let vi = task.volume.0 as usize;
+        if let TaskKind::Write(WriteTask { stage: WriteStage::Syncing { offset, length }, .. }) = task.kind {
+            self.volumes[vi].claims.end_write(offset, length, now);
+            self.changed.insert(vi);
+        }
+        match result {
+            Ok(()) => self.finish(id, Ok(None)),
+            Err(fault) => {
+                // After a failed fdatasync the kernel may have dropped the
+                // dirty pages: nothing written since the last good sync can
+                // be trusted durable. The volume stops rather than pretend.
+                self.stop_volume(vi, format!("fdatasync failed ({fault}); writes since the last successful one may be lost"));
+                self.finish(id, Err(HostError::Store(fault)));
+            }
+        }
+    }
+
+    fn run_read(&mut self, id: HostRequestId, vi: usize) {
+        let now = self.now;
+        let peer = self.peer_access();
+        let task = self.tasks.get(&id).expect("running task exists");
+        let TaskKind::Read(r) = &task.kind else { unreachable!() };
+        let deadline = task.deadline;
+        let g = self.volumes[vi].claims.geometry();
+        let mut local = Vec::new();
+        let mut pulls = Vec::new();
+        let mut wait: Option<(Time, String)> = None;
+        for (i, p) in r.pieces.iter().enumerate() {
+            match p.state {
+                PieceState::Todo => {}
+                PieceState::RetryAt(t) if t <= now => {}
+                PieceState::RetryAt(t) => {
+                    wait = Some((
+                        t.min(wait.as_ref().map_or(t, |w| w.0)),
+                        format!("the peer no longer owns extent {}; asking again", p.offset / g.extent_bytes),
+                    ));
+                    continue;
+                }
+                _ => continue,
+            }
+            let extent = Extent(p.offset / g.extent_bytes);
+            match self.volumes[vi].claims.read_source(extent) {
+                ReadSource::Local => local.push(i),
+                ReadSource::Peer if peer == PeerAccess::Ready => pulls.push(i),
+                ReadSource::Peer => wait = Some((deadline, format!("extent {} is owned by the peer, which is unreachable", extent.0))),
+                ReadSource::Wait => wait = Some((deadline, format!("extent {} is being handed over to this node", extent.0))),
+            }
+        }
+        let volume = self.volumes[vi].index;
+        let task = self.tasks.get_mut(&id).expect("running task exists");
+        let TaskKind::Read(r) = &mut task.kind else { unreachable!() };
+        for &i in &local {
+            r.pieces[i].state = PieceState::Reading;
+        }
+        let ranges: Vec<(u64, u64)> = local.iter().map(|&i| (r.pieces[i].offset, r.pieces[i].length)).collect();
+        let mut requests = Vec::new();
+        for &i in &pulls {
+            r.pieces[i].state = PieceState::Pulling;
+            requests.push((i, r.pieces[i].offset, r.pieces[i].length as u32));
+        }
+        let all_done = r.pieces.iter().all(|p| p.state == PieceState::Done);
+        let pulling = r.pieces.iter().any(|p| p.state == PieceState::Pulling);
+        if !ranges.is_empty() {
+            self.io(vi, IoOp::Read { ranges }, IoPurpose::HostRead { task: id, pieces: local });
+        }
+        for (piece, offset, length) in requests {
+            self.request(Pending::Pull { task: id, piece }, |id| Message::Pull { id, volume, offset, length });
+        }
+        if all_done {
+            self.complete_read(id);
+            return;
+        }
+        match wait {
+            Some((until, why)) => self.wait_or_fail(id, until.min(deadline), why),
+            // A pull in flight: its answer, or the deadline, moves it on.
+            None if pulling => {
+                self.wait_or_fail(id, deadline, format!("the peer did not answer a pull within {:?}", self.config.peer_timeout))
+            }
+            None => {}
+        }
+    }
+
+    fn complete_read(&mut self, id: HostRequestId) {
+        let task = self.tasks.get_mut(&id).expect("exists");
+        let TaskKind::Read(r) = &mut task.kind else { unreachable!() };
+        let data = if r.pieces.len() == 1 {
+            r.pieces[0].data.take().expect("done piece has data")
+        } else {
+            let mut buf = BytesMut::with_capacity(r.length as usize);
+            for p in &mut r.pieces {
+                buf.extend_from_slice(&p.data.take().expect("done piece has data"));
+            }
+            buf.freeze()
+        };
+        self.finish(id, Ok(Some(data)));
+    }
+
+    pub(crate) fn on_host_read_done(&mut self, id: HostRequestId, pieces: Vec<usize>, result: Result<Vec<Bytes>, IoFault>) {
+        match result {
+            Ok(buffers) => {
+                // The request may have failed meanwhile (another piece).
+                let Some(task) = self.tasks.get_mut(&id) else { return };
+                let TaskKind::Read(r) = &mut task.kind else { unreachable!() };
+                assert_eq!(buffers.len(), pieces.len(), "one buffer per range");
+                for (i, data) in pieces.into_iter().zip(buffers) {
+                    assert_eq!(data.len() as u64, r.pieces[i].length, "a read returned a short buffer");
+                    r.pieces[i].data = Some(data);
+                    r.pieces[i].state = PieceState::Done;
+                }
+                if r.pieces.iter().all(|p| p.state == PieceState::Done) {
+                    self.complete_read(id);
+                }
+            }
+            Err(fault) => {
+                if self.tasks.contains_key(&id) {
+                    self.fail_read(id, HostError::Store(fault));
+                }
+            }
+        }
+    }
+
+    /// Fails a read; pieces still in flight are abandoned (their answers
+    /// find no task).
+    fn fail_read(&mut self, id: HostRequestId, error: HostError) {
+        self.finish(id, Err(error));
+    }
+
+    /// The answer to a pull of ours.
+    pub(crate) fn on_pull_reply(&mut self, id: HostRequestId, piece: usize, data: Option<Bytes>) {
+        let now = self.now;
+        let Some(task) = self.tasks.get_mut(&id) else { return };
+        let vi = task.volume.0 as usize;
+        let TaskKind::Read(r) = &mut task.kind else { return };
+        let p = &mut r.pieces[piece];
+        match data {
+            Some(data) if data.len() as u64 == p.length => {
+                p.data = Some(data);
+                p.state = PieceState::Done;
+                self.volumes[vi].counters.pulls += 1;
+                if r.pieces.iter().all(|p| p.state == PieceState::Done) {
+                    self.complete_read(id);
+                }
+            }
+            // The peer no longer holds the newest data (ownership moved:
+            // a release or a handover on its way): look again soon.
+            _ => {
+                p.state = PieceState::RetryAt(now + PULL_RETRY_DELAY);
+                self.changed.insert(vi);
+            }
+        }
+    }
+
+    /// The peer refused a pull of ours.
+    pub(crate) fn on_pull_refused(&mut self, id: HostRequestId, message: String) {
+        if self.tasks.contains_key(&id) {
+            self.fail_read(id, HostError::PeerUnavailable(format!("the peer refused a pull: {message}")));
+        }
+    }
+
+    /// A pull of ours was lost with its session: the piece is asked again
+    /// on the next session (or fails at its deadline).
+    pub(crate) fn on_pull_lost(&mut self, id: HostRequestId, piece: usize) {
+        let Some(task) = self.tasks.get_mut(&id) else { return };
+        let vi = task.volume.0 as usize;
+        if let TaskKind::Read(r) = &mut task.kind
+            && r.pieces[piece].state == PieceState::Pulling
+        {
+            r.pieces[piece].state = PieceState::Todo;
+            self.changed.insert(vi);
+            self.volumes[vi].parked.insert(id);
+        }
+    }
+}
+
+impl WriteTask {
+    fn new(g: crate::geometry::Geometry, offset: u64, length: u64, data: WriteData, fua: bool) -> WriteTask {
+        WriteTask { offset, length, data, fua, next_extent: offset / g.extent_bytes, stage: WriteStage::Acquire }
+    }
+}
+
+/// A read split at extent boundaries, and into pieces a pull can carry.
+fn read_pieces(g: crate::geometry::Geometry, offset: u64, length: u64) -> Vec<Piece> {
+    let mut pieces = Vec::new();
+    let end = offset + length;
+    let mut at = offset;
+    while at < end {
+        let piece_end = end.min((at / g.extent_bytes + 1) * g.extent_bytes).min(at + PULL_BYTES_MAX);
+        pieces.push(Piece { offset: at, length: piece_end - at, state: PieceState::Todo, data: None });
+        at = piece_end;
+    }
+    pieces
+}

@@ -1,0 +1,87 @@
+//! Every bound of the protocol engine, what happens when it is hit, and the
+//! relations between them (checked when this crate compiles).
+
+use std::time::Duration;
+
+use geomirror_config::defaults::{BLOCK_BYTES_MAX, EXTENT_BYTES_MAX};
+use geomirror_wire::peer::{DATA_BYTES_MAX, FRAME_BYTES_MAX, FRAME_OVERHEAD_BYTES_MAX};
+
+/// Extents one claim may name; the peer answers a larger claim with an
+/// error. Our own claims never exceed it: prediction is clamped below it.
+pub const CLAIM_EXTENTS_MAX: usize = 4096;
+/// Extents a claim may ask for beyond the demanded one (prediction depth).
+pub const PREDICT_EXTENTS_MAX: u64 = CLAIM_EXTENTS_MAX as u64 - 1;
+/// Extents acquired together for one host write; a longer write is split
+/// into groups, each acquired and written in turn (never more than the
+/// owned-extent limit at once).
+pub const WRITE_GROUP_EXTENTS_MAX: u64 = 16;
+/// Block bytes in one copy message; the batch is cut there.
+pub const COPY_BATCH_BYTES_MAX: u64 = 1 << 20;
+/// Runs of blocks in one copy message; the batch is cut there.
+pub const COPY_BATCH_RUNS_MAX: usize = 64;
+/// Bytes of copies sent and not yet reported received by the peer; beyond
+/// it the copy stream waits for progress (above the bandwidth-delay product
+/// of a 10 Gbit/s link at 50 ms).
+pub const COPY_WINDOW_BYTES: u64 = 64 << 20;
+/// Copy messages sent and not yet durable at the peer; beyond it the copy
+/// stream waits for progress.
+pub const COPY_INFLIGHT_MESSAGES_MAX: usize = 1024;
+/// Reads of blocks for the copy stream in flight at once per volume.
+pub const COPY_READS_INFLIGHT_MAX: usize = 4;
+/// How long the copy stream waits, when it wakes for a trickle of writes,
+/// to gather more into one message (the peer lags by this much more).
+pub const COPY_LINGER: Duration = Duration::from_millis(5);
+/// How long the receiver waits after applying a copy before its fdatasync,
+/// so that one fdatasync covers the copies of that window.
+pub const COPY_SYNC_LINGER: Duration = Duration::from_millis(5);
+/// Copy messages received and waiting to be applied, per volume; beyond it
+/// the runtime stops reading the bulk lane (back-pressure on the sender).
+pub const APPLY_QUEUE_MAX: usize = 64;
+/// Bytes one pull asks for; a longer read of a peer-owned extent is pulled
+/// in pieces of at most this.
+pub const PULL_BYTES_MAX: u64 = DATA_BYTES_MAX as u64;
+/// Block bytes in one handover message; more are sent as parts before the reply.
+pub const HANDOVER_PART_BYTES_MAX: u64 = DATA_BYTES_MAX as u64;
+/// After a pull answered "not the owner", the piece is asked again after
+/// this (or sooner, when the extent's state changes).
+pub const PULL_RETRY_DELAY: Duration = Duration::from_millis(5);
+/// Longest a host write waits for room under the owned-extent limit while
+/// the link is up (the copy stream is making extents releasable); then EIO.
+pub const BACKPRESSURE_WAIT_MAX: Duration = Duration::from_secs(300);
+/// Period of the housekeeping pass: idle releases, lazy writes of the
+/// claims file.
+pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
+/// Our requests awaiting an answer from the peer; more host requests wait.
+pub const REQUESTS_INFLIGHT_MAX: usize = 4096;
+/// Messages waiting in one lane's outbox (behind a place reserved for a
+/// reply that waits on I/O); beyond it the runtime stops reading frames.
+pub const OUTBOX_MESSAGES_MAX: usize = 4096;
+/// The peer's requests being served (a reply waiting on I/O); beyond it the
+/// runtime stops reading frames.
+pub const PEER_REQUESTS_INFLIGHT_MAX: usize = 1024;
+/// Priority frames held back while an earlier one waits (a session sync
+/// waiting for a handover's durable step); beyond it reading stops.
+pub const HELD_FRAMES_MAX: usize = 256;
+/// Exchanges of `Sync` per volume at session start: what the first round
+/// changes on one side (a revoked handover) reaches the other in the second.
+pub const SYNC_ROUNDS: u32 = 2;
+/// Volumes one node serves (the hello's list is indexed by a u16).
+pub const VOLUMES_MAX: usize = 1024;
+
+const _: () = assert!(PREDICT_EXTENTS_MAX < CLAIM_EXTENTS_MAX as u64, "a predicted claim fits one message");
+const _: () = assert!(CLAIM_EXTENTS_MAX * 16 + 64 <= FRAME_BYTES_MAX, "a claim of the largest size fits one frame");
+const _: () = assert!(BLOCK_BYTES_MAX <= COPY_BATCH_BYTES_MAX, "a copy batch holds at least one block");
+const _: () = assert!(
+    COPY_BATCH_BYTES_MAX as usize + COPY_BATCH_RUNS_MAX * 64 <= FRAME_BYTES_MAX,
+    "a full copy batch, run headers included, fits one frame"
+);
+const _: () = assert!(FRAME_OVERHEAD_BYTES_MAX >= COPY_BATCH_RUNS_MAX * 64, "run headers of a copy fit the frame's overhead allowance");
+const _: () = assert!(BLOCK_BYTES_MAX <= HANDOVER_PART_BYTES_MAX, "a handover part holds at least one block");
+const _: () = assert!(BLOCK_BYTES_MAX <= PULL_BYTES_MAX, "a pull carries at least one block");
+const _: () = assert!(
+    PULL_BYTES_MAX as usize <= DATA_BYTES_MAX && HANDOVER_PART_BYTES_MAX as usize <= DATA_BYTES_MAX,
+    "pull answers and handover parts fit a frame's data allowance"
+);
+const _: () = assert!(COPY_WINDOW_BYTES >= COPY_BATCH_BYTES_MAX * COPY_READS_INFLIGHT_MAX as u64, "the window admits every read in flight");
+const _: () = assert!(EXTENT_BYTES_MAX / BLOCK_BYTES_MAX <= u32::MAX as u64, "a run's block count fits the wire's u32");
+const _: () = assert!(VOLUMES_MAX <= u16::MAX as usize + 1, "volume indexes fit the wire's u16");

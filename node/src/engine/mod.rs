@@ -1,0 +1,443 @@
+//! The runtime around the protocol engine (`geomirror-core`): it hands the
+//! core its inputs (host requests, frames, link changes, I/O completions,
+//! time) and carries out its outputs (sends, session closes, store and
+//! claims file I/O on the blocking pool, host replies, log lines). It
+//! decides nothing: every rule lives in the core.
+//!
+//! One lock guards the core; outputs are executed under it, and none of
+//! them blocks (sends go to bounded per-lane channels, I/O to the blocking
+//! pool), so the order of messages on a lane is the core's. Owned-extent
+//! writes and local reads take the core's synchronous fast paths and touch
+//! the store directly.
+//!
+//! Time: the core sees `tokio::time::Instant` since the engine started, so
+//! tokio's paused clock drives every timer in tests.
+
+pub mod claims_file;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use dashmap::DashMap;
+use geomirror_core::claims_file::ClaimsFileContents;
+use geomirror_core::{
+    CoreConfig, CoreStatus, Event, HostError, HostRequest, HostRequestId, Input, IoFault, IoFaultKind, IoOp, IoOutcome, IoToken, NodeCore,
+    Output, Role, SessionGen, StoreWrite, Time, ZeroMode,
+};
+use geomirror_wire::peer::{Lane, Message, VolumeIndex};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use self::claims_file::ClaimsFile;
+use crate::metrics::ReplicationMetrics;
+use crate::store::{BlockStore, StoreError};
+use crate::volume::blocking;
+
+/// The channels of one session's lanes, as the core's sends need them.
+pub struct SessionIo {
+    /// Cancelled when the session ends (either lane failed, or the core
+    /// closed it); the link then reports the end.
+    pub cancel: CancellationToken,
+    /// Why it ended, if the core or the runtime closed it.
+    pub reason: Arc<Mutex<Option<String>>>,
+    /// The priority lane's writer.
+    pub priority: mpsc::Sender<Message>,
+    /// The bulk lane's writer, once attached.
+    pub bulk: Option<mpsc::Sender<Message>>,
+}
+
+impl SessionIo {
+    /// Ends the session with `reason` (the first reason given wins).
+    pub fn close(&self, reason: String) {
+        let mut r = self.reason.lock().expect("reason lock");
+        if r.is_none() {
+            *r = Some(reason);
+        }
+        self.cancel.cancel();
+    }
+}
+
+/// One replicated volume's store and claims file.
+pub struct EngineVolume {
+    /// Export name.
+    pub name: String,
+    /// Where its bytes live.
+    pub store: Arc<dyn BlockStore>,
+    /// Its claims file.
+    pub file: ClaimsFile,
+}
+
+/// The runtime of one two-site node.
+pub struct Engine {
+    node: String,
+    core: Mutex<NodeCore>,
+    origin: tokio::time::Instant,
+    volumes: Vec<EngineVolume>,
+    metrics: Vec<ReplicationMetrics>,
+    sessions: Mutex<HashMap<SessionGen, SessionIo>>,
+    replies: DashMap<HostRequestId, oneshot::Sender<Result<Option<Bytes>, HostError>>>,
+    next_host: AtomicU64,
+    /// The time (nanoseconds since `origin`) the timer task sleeps until.
+    timer_at: AtomicU64,
+    timer: Notify,
+    /// Readers waiting for the core to accept frames again.
+    room: Notify,
+    handle: tokio::runtime::Handle,
+}
+
+impl Engine {
+    /// An engine for `config`, with each volume's claims file as loaded.
+    pub fn new(node: &str, config: CoreConfig, volumes: Vec<EngineVolume>, files: Vec<ClaimsFileContents>) -> Arc<Engine> {
+        let origin = tokio::time::Instant::now();
+        let metrics = volumes.iter().map(|v| ReplicationMetrics::new(&v.name)).collect();
+        let core = NodeCore::new(config, files, Time::ZERO);
+        Arc::new(Engine {
+            node: node.to_string(),
+            core: Mutex::new(core),
+            origin,
+            volumes,
+            metrics,
+            sessions: Mutex::new(HashMap::new()),
+            replies: DashMap::new(),
+            next_host: AtomicU64::new(1),
+            timer_at: AtomicU64::new(u64::MAX),
+            timer: Notify::new(),
+            room: Notify::new(),
+            handle: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// Starts the timer task (every deadline of the core) and the metrics refresh.
+    pub fn start(self: &Arc<Self>, shutdown: CancellationToken) {
+        let me = self.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move { me.timer_task(stop).await });
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => me.refresh_metrics(),
+                }
+            }
+        });
+        self.with_core(|_, _| ());
+    }
+
+    fn now(&self) -> Time {
+        Time::from_nanos(u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// Runs `f` on the core, then carries out its outputs and re-arms the timer.
+    fn with_core<R>(self: &Arc<Self>, f: impl FnOnce(&mut NodeCore, Time) -> R) -> R {
+        tracing::trace!(node = %self.node, "core input");
+        let mut core = self.core.lock().expect("core lock");
+        let now = self.now();
+        let result = f(&mut core, now);
+        self.execute(&mut core);
+        let next = core.poll_timeout();
+        drop(core);
+        if let Some(t) = next {
+            self.arm(t.as_nanos());
+        }
+        self.room.notify_waiters();
+        result
+    }
+
+    fn arm(&self, at: u64) {
+        if self.timer_at.fetch_min(at, Ordering::AcqRel) > at {
+            self.timer.notify_one();
+        }
+    }
+
+    async fn timer_task(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let at = self.timer_at.load(Ordering::Acquire);
+            let sleep = async {
+                if at == u64::MAX {
+                    std::future::pending::<()>().await
+                } else {
+                    tokio::time::sleep_until(self.origin + Duration::from_nanos(at)).await
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.timer.notified() => continue,
+                _ = sleep => {}
+            }
+            self.timer_at.store(u64::MAX, Ordering::Release);
+            self.with_core(|core, now| core.handle(now, Input::Tick));
+        }
+    }
+
+    /// Carries out the core's outputs; nothing here blocks.
+    fn execute(self: &Arc<Self>, core: &mut NodeCore) {
+        while let Some(output) = core.poll_output() {
+            tracing::trace!(node = %self.node, ?output, "core output");
+            match output {
+                Output::Send { session, lane, message } => self.send(session, lane, message),
+                Output::CloseSession { session, reason } => {
+                    if let Some(io) = self.sessions.lock().expect("sessions lock").get(&session) {
+                        io.close(reason);
+                    }
+                }
+                Output::Io { token, volume, op } => self.spawn_io(token, volume, op),
+                Output::Reply { id, result } => {
+                    if let Some((_, tx)) = self.replies.remove(&id) {
+                        let _ = tx.send(result);
+                    }
+                }
+                Output::Event(event) => self.log_event(event),
+            }
+        }
+    }
+
+    fn send(&self, session: SessionGen, lane: Lane, message: Message) {
+        let sessions = self.sessions.lock().expect("sessions lock");
+        let Some(io) = sessions.get(&session) else { return };
+        let tx = match lane {
+            Lane::Priority => Some(&io.priority),
+            Lane::Bulk => io.bulk.as_ref(),
+        };
+        let Some(tx) = tx else {
+            io.close(format!("the core sent on the {lane:?} lane before it was attached"));
+            return;
+        };
+        match tx.try_send(message) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                io.close(format!("the {lane:?} lane's queue is full: the peer does not read fast enough"));
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    fn spawn_io(self: &Arc<Self>, token: IoToken, volume: VolumeIndex, op: IoOp) {
+        let me = self.clone();
+        let v = volume.0 as usize;
+        let store = self.volumes[v].store.clone();
+        let file = self.volumes[v].file.clone();
+        self.handle.spawn_blocking(move || {
+            let result = run_io(&*store, &file, op);
+            tracing::trace!(token = token.0, ok = result.is_ok(), "I/O done");
+            me.with_core(|core, now| core.handle(now, Input::IoDone { token, result }));
+        });
+    }
+
+    fn log_event(&self, event: Event) {
+        let name = |v: VolumeIndex| self.volumes.get(v.0 as usize).map_or("?", |x| x.name.as_str());
+        let node = &self.node;
+        match event {
+            Event::SessionReady { session } => info!(node, session = session.0, "peer link ready (claims synced)"),
+            Event::SessionEnded { session, reason } => info!(node, session = session.0, reason, "peer session ended"),
+            Event::Serving { volume, problem: None } => info!(node, volume = name(volume), "volume matches the peer's; serving"),
+            Event::Serving { volume, problem: Some(p) } => {
+                warn!(node, volume = name(volume), problem = p, "volume not served: it does not match the peer's")
+            }
+            Event::VolumeStopped { volume, reason } => {
+                error!(node, volume = name(volume), reason, "volume stopped: restart the node once the fault is fixed")
+            }
+            Event::StoreFault { volume, doing, fault } => error!(node, volume = name(volume), doing, fault = %fault, "store fault"),
+            Event::PeerRefused { volume, request, message } => {
+                warn!(node, volume = name(volume), request, message, "the peer refused a request")
+            }
+            Event::StaleCopiesDropped { volume, runs } => debug!(node, volume = name(volume), runs, "stale copies dropped"),
+            Event::HandoverRevoked { volume, extent } => {
+                info!(
+                    node,
+                    volume = name(volume),
+                    extent = extent.0,
+                    "a handover never applied here was revoked; the peer owns the extent again"
+                )
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ host I/O
+
+    /// A host write; FUA writes and writes that need the peer take the
+    /// general path, the rest the owned-extent fast path.
+    pub async fn write(self: &Arc<Self>, volume: VolumeIndex, offset: u64, data: Bytes, fua: bool) -> Result<(), HostError> {
+        let length = data.len() as u64;
+        if !fua && let Some(ticket) = self.with_core(|core, now| core.try_write(now, volume, offset, length)) {
+            let store = self.volumes[volume.0 as usize].store.clone();
+            let result = blocking(move || store.write_at(&data, offset)).await;
+            self.with_core(|core, now| core.finish_write(now, ticket));
+            return result.map_err(|e| HostError::Store(fault_of(&e)));
+        }
+        self.request(volume, HostRequest::Write { offset, data, fua }).await.map(|_| ())
+    }
+
+    /// A host read; a read of extents the peer does not own is served
+    /// from the store directly.
+    pub async fn read(self: &Arc<Self>, volume: VolumeIndex, offset: u64, length: u32) -> Result<Bytes, HostError> {
+        let local = self.core.lock().expect("core lock").read_is_local(volume, offset, length.into());
+        if local {
+            let store = self.volumes[volume.0 as usize].store.clone();
+            return blocking(move || {
+                let mut buf = BytesMut::zeroed(length as usize);
+                store.read_at(&mut buf, offset).map(|()| buf.freeze())
+            })
+            .await
+            .map_err(|e| HostError::Store(fault_of(&e)));
+        }
+        self.request(volume, HostRequest::Read { offset, length }).await.map(|d| d.unwrap_or_default())
+    }
+
+    /// A host trim.
+    pub async fn trim(self: &Arc<Self>, volume: VolumeIndex, offset: u64, length: u64, fua: bool) -> Result<(), HostError> {
+        self.request(volume, HostRequest::Trim { offset, length, fua }).await.map(|_| ())
+    }
+
+    /// A host zero-write.
+    pub async fn write_zeroes(
+        self: &Arc<Self>,
+        volume: VolumeIndex,
+        offset: u64,
+        length: u64,
+        mode: ZeroMode,
+        fast_only: bool,
+        fua: bool,
+    ) -> Result<(), HostError> {
+        self.request(volume, HostRequest::WriteZeroes { offset, length, mode, fast_only, fua }).await.map(|_| ())
+    }
+
+    /// A host flush.
+    pub async fn flush(self: &Arc<Self>, volume: VolumeIndex) -> Result<(), HostError> {
+        self.request(volume, HostRequest::Flush).await.map(|_| ())
+    }
+
+    async fn request(self: &Arc<Self>, volume: VolumeIndex, request: HostRequest) -> Result<Option<Bytes>, HostError> {
+        let id = HostRequestId(self.next_host.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = oneshot::channel();
+        self.replies.insert(id, tx);
+        self.with_core(|core, now| core.handle(now, Input::Host { id, volume, request }));
+        rx.await.unwrap_or_else(|_| Err(HostError::NotServing("the node is shutting down".into())))
+    }
+
+    // ------------------------------------------------------------ the link
+
+    /// A session's connections are up (the dialer's both lanes, the
+    /// accepter's priority lane); `io` carries its sends from now on.
+    pub fn session_up(self: &Arc<Self>, session: SessionGen, role: Role, volume_errors: Vec<Option<String>>, io: SessionIo) {
+        self.sessions.lock().expect("sessions lock").insert(session, io);
+        self.with_core(|core, now| core.handle(now, Input::LinkUp { session, role, volume_errors }));
+    }
+
+    /// The accepter's bulk lane attached. False: no such session.
+    pub fn bulk_up(self: &Arc<Self>, session: SessionGen, bulk: mpsc::Sender<Message>) -> bool {
+        {
+            let mut sessions = self.sessions.lock().expect("sessions lock");
+            let Some(io) = sessions.get_mut(&session) else { return false };
+            io.bulk = Some(bulk);
+        }
+        self.with_core(|core, now| core.handle(now, Input::BulkUp { session }));
+        true
+    }
+
+    /// A frame arrived.
+    pub fn frame(self: &Arc<Self>, session: SessionGen, lane: Lane, message: Message) {
+        tracing::trace!(node = %self.node, session = session.0, ?lane, kind = message.kind(), id = ?message.id(), "frame");
+        self.with_core(|core, now| core.handle(now, Input::Frame { session, lane, message }));
+    }
+
+    /// The session ended; returns the reason the core or runtime gave, if any.
+    pub fn session_down(self: &Arc<Self>, session: SessionGen, reason: String) {
+        self.sessions.lock().expect("sessions lock").remove(&session);
+        self.with_core(|core, now| core.handle(now, Input::LinkDown { session, reason }));
+    }
+
+    /// Waits until the core accepts frames of `lane` again (back-pressure:
+    /// the reader stops reading, TCP pushes back on the peer).
+    pub async fn room_for(&self, lane: Lane) {
+        loop {
+            let notified = self.room.notified();
+            if self.core.lock().expect("core lock").accepts_frames(lane) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Bytes of a frame sent, for the per-volume counters.
+    pub fn count_sent(&self, message: &Message, bytes: usize) {
+        let volume = match message {
+            Message::Copy { volume, .. } | Message::CopyProgress { volume, .. } | Message::Release { volume, .. } => *volume,
+            _ => return,
+        };
+        if let Some(m) = self.metrics.get(volume.0 as usize) {
+            m.bulk_sent_bytes.increment(bytes as u64);
+        }
+    }
+
+    // ------------------------------------------------------------ status
+
+    /// The core's status.
+    pub fn status(&self) -> CoreStatus {
+        self.core.lock().expect("core lock").status()
+    }
+
+    /// Sets the replication metrics from the core's figures.
+    pub fn refresh_metrics(&self) {
+        let status = self.status();
+        for (v, m) in status.volumes.iter().zip(&self.metrics) {
+            m.set(v, self.volume_block_bytes(&v.name));
+        }
+    }
+
+    fn volume_block_bytes(&self, name: &str) -> u64 {
+        let core = self.core.lock().expect("core lock");
+        core.config().volumes.iter().find(|v| v.name == name).map_or(0, |v| v.geometry.block_bytes)
+    }
+
+    /// The node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+}
+
+/// The fault a store error is to the core.
+pub fn fault_of(e: &StoreError) -> IoFault {
+    let kind = match e {
+        StoreError::NotFast => IoFaultKind::NotFast,
+        StoreError::Io(io) if io.raw_os_error() == Some(libc::ENOSPC) => IoFaultKind::NoSpace,
+        _ => IoFaultKind::Io,
+    };
+    IoFault { kind, message: e.to_string() }
+}
+
+/// Carries out one I/O of the core (on the blocking pool).
+fn run_io(store: &dyn BlockStore, file: &ClaimsFile, op: IoOp) -> Result<IoOutcome, IoFault> {
+    match op {
+        IoOp::Read { ranges } => ranges
+            .into_iter()
+            .map(|(offset, length)| {
+                let mut buf = BytesMut::zeroed(length as usize);
+                store.read_at(&mut buf, offset).map(|()| buf.freeze())
+            })
+            .collect::<Result<Vec<Bytes>, StoreError>>()
+            .map(IoOutcome::Read)
+            .map_err(|e| fault_of(&e)),
+        IoOp::Write { writes } => {
+            for w in writes {
+                let result = match w {
+                    StoreWrite::Data { offset, data } => store.write_at(&data, offset),
+                    StoreWrite::Trim { offset, length } => store.trim(offset, length),
+                    StoreWrite::Zeroes { offset, length, mode, fast_only } => store.write_zeroes(offset, length, mode, fast_only),
+                };
+                result.map_err(|e| fault_of(&e))?;
+            }
+            Ok(IoOutcome::Done)
+        }
+        IoOp::Sync => store.sync().map(|()| IoOutcome::Done).map_err(|e| fault_of(&e)),
+        IoOp::Persist { contents } => {
+            file.store(&contents).map(|()| IoOutcome::Done).map_err(|e| IoFault { kind: IoFaultKind::Io, message: e.to_string() })
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! The framing of the peer protocol on a TLS stream: a 4-byte big-endian
+//! length, then the postcard message (`geomirror_wire::peer`).
+
+use geomirror_wire::peer::FRAME_BYTES_MAX;
+use tokio_util::codec::LengthDelimitedCodec;
+
+/// The framing codec with its limit set explicitly (a larger frame closes
+/// the connection).
+pub fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder().max_frame_length(FRAME_BYTES_MAX).length_field_length(4).new_codec()
+}

@@ -1,0 +1,107 @@
+//! Everything a run varies, drawn from its seed: the volume's geometry and
+//! knobs, timings, how often each fault happens, and the workload's shape.
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Bytes per block in the simulation (small: the core does not care, and
+/// small blocks keep a run cheap).
+pub const BLOCK_BYTES: u64 = 512;
+
+/// The parameters of one run.
+#[derive(Clone, Debug)]
+pub struct Params {
+    /// Blocks per extent.
+    pub blocks_per_extent: u64,
+    /// Extents in the volume.
+    pub extents: u64,
+    /// The owned-extent limit.
+    pub max_owned: usize,
+    /// Prediction depth.
+    pub predict: u32,
+    /// Idle time before release.
+    pub release_after: Duration,
+    /// How long a request waits for the peer.
+    pub peer_timeout: Duration,
+    /// Heartbeat period.
+    pub heartbeat: Duration,
+    /// One-way network latency, base and jitter.
+    pub latency: (Duration, Duration),
+    /// Host clients per node.
+    pub clients: usize,
+    /// Length of the fault phase (virtual).
+    pub fault_phase: Duration,
+    /// Mean time between crashes of a node (None: no crashes).
+    pub crash_every: Option<Duration>,
+    /// Mean time between link faults (partitions and resets).
+    pub link_fault_every: Option<Duration>,
+    /// Probability that a store I/O fails.
+    pub io_fault: f64,
+    /// Probability that a claims file write fails.
+    pub persist_fault: f64,
+    /// Share of writes with FUA.
+    pub fua: f64,
+    /// Share of fast-path attempts for writes and reads.
+    pub fast_path: f64,
+    /// Blocks shared by both sites' hot writes.
+    pub hot_blocks: Vec<u64>,
+    /// Every request within one extent must succeed (a quiet run with room
+    /// under the limit for every extent).
+    pub liveness: bool,
+}
+
+impl Params {
+    /// The parameters of `seed`.
+    pub fn of(seed: u64) -> Params {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
+        let blocks_per_extent = [4u64, 8, 16][rng.random_range(0..3)];
+        let extents = rng.random_range(6..=16);
+        let blocks = blocks_per_extent * extents;
+        let hot_blocks = (0..rng.random_range(2..=6)).map(|_| rng.random_range(0..blocks)).collect();
+        let faulty = rng.random_bool(0.7);
+        let mut p = Params {
+            blocks_per_extent,
+            extents,
+            max_owned: rng.random_range(1..=6),
+            predict: rng.random_range(0..=3),
+            release_after: Duration::from_millis(rng.random_range(20..=300)),
+            peer_timeout: Duration::from_millis(rng.random_range(300..=1500)),
+            heartbeat: Duration::from_millis(rng.random_range(50..=150)),
+            latency: (Duration::from_micros(rng.random_range(50..=20_000)), Duration::from_micros(rng.random_range(0..=2_000))),
+            clients: rng.random_range(1..=4),
+            fault_phase: Duration::from_millis(rng.random_range(1_500..=4_000)),
+            crash_every: (faulty && rng.random_bool(0.6)).then(|| Duration::from_millis(rng.random_range(400..=3_000))),
+            link_fault_every: (faulty && rng.random_bool(0.7)).then(|| Duration::from_millis(rng.random_range(200..=2_000))),
+            io_fault: if faulty && rng.random_bool(0.3) { rng.random_range(0.0005..0.01) } else { 0.0 },
+            persist_fault: if faulty && rng.random_bool(0.15) { rng.random_range(0.001..0.02) } else { 0.0 },
+            fua: rng.random_range(0.3..=1.0),
+            fast_path: rng.random_range(0.0..=1.0),
+            hot_blocks,
+            liveness: false,
+        };
+        if p.quiet() && rng.random_bool(0.5) {
+            // Without faults and without pressure from the limit every
+            // request must succeed, so a request that times out shows a
+            // livelock or a lost wakeup. Contention may make a request wait
+            // a few dozen round trips; the timeout leaves room for that.
+            let rtt = 2 * (p.latency.0 + p.latency.1);
+            p.peer_timeout = p.peer_timeout.max(rtt * 100);
+            p.max_owned = p.extents as usize;
+            p.liveness = true;
+        }
+        p
+    }
+
+    /// Whether the run injects no fault at all: then every host request
+    /// must succeed (a failure is a liveness bug: a livelock, a lost wakeup).
+    pub fn quiet(&self) -> bool {
+        self.crash_every.is_none() && self.link_fault_every.is_none() && self.io_fault == 0.0 && self.persist_fault == 0.0
+    }
+
+    /// Blocks in the volume.
+    pub fn blocks(&self) -> u64 {
+        self.blocks_per_extent * self.extents
+    }
+}

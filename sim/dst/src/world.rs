@@ -1,0 +1,986 @@
+//! The simulated world: two node cores, their disks, the network between
+//! them, host clients at both sites, and the faults, all driven from one
+//! seed by a single event queue in virtual time.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::time::Duration;
+
+use bytes::Bytes;
+use geomirror_core::claims::ExtentState;
+use geomirror_core::{
+    CoreConfig, Geometry, HostError, HostRequest, HostRequestId, Input, IoFault, IoFaultKind, IoOp, IoOutcome, IoToken, Knobs, NodeCore,
+    Output, Role, SessionGen, Time, VolumeSettings, WriteTicket,
+};
+use geomirror_wire::peer::{Extent, Lane, Message, VolumeIndex};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::disk::{Disk, Slot, buffer_of, value_at};
+use crate::history::{History, Recorded};
+use crate::invariants;
+use crate::params::{BLOCK_BYTES, Params};
+
+/// The volume every run serves.
+pub const VOLUME: VolumeIndex = VolumeIndex(0);
+const NAMES: [&str; 2] = ["site-a", "site-b"];
+/// Virtual time the heal phase may take before the run fails.
+const HEAL_TIME_MAX: Duration = Duration::from_secs(60);
+
+/// What a host operation is.
+#[derive(Clone, Debug)]
+pub enum OpKind {
+    /// Read blocks.
+    Read { first: u64, blocks: u64 },
+    /// Write `value` (0: a trim) to blocks.
+    Write { first: u64, blocks: u64, value: u64, fua: bool },
+    /// Flush.
+    Flush,
+}
+
+/// A host operation in flight at a node.
+#[derive(Debug)]
+pub struct HostOp {
+    /// The client that issued it (None: the final reads of the heal phase).
+    pub client: Option<usize>,
+    /// What it is.
+    pub kind: OpKind,
+    /// When it was issued.
+    pub invoke: u64,
+    /// Its entries in the block histories.
+    pub recorded: Option<Recorded>,
+}
+
+/// One simulated node.
+pub struct Node {
+    /// The core, while the node is up.
+    pub core: Option<NodeCore>,
+    /// Counts restarts: events of an earlier life are ignored.
+    pub life: u64,
+    /// Its disk.
+    pub disk: Disk,
+    /// When its core's next tick is scheduled.
+    tick_at: Option<u64>,
+    /// Host operations in flight.
+    pub ops: BTreeMap<u64, HostOp>,
+    /// Blocks with an acknowledged write not yet covered by a flush, and
+    /// when it was acknowledged: a crash may lose them.
+    pub unflushed: BTreeMap<u64, u64>,
+    /// The highest ownership epoch seen per extent in this life.
+    pub epochs: BTreeMap<u64, u64>,
+    /// The highest epoch counter seen in this life.
+    pub counter: u64,
+    /// The core finished a session-start sync in this life.
+    pub synced_once: bool,
+    /// I/Os in flight (claims file writes, to decide their fate at a crash).
+    io: BTreeMap<IoToken, IoOp>,
+    clients_busy: Vec<bool>,
+    cursors: Vec<u64>,
+}
+
+/// Events of the simulation.
+#[derive(Debug)]
+enum Ev {
+    Tick { n: usize, life: u64 },
+    Io { n: usize, life: u64, token: IoToken, snapshot: Option<Vec<Slot>> },
+    FastWrite { n: usize, life: u64, id: u64, ticket: WriteTicket, data: Bytes },
+    FastRead { n: usize, life: u64, id: u64, offset: u64, length: u64 },
+    Deliver { to: usize, sid: u64, lane: Lane, message: Message },
+    LinkUp { n: usize, sid: u64, role: Role },
+    BulkUp { n: usize, sid: u64 },
+    LinkDown { n: usize, sid: u64, reason: String },
+    Connect,
+    Client { n: usize, c: usize, life: u64 },
+    Crash { n: usize },
+    Restart { n: usize },
+    LinkFault,
+    HealStart,
+}
+
+/// The network between the two nodes.
+#[derive(Debug, Default)]
+struct Net {
+    next_sid: u64,
+    /// The session each side is in (None: not connected).
+    side: [Option<u64>; 2],
+    /// Messages sent now are delivered no earlier than this (a partition
+    /// holds them, as TCP would).
+    partition_until: u64,
+    /// Last delivery time per direction and lane (FIFO).
+    last: [[u64; 2]; 2],
+    connect_scheduled: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Faults,
+    Heal,
+    FinalReads,
+    Done,
+}
+
+/// Counts for the report.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Events processed.
+    pub events: u64,
+    /// Host writes acknowledged.
+    pub writes: u64,
+    /// Host reads answered.
+    pub reads: u64,
+    /// Host requests failed.
+    pub failed: u64,
+    /// Crashes.
+    pub crashes: u64,
+    /// Sessions started.
+    pub sessions: u64,
+    /// Releases checked against the receiver's durable blocks.
+    pub releases_checked: u64,
+    /// Acknowledged writes checked against the peer's durable record.
+    pub acks_checked: u64,
+    /// Injected I/O faults.
+    pub io_faults: u64,
+    /// Blocks whose history was too large for the linearizability search.
+    pub too_large: u64,
+}
+
+/// The simulated world.
+pub struct World {
+    /// The seed.
+    pub seed: u64,
+    /// Its parameters.
+    pub p: Params,
+    rng: StdRng,
+    /// Virtual time in nanoseconds.
+    pub now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64)>>,
+    events: BTreeMap<u64, Ev>,
+    /// The two nodes.
+    pub nodes: [Node; 2],
+    net: Net,
+    /// Every block's history.
+    pub history: History,
+    hash: u64,
+    phase: Phase,
+    next_value: u64,
+    next_host: u64,
+    heal_started: u64,
+    /// Counts.
+    pub stats: Stats,
+    /// Print every event and output (GEOMIRROR_DST_TRACE=1).
+    trace: bool,
+    /// Per node, the time of its last tick and how many came at that time.
+    last_tick: [(u64, u64); 2],
+}
+
+fn ns(d: Duration) -> u64 {
+    d.as_nanos() as u64
+}
+
+impl World {
+    /// A world for `seed`.
+    pub fn new(seed: u64) -> World {
+        let p = Params::of(seed);
+        let blocks = p.blocks();
+        let node = |clients: usize| Node {
+            core: None,
+            life: 0,
+            disk: Disk::new(blocks),
+            tick_at: None,
+            ops: BTreeMap::new(),
+            unflushed: BTreeMap::new(),
+            epochs: BTreeMap::new(),
+            counter: 0,
+            synced_once: false,
+            io: BTreeMap::new(),
+            clients_busy: vec![false; clients],
+            cursors: vec![0; clients],
+        };
+        let clients = p.clients;
+        let mut w = World {
+            seed,
+            rng: StdRng::seed_from_u64(seed),
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            nodes: [node(clients), node(clients)],
+            net: Net::default(),
+            history: History::default(),
+            hash: 0xcbf2_9ce4_8422_2325,
+            phase: Phase::Faults,
+            next_value: 1,
+            next_host: 1,
+            heal_started: 0,
+            stats: Stats::default(),
+            trace: std::env::var_os("GEOMIRROR_DST_TRACE").is_some(),
+            last_tick: [(u64::MAX, 0); 2],
+            p,
+        };
+        for n in 0..2 {
+            for c in 0..w.p.clients {
+                w.nodes[n].cursors[c] = w.rng.random_range(0..blocks);
+            }
+            w.start_node(n);
+        }
+        w.schedule(ns(w.p.fault_phase), Ev::HealStart);
+        if let Some(every) = w.p.crash_every {
+            for n in 0..2 {
+                let at = w.rng.random_range(0..2 * ns(every));
+                w.schedule(at, Ev::Crash { n });
+            }
+        }
+        if let Some(every) = w.p.link_fault_every {
+            let at = w.rng.random_range(0..2 * ns(every));
+            w.schedule(at, Ev::LinkFault);
+        }
+        w
+    }
+
+    /// The core configuration of node `n`.
+    pub fn config(&self, n: usize) -> CoreConfig {
+        let p = &self.p;
+        CoreConfig {
+            node: NAMES[n].into(),
+            wins_ties: n == 0,
+            peer_timeout: p.peer_timeout,
+            heartbeat_interval: p.heartbeat,
+            volumes: vec![VolumeSettings {
+                name: "vol0".into(),
+                geometry: Geometry {
+                    block_bytes: BLOCK_BYTES,
+                    extent_bytes: BLOCK_BYTES * p.blocks_per_extent,
+                    size: BLOCK_BYTES * p.blocks(),
+                },
+                knobs: Knobs { max_owned: p.max_owned, predict: p.predict, release_after: p.release_after },
+            }],
+        }
+    }
+
+    fn mix(&mut self, words: &[u64]) {
+        for w in words {
+            for b in w.to_le_bytes() {
+                self.hash ^= u64::from(b);
+                self.hash = self.hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+
+    /// The trace hash so far (the same seed gives the same hash).
+    pub fn trace_hash(&self) -> u64 {
+        self.hash
+    }
+
+    fn schedule(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse((at.max(self.now), self.seq)));
+        self.events.insert(self.seq, ev);
+    }
+
+    fn latency(&mut self) -> u64 {
+        let (base, jitter) = self.p.latency;
+        ns(base) + if jitter.is_zero() { 0 } else { self.rng.random_range(0..=ns(jitter)) }
+    }
+
+    fn io_latency(&mut self, op: &IoOp) -> u64 {
+        match op {
+            IoOp::Read { .. } | IoOp::Write { .. } => self.rng.random_range(5_000..200_000),
+            IoOp::Sync => self.rng.random_range(100_000..2_000_000),
+            IoOp::Persist { .. } => self.rng.random_range(200_000..3_000_000),
+        }
+    }
+
+    fn faults_on(&self) -> bool {
+        self.phase == Phase::Faults
+    }
+
+    /// Runs to the end: the fault phase, the heal phase, the final reads
+    /// and the checks. Err: the first invariant broken.
+    pub fn run(&mut self) -> Result<(), String> {
+        while let Some(Reverse((at, seq))) = self.queue.pop() {
+            let ev = self.events.remove(&seq).expect("scheduled event");
+            self.now = at;
+            self.stats.events += 1;
+            self.step(ev)?;
+            self.check_every_step().map_err(|e| format!("{e}\n  state: {}", self.describe()))?;
+            if self.phase == Phase::Heal && self.converged() {
+                self.final_reads();
+            }
+            if self.phase == Phase::FinalReads && self.nodes.iter().all(|n| n.ops.is_empty()) {
+                self.phase = Phase::Done;
+                return self.final_checks();
+            }
+            if self.phase != Phase::Faults && self.now > self.heal_started + ns(HEAL_TIME_MAX) {
+                return Err(format!("the nodes did not converge within {HEAL_TIME_MAX:?} of healing: {}", self.describe()));
+            }
+        }
+        Err(format!("the simulation ran out of events in phase {:?}: {}", self.phase, self.describe()))
+    }
+
+    fn step(&mut self, ev: Ev) -> Result<(), String> {
+        if self.trace {
+            eprintln!("{:>12.6} ms  {}", self.now as f64 / 1e6, format!("{ev:?}").chars().take(300).collect::<String>());
+        }
+        match ev {
+            Ev::Tick { n, life } => {
+                if self.nodes[n].life != life || self.nodes[n].tick_at != Some(self.now) {
+                    return Ok(());
+                }
+                self.nodes[n].tick_at = None;
+                self.mix(&[1, n as u64, self.now]);
+                if self.last_tick[n].0 == self.now {
+                    self.last_tick[n].1 += 1;
+                    if self.last_tick[n].1 > 1000 {
+                        return Err(format!(
+                            "node {}: the core asks for a tick at the same instant over and over (a deadline that never moves)",
+                            NAMES[n]
+                        ));
+                    }
+                } else {
+                    self.last_tick[n] = (self.now, 0);
+                }
+                self.feed(n, Input::Tick)?;
+            }
+            Ev::Io { n, life, token, snapshot } => {
+                if self.nodes[n].life != life {
+                    return Ok(());
+                }
+                let op = self.nodes[n].io.remove(&token).expect("I/O in flight");
+                let result = self.complete_io(n, &op, snapshot);
+                self.mix(&[2, n as u64, token.0, result.is_ok() as u64]);
+                self.feed(n, Input::IoDone { token, result })?;
+            }
+            Ev::FastWrite { n, life, id, ticket, data } => {
+                if self.nodes[n].life != life {
+                    return Ok(());
+                }
+                let fail = self.faults_on() && self.rng.random_bool(self.p.io_fault);
+                let w = geomirror_core::StoreWrite::Data { offset: ticket.offset, data };
+                let cut = fail.then(|| self.rng.random_range(0..ticket.length / BLOCK_BYTES));
+                self.nodes[n].disk.write(&w, cut);
+                self.mix(&[3, n as u64, id, fail as u64]);
+                let now = Time::from_nanos(self.now);
+                self.nodes[n].core.as_mut().expect("alive").finish_write(now, ticket);
+                let result = if fail {
+                    self.stats.io_faults += 1;
+                    Err(HostError::Store(IoFault { kind: IoFaultKind::Io, message: "injected EIO".into() }))
+                } else {
+                    Ok(None)
+                };
+                self.host_reply(n, id, result)?;
+                self.drive(n)?;
+            }
+            Ev::FastRead { n, life, id, offset, length } => {
+                if self.nodes[n].life != life {
+                    return Ok(());
+                }
+                let fail = self.faults_on() && self.rng.random_bool(self.p.io_fault);
+                self.mix(&[4, n as u64, id, fail as u64]);
+                let result = if fail {
+                    self.stats.io_faults += 1;
+                    Err(HostError::Store(IoFault { kind: IoFaultKind::Io, message: "injected EIO".into() }))
+                } else {
+                    Ok(Some(self.nodes[n].disk.read(offset, length)))
+                };
+                self.host_reply(n, id, result)?;
+            }
+            Ev::Deliver { to, sid, lane, message } => {
+                if self.net.side[to] != Some(sid) || self.nodes[to].core.is_none() {
+                    return Ok(());
+                }
+                self.mix(&[5, to as u64, sid, lane as u64, message.id().map_or(0, |i| i.0)]);
+                if let Message::Release { extents, .. } = &message {
+                    invariants::release_after_data::check(self, to, extents)?;
+                }
+                self.feed(to, Input::Frame { session: SessionGen(sid), lane, message })?;
+            }
+            Ev::LinkUp { n, sid, role } => {
+                if self.net.side[n] != Some(sid) || self.nodes[n].core.is_none() {
+                    return Ok(());
+                }
+                self.mix(&[6, n as u64, sid]);
+                self.feed(n, Input::LinkUp { session: SessionGen(sid), role, volume_errors: vec![None] })?;
+            }
+            Ev::BulkUp { n, sid } => {
+                if self.net.side[n] != Some(sid) || self.nodes[n].core.is_none() {
+                    return Ok(());
+                }
+                self.feed(n, Input::BulkUp { session: SessionGen(sid) })?;
+            }
+            Ev::LinkDown { n, sid, reason } => {
+                if self.net.side[n] != Some(sid) {
+                    return Ok(());
+                }
+                self.net.side[n] = None;
+                self.mix(&[7, n as u64, sid]);
+                if self.nodes[n].core.is_some() {
+                    self.feed(n, Input::LinkDown { session: SessionGen(sid), reason })?;
+                }
+                self.maybe_connect();
+            }
+            Ev::Connect => {
+                self.net.connect_scheduled = false;
+                self.connect();
+            }
+            Ev::Client { n, c, life } => {
+                if self.phase == Phase::Faults
+                    && self.nodes[n].life == life
+                    && self.nodes[n].core.is_some()
+                    && !self.nodes[n].clients_busy[c]
+                {
+                    self.client_op(n, c)?;
+                }
+            }
+            Ev::Crash { n } => {
+                if self.faults_on() {
+                    if self.nodes[n].core.is_some() {
+                        self.crash(n);
+                        let back = self.rng.random_range(20_000_000..500_000_000);
+                        self.schedule(self.now + back, Ev::Restart { n });
+                    }
+                    let every = ns(self.p.crash_every.expect("crashes configured"));
+                    let next = self.now + self.rng.random_range(every / 2..every * 3 / 2);
+                    self.schedule(next, Ev::Crash { n });
+                }
+            }
+            Ev::Restart { n } => {
+                if self.nodes[n].core.is_none() {
+                    self.start_node(n);
+                }
+            }
+            Ev::LinkFault => {
+                if self.faults_on() {
+                    if self.rng.random_bool(0.5) {
+                        self.reset_link("injected connection reset");
+                    } else {
+                        let length = self.rng.random_range(ns(Duration::from_millis(20))..2 * ns(self.p.peer_timeout));
+                        self.net.partition_until = self.now + length;
+                        self.mix(&[8, length]);
+                    }
+                    let every = ns(self.p.link_fault_every.expect("link faults configured"));
+                    let next = self.now + self.rng.random_range(every / 2..every * 3 / 2);
+                    self.schedule(next, Ev::LinkFault);
+                }
+            }
+            Ev::HealStart => self.heal(),
+        }
+        Ok(())
+    }
+
+    /// Hands an input to node `n`'s core and carries out its outputs.
+    fn feed(&mut self, n: usize, input: Input) -> Result<(), String> {
+        let now = Time::from_nanos(self.now);
+        self.nodes[n].core.as_mut().expect("alive").handle(now, input);
+        self.drive(n)
+    }
+
+    /// Carries out the outputs of node `n`'s core and schedules its next tick.
+    fn drive(&mut self, n: usize) -> Result<(), String> {
+        loop {
+            let Some(output) = self.nodes[n].core.as_mut().and_then(|c| c.poll_output()) else { break };
+            if self.trace {
+                eprintln!(
+                    "{:>12.6} ms    {} -> {}",
+                    self.now as f64 / 1e6,
+                    NAMES[n],
+                    format!("{output:?}").chars().take(300).collect::<String>()
+                );
+            }
+            match output {
+                Output::Send { session, lane, message } => {
+                    self.mix(&[10, n as u64, session.0, lane as u64, message.id().map_or(0, |i| i.0)]);
+                    if self.net.side[n] != Some(session.0) {
+                        continue;
+                    }
+                    let to = 1 - n;
+                    let at = self.now.max(self.net.partition_until) + self.latency();
+                    let li = lane as usize;
+                    let at = at.max(self.net.last[n][li]);
+                    self.net.last[n][li] = at;
+                    self.schedule(at, Ev::Deliver { to, sid: session.0, lane, message });
+                }
+                Output::CloseSession { session, reason } => {
+                    self.mix(&[11, n as u64, session.0]);
+                    if self.net.side[n] == Some(session.0) {
+                        // The core has ended the session already; the other
+                        // side sees the connections reset.
+                        self.net.side[n] = None;
+                        let at = self.now + self.latency();
+                        self.schedule(at, Ev::LinkDown { n: 1 - n, sid: session.0, reason: format!("the peer closed: {reason}") });
+                        self.maybe_connect();
+                    }
+                }
+                Output::Io { token, volume: _, op } => {
+                    self.mix(&[12, n as u64, token.0]);
+                    let snapshot = matches!(op, IoOp::Sync).then(|| self.nodes[n].disk.snapshot());
+                    let at = self.now + self.io_latency(&op);
+                    self.nodes[n].io.insert(token, op);
+                    let life = self.nodes[n].life;
+                    self.schedule(at, Ev::Io { n, life, token, snapshot });
+                }
+                Output::Reply { id, result } => {
+                    self.mix(&[13, n as u64, id.0, result.is_ok() as u64]);
+                    self.host_reply(n, id.0, result)?;
+                }
+                Output::Event(e) => {
+                    self.mix(&[14, n as u64]);
+                    let _ = e;
+                }
+            }
+        }
+        if let Some(core) = &self.nodes[n].core
+            && let Some(t) = core.poll_timeout()
+        {
+            let at = t.as_nanos().max(self.now);
+            if self.nodes[n].tick_at.is_none_or(|cur| at < cur || cur < self.now) {
+                self.nodes[n].tick_at = Some(at);
+                let life = self.nodes[n].life;
+                self.schedule(at, Ev::Tick { n, life });
+            }
+        }
+        Ok(())
+    }
+
+    fn complete_io(&mut self, n: usize, op: &IoOp, snapshot: Option<Vec<Slot>>) -> Result<IoOutcome, IoFault> {
+        let fault = |message: &str| IoFault { kind: IoFaultKind::Io, message: message.into() };
+        let faults = self.faults_on();
+        match op {
+            IoOp::Read { ranges } => {
+                if faults && self.rng.random_bool(self.p.io_fault) {
+                    self.stats.io_faults += 1;
+                    return Err(fault("injected EIO on read"));
+                }
+                Ok(IoOutcome::Read(ranges.iter().map(|&(o, l)| self.nodes[n].disk.read(o, l)).collect()))
+            }
+            IoOp::Write { writes } => {
+                if faults && !writes.is_empty() && self.rng.random_bool(self.p.io_fault) {
+                    self.stats.io_faults += 1;
+                    // Part of the writes may have reached the page cache.
+                    let done = self.rng.random_range(0..writes.len());
+                    for w in &writes[..done] {
+                        self.nodes[n].disk.write(w, None);
+                    }
+                    return Err(fault("injected EIO on write"));
+                }
+                for w in writes {
+                    self.nodes[n].disk.write(w, None);
+                }
+                Ok(IoOutcome::Done)
+            }
+            IoOp::Sync => {
+                if faults && self.rng.random_bool(self.p.io_fault) {
+                    self.stats.io_faults += 1;
+                    return Err(fault("injected fdatasync failure"));
+                }
+                self.nodes[n].disk.sync(&snapshot.expect("a sync has its snapshot"));
+                Ok(IoOutcome::Done)
+            }
+            IoOp::Persist { contents } => {
+                if faults && self.rng.random_bool(self.p.persist_fault) {
+                    self.stats.io_faults += 1;
+                    return Err(fault("injected failure writing the claims file"));
+                }
+                self.nodes[n].disk.store_claims(contents);
+                Ok(IoOutcome::Done)
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ nodes
+
+    fn start_node(&mut self, n: usize) {
+        let file = self.nodes[n].disk.load_claims();
+        let core = NodeCore::new(self.config(n), vec![file], Time::from_nanos(self.now));
+        let node = &mut self.nodes[n];
+        node.core = Some(core);
+        node.life += 1;
+        node.tick_at = None;
+        node.epochs.clear();
+        node.counter = 0;
+        node.synced_once = false;
+        node.clients_busy.iter_mut().for_each(|b| *b = false);
+        let life = node.life;
+        self.mix(&[20, n as u64, life]);
+        if self.phase == Phase::Faults {
+            for c in 0..self.p.clients {
+                let at = self.now + self.rng.random_range(0..5_000_000);
+                self.schedule(at, Ev::Client { n, c, life });
+            }
+        }
+        let _ = self.drive(n);
+        self.maybe_connect();
+    }
+
+    fn crash(&mut self, n: usize) {
+        self.stats.crashes += 1;
+        self.mix(&[21, n as u64]);
+        let now = self.now;
+        let node = &mut self.nodes[n];
+        node.core = None;
+        node.tick_at = None;
+        for (_, op) in std::mem::take(&mut node.ops) {
+            if let Some(r) = &op.recorded {
+                self.history.fail(r, now);
+            }
+            // A write in flight may have reached the page cache (and been
+            // read) and is lost with it.
+            if let OpKind::Write { first, blocks, .. } = op.kind {
+                for b in first..first + blocks {
+                    self.nodes[n].unflushed.insert(b, now);
+                }
+            }
+        }
+        let node = &mut self.nodes[n];
+        for (b, _) in std::mem::take(&mut node.unflushed) {
+            self.history.havoc(b, now);
+        }
+        // A claims file write in flight may or may not have landed (the
+        // replace is atomic); a sync in flight may have made some data durable.
+        let inflight: Vec<IoOp> = std::mem::take(&mut self.nodes[n].io).into_values().collect();
+        for op in inflight {
+            if let IoOp::Persist { contents } = op
+                && self.rng.random_bool(0.5)
+            {
+                self.nodes[n].disk.store_claims(&contents);
+            }
+        }
+        self.nodes[n].disk.crash();
+        self.nodes[n].life += 1;
+        if let Some(sid) = self.net.side[n].take() {
+            // The peer sees the connections reset, or hears nothing and
+            // times out on its own.
+            if self.rng.random_bool(0.5) {
+                let at = self.now + self.latency();
+                self.schedule(at, Ev::LinkDown { n: 1 - n, sid, reason: "connection reset by the crashed peer".into() });
+            }
+        }
+    }
+
+    fn reset_link(&mut self, reason: &str) {
+        for n in 0..2 {
+            if let Some(sid) = self.net.side[n] {
+                let at = self.now + self.latency();
+                self.schedule(at, Ev::LinkDown { n, sid, reason: reason.into() });
+            }
+        }
+    }
+
+    fn maybe_connect(&mut self) {
+        if self.net.connect_scheduled || self.net.side.iter().any(Option::is_some) {
+            return;
+        }
+        self.net.connect_scheduled = true;
+        let at = self.now.max(self.net.partition_until) + self.rng.random_range(10_000_000..150_000_000);
+        self.schedule(at, Ev::Connect);
+    }
+
+    fn connect(&mut self) {
+        if self.net.side.iter().any(Option::is_some) {
+            return;
+        }
+        if self.nodes.iter().any(|n| n.core.is_none()) {
+            return; // a restart asks again
+        }
+        if self.now < self.net.partition_until {
+            self.maybe_connect();
+            return;
+        }
+        self.net.next_sid += 1;
+        let sid = self.net.next_sid;
+        self.stats.sessions += 1;
+        self.net.side = [Some(sid), Some(sid)];
+        self.net.last = [[self.now; 2]; 2];
+        // The accepter learns of the session first (the dialer's hello
+        // reaches it before the dialer's first request).
+        self.schedule(self.now, Ev::LinkUp { n: 1, sid, role: Role::Accepter });
+        let d = self.rng.random_range(1_000..50_000);
+        self.schedule(self.now + d, Ev::LinkUp { n: 0, sid, role: Role::Dialer });
+        let d = self.rng.random_range(1_000..100_000);
+        self.schedule(self.now + d, Ev::BulkUp { n: 1, sid });
+    }
+
+    fn heal(&mut self) {
+        self.phase = Phase::Heal;
+        self.heal_started = self.now;
+        self.net.partition_until = self.now;
+        self.mix(&[30]);
+        for n in 0..2 {
+            let stopped = self.nodes[n].core.as_ref().is_some_and(|c| c.is_stopped(VOLUME));
+            if stopped {
+                // An operator restarts a node whose volume stopped on a fault.
+                self.crash(n);
+            }
+            if self.nodes[n].core.is_none() {
+                self.start_node(n);
+            }
+        }
+        self.maybe_connect();
+    }
+
+    fn converged(&self) -> bool {
+        self.nodes.iter().all(|node| {
+            let Some(core) = &node.core else { return false };
+            let f = core.claims(VOLUME).figures();
+            node.ops.is_empty()
+                && node.io.is_empty()
+                && core.is_ready()
+                && core.host_requests() == 0
+                && f.budget_used == 0
+                && f.peer_owned_extents == 0
+                && f.not_durable_blocks == 0
+                && core.file_versions(VOLUME).0 == core.file_versions(VOLUME).1
+        })
+    }
+
+    /// Reads every block at both sites: the linearizability check then
+    /// also says that nothing acknowledged was lost.
+    fn final_reads(&mut self) {
+        self.phase = Phase::FinalReads;
+        let per = self.p.blocks_per_extent;
+        for n in 0..2 {
+            for e in 0..self.p.extents {
+                let _ = self.submit(n, None, OpKind::Read { first: e * per, blocks: per }, false);
+            }
+        }
+    }
+
+    fn final_checks(&mut self) -> Result<(), String> {
+        invariants::convergence::check(self)?;
+        let summary = self.history.check()?;
+        self.stats.too_large = summary.too_large;
+        Ok(())
+    }
+
+    fn check_every_step(&mut self) -> Result<(), String> {
+        for (node, name) in self.nodes.iter_mut().zip(NAMES) {
+            if node.core.as_ref().is_some_and(|c| c.is_ready()) {
+                node.synced_once = true;
+            }
+            if let Some(core) = &node.core {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.check()))
+                    .map_err(|e| format!("node {name}: {}", panic_text(&e)))?;
+            }
+        }
+        invariants::claim_before_ack::check(self)?;
+        invariants::single_owner::check(self)?;
+        invariants::bounded_exposure::check(self)?;
+        invariants::epochs::check(self)?;
+        Ok(())
+    }
+
+    /// A one-line picture of both nodes, for failures.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for (n, node) in self.nodes.iter().enumerate() {
+            match &node.core {
+                None => out.push_str(&format!("[{} down] ", NAMES[n])),
+                Some(core) => {
+                    let f = core.claims(VOLUME).figures();
+                    let states: Vec<String> = core.claims(VOLUME).extents().map(|(e, s)| format!("{}:{}", e.0, short(s))).collect();
+                    out.push_str(&format!(
+                        "[{} ready={} ops={} tasks={} budget={} record={} unsent={} not_durable={} files={:?} stopped={} extents={}] ",
+                        NAMES[n],
+                        core.is_ready(),
+                        node.ops.len(),
+                        core.host_requests(),
+                        f.budget_used,
+                        f.peer_owned_extents,
+                        f.unsent_blocks,
+                        f.not_durable_blocks,
+                        core.file_versions(VOLUME),
+                        core.is_stopped(VOLUME),
+                        states.join(",")
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    // ------------------------------------------------------------ hosts
+
+    fn client_op(&mut self, n: usize, c: usize) -> Result<(), String> {
+        let blocks = self.p.blocks();
+        let per = self.p.blocks_per_extent;
+        let r: f64 = self.rng.random();
+        let (first, len) = if r < 0.3 && !self.p.hot_blocks.is_empty() {
+            let i = self.rng.random_range(0..self.p.hot_blocks.len());
+            (self.p.hot_blocks[i], 1)
+        } else if r < 0.6 {
+            let len = self.rng.random_range(1..=3).min(blocks);
+            let at = self.nodes[n].cursors[c] % blocks;
+            self.nodes[n].cursors[c] = (at + len) % blocks;
+            (at.min(blocks - len), len)
+        } else {
+            let len = if self.rng.random_bool(0.1) { self.rng.random_range(1..=2 * per) } else { self.rng.random_range(1..=3) }.min(blocks);
+            (self.rng.random_range(0..=blocks - len), len)
+        };
+        let k: f64 = self.rng.random();
+        let kind = if k < 0.45 {
+            OpKind::Read { first, blocks: len }
+        } else if k < 0.90 {
+            let value = self.next_value;
+            self.next_value += 1;
+            OpKind::Write { first, blocks: len, value, fua: self.rng.random_bool(self.p.fua) }
+        } else if k < 0.95 {
+            OpKind::Write { first, blocks: len, value: 0, fua: self.rng.random_bool(self.p.fua) }
+        } else {
+            OpKind::Flush
+        };
+        let fast = self.rng.random_bool(self.p.fast_path);
+        self.nodes[n].clients_busy[c] = true;
+        self.submit(n, Some(c), kind, fast)
+    }
+
+    /// Issues a host operation at node `n`.
+    fn submit(&mut self, n: usize, client: Option<usize>, kind: OpKind, fast: bool) -> Result<(), String> {
+        let id = self.next_host;
+        self.next_host += 1;
+        let now = self.now;
+        let recorded = match &kind {
+            OpKind::Read { first, blocks } => Some(self.history.read(*first..first + blocks, now)),
+            OpKind::Write { first, blocks, value, .. } => Some(self.history.write(*first..first + blocks, *value, now)),
+            OpKind::Flush => None,
+        };
+        self.mix(&[40, n as u64, id]);
+        if self.trace {
+            eprintln!("{:>12.6} ms  submit {} host {id}: {kind:?} fast={fast}", self.now as f64 / 1e6, NAMES[n]);
+        }
+        self.nodes[n].ops.insert(id, HostOp { client, kind: kind.clone(), invoke: now, recorded });
+        let life = self.nodes[n].life;
+        let core = self.nodes[n].core.as_mut().expect("alive");
+        let t = Time::from_nanos(now);
+        let request = match kind {
+            OpKind::Read { first, blocks } => {
+                let (offset, length) = (first * BLOCK_BYTES, blocks * BLOCK_BYTES);
+                if fast && core.read_is_local(VOLUME, offset, length) {
+                    let at = now + self.rng.random_range(5_000..200_000);
+                    self.schedule(at, Ev::FastRead { n, life, id, offset, length });
+                    return Ok(());
+                }
+                HostRequest::Read { offset, length: length as u32 }
+            }
+            OpKind::Write { first, blocks, value, fua } => {
+                let (offset, length) = (first * BLOCK_BYTES, blocks * BLOCK_BYTES);
+                if value == 0 {
+                    HostRequest::Trim { offset, length, fua }
+                } else {
+                    let data = buffer_of(value, blocks);
+                    if fast
+                        && !fua
+                        && let Some(ticket) = core.try_write(t, VOLUME, offset, length)
+                    {
+                        let at = now + self.rng.random_range(5_000..200_000);
+                        self.schedule(at, Ev::FastWrite { n, life, id, ticket, data });
+                        return Ok(());
+                    }
+                    HostRequest::Write { offset, data, fua }
+                }
+            }
+            OpKind::Flush => HostRequest::Flush,
+        };
+        self.feed(n, Input::Host { id: HostRequestId(id), volume: VOLUME, request })
+    }
+
+    /// A host operation at node `n` was answered.
+    fn host_reply(&mut self, n: usize, id: u64, result: Result<Option<Bytes>, HostError>) -> Result<(), String> {
+        let op = self.nodes[n].ops.remove(&id).expect("reply to an operation in flight");
+        let now = self.now;
+        match (&op.kind, result) {
+            (OpKind::Read { blocks, .. }, Ok(Some(data))) => {
+                let values: Vec<u64> = (0..*blocks).map(|i| value_at(&data, i)).collect();
+                self.history.complete(op.recorded.as_ref().expect("reads are recorded"), now, Some(&values));
+                self.stats.reads += 1;
+            }
+            (OpKind::Write { first, blocks, fua, .. }, Ok(None)) => {
+                invariants::claim_before_ack::check_ack(self, n, *first, *blocks)?;
+                self.stats.acks_checked += 1;
+                self.history.complete(op.recorded.as_ref().expect("writes are recorded"), now, None);
+                for b in *first..first + blocks {
+                    if *fua {
+                        // Durable now: itself, and what was acknowledged
+                        // before it was issued (a write acknowledged since
+                        // may have landed after it and is not covered).
+                        if self.nodes[n].unflushed.get(&b).is_some_and(|acked| *acked < op.invoke) {
+                            self.nodes[n].unflushed.remove(&b);
+                        }
+                    } else {
+                        self.nodes[n].unflushed.insert(b, now);
+                    }
+                }
+                self.stats.writes += 1;
+            }
+            (OpKind::Flush, Ok(None)) => {
+                let invoked = op.invoke;
+                self.nodes[n].unflushed.retain(|_, acked| *acked > invoked);
+            }
+            (kind, Ok(data)) => return Err(format!("node {}: {kind:?} answered with {:?} bytes", NAMES[n], data.map(|d| d.len()))),
+            (_, Err(error)) => {
+                self.stats.failed += 1;
+                if let Some(r) = &op.recorded {
+                    self.history.fail(r, now);
+                }
+                // A failed write may have reached the page cache in part,
+                // without being durable: a crash may take it back.
+                if let OpKind::Write { first, blocks, .. } = op.kind {
+                    for b in first..first + blocks {
+                        self.nodes[n].unflushed.insert(b, now);
+                    }
+                }
+                // Before the heal phase, failures are expected (faults,
+                // timeouts); after it nothing may fail.
+                if self.phase != Phase::Faults && op.invoke >= self.heal_started {
+                    return Err(format!("node {}: {:?} failed after healing: {error}", NAMES[n], op.kind));
+                }
+                // Requests within one extent cannot starve (a write that
+                // waited gets its turn before the extent is handed out
+                // again); a request spanning extents acquires them one at a
+                // time and may lose one while getting the next (no
+                // hold-and-wait, so no deadlock), so under contention it can
+                // time out.
+                let per = self.p.blocks_per_extent;
+                let one_extent = match op.kind {
+                    OpKind::Read { first, blocks } | OpKind::Write { first, blocks, .. } => first / per == (first + blocks - 1) / per,
+                    OpKind::Flush => true,
+                };
+                // And under the limit's pressure both sites thrash on the
+                // same extents (claim, release to make room, claim again)
+                // and the tie-breaker can starve one site's writer.
+                if self.p.liveness && one_extent {
+                    return Err(format!("node {}: {:?} failed in a run without faults (a liveness bug): {error}", NAMES[n], op.kind));
+                }
+            }
+        }
+        if let Some(c) = op.client {
+            self.nodes[n].clients_busy[c] = false;
+            if self.phase == Phase::Faults {
+                let think = self.rng.random_range(0..3_000_000);
+                let life = self.nodes[n].life;
+                self.schedule(now + think, Ev::Client { n, c, life });
+            }
+        }
+        Ok(())
+    }
+
+    /// The core's view of an extent at node `n` (None: the node is down).
+    pub fn extent_state(&self, n: usize, e: u64) -> Option<Option<ExtentState>> {
+        self.nodes[n].core.as_ref().map(|c| c.claims(VOLUME).extent(Extent(e)).cloned())
+    }
+}
+
+fn short(s: &ExtentState) -> String {
+    match s {
+        ExtentState::Owned(o) => format!("O{}{}", o.epoch.0, if o.handing_out { "h" } else { "" }),
+        ExtentState::Claiming => "C".into(),
+        ExtentState::ClaimUnknown => "U".into(),
+        ExtentState::PeerOwned { epoch } => format!("P{}", epoch.0),
+        ExtentState::Acquiring { epoch, .. } => format!("A{}", epoch.0),
+        ExtentState::Receiving { epoch, .. } => format!("R{}", epoch.0),
+    }
+}
+
+/// The text of a caught panic.
+pub fn panic_text(e: &Box<dyn std::any::Any + Send>) -> String {
+    e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "panic".into())
+}
