@@ -219,7 +219,10 @@ fn an_unreachable_peer_fails_claims_and_pulls_with_eio_after_the_timeout() {
     let logs = s.a.logs();
     let failed = |needle: &str| logs.iter().any(|l| l.contains("host request failed") && l.contains(needle));
     assert!(failed("offset=20971520") && failed("need the peer, which is unreachable"), "the failed write is not logged with its reason");
-    assert!(failed("offset=8388608") && failed("is owned by the peer, which is unreachable"), "the failed read is not logged with its reason");
+    assert!(
+        failed("offset=8388608") && failed("is owned by the peer, which is unreachable"),
+        "the failed read is not logged with its reason"
+    );
     s.a.assert_no_unexpected_warnings(&["host request failed"]);
     s.a.kill9();
 }

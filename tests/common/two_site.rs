@@ -13,6 +13,7 @@ use super::{NodeProcess, geomirror_bin, http_get, run_ok};
 #[derive(Clone, Debug)]
 pub struct TwoSiteOptions {
     pub volume_size: &'static str,
+    pub block_size: &'static str,
     pub extent_size: &'static str,
     pub release_after: &'static str,
     pub peer_timeout: &'static str,
@@ -28,6 +29,7 @@ impl Default for TwoSiteOptions {
     fn default() -> Self {
         TwoSiteOptions {
             volume_size: "64MiB",
+            block_size: "4KiB",
             extent_size: "1MiB",
             release_after: "30s",
             peer_timeout: "3s",
@@ -102,11 +104,12 @@ fn site_config(dir: &Path, own: &str, peer: &str, listen: &str, connect: &str, s
         "[node]\nname = \"{own}\"\ndata_dir = \"{data}\"\n[nbd]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [peer]\nname = \"{peer}\"\nlisten = \"{listen}\"\nconnect = \"{connect}\"\npeer_timeout = \"{timeout}\"\nheartbeat_interval = \"250ms\"\n\
          [tls]\nca = \"{certs}/ca.pem\"\ncert = \"{certs}/{own}.pem\"\nkey = \"{certs}/{own}-key.pem\"\n\
-         [[volume]]\nname = \"vol0\"\nsize = \"{size}\"\nextent_size = \"{extent}\"\nmax_owned_extents = {max}\npredict_extents = {predict}\nrelease_after = \"{release}\"\n",
+         [[volume]]\nname = \"vol0\"\nsize = \"{size}\"\nblock_size = \"{block}\"\nextent_size = \"{extent}\"\nmax_owned_extents = {max}\npredict_extents = {predict}\nrelease_after = \"{release}\"\n",
         data = dir.join(format!("data-{own}")).display(),
         certs = dir.join("certs").display(),
         timeout = o.peer_timeout,
         extent = o.extent_size,
+        block = o.block_size,
         max = o.max_owned_extents,
         predict = o.predict_extents,
         release = o.release_after,

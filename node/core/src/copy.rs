@@ -69,8 +69,7 @@ impl NodeCore {
         };
         // The blocks it carries came from our page cache: a sync issued now
         // makes them durable here too, before the peer owns the extent.
-        let sync = self.issue_sync(vi, IoPurpose::StoreSync { volume: vi });
-        let _ = sync;
+        self.issue_sync(vi, IoPurpose::StoreSync { volume: vi });
         let version = self.volumes[vi].claims.file_version();
         let mark = self.volumes[vi].syncs.issued;
         self.volumes[vi].gives.get_mut(&extent).expect("checked").stage = GiveStage::Durable { place, messages, version, sync: mark };

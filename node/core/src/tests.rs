@@ -1,1 +1,441 @@
+//! Table tests of the core: the claims state machine step by step, and the
+//! node's ordering rules as seen from its outputs (what leaves, in which
+//! order, only after which completion). The deterministic simulator
+//! (`geomirror-dst`) checks the same rules under random interleavings and
+//! faults.
 
+use std::time::Duration;
+
+use bytes::Bytes;
+use geomirror_wire::peer::{
+    BlockIndex, ClaimOutcome, CopyItem, CopySeq, Epoch, Extent, ExtentClaim, Lane, Message, RequestId, VolumeIndex,
+};
+
+use crate::claims::{Claims, ExtentState, PeerAccess, ReadSource, WaitReason, WriteAccess};
+use crate::claims_file::ClaimsFileContents;
+use crate::config::{CoreConfig, Knobs, VolumeSettings};
+use crate::geometry::Geometry;
+use crate::ids::{HostRequestId, SessionGen};
+use crate::io::{HostRequest, Input, IoOp, IoOutcome, Output, Role};
+use crate::node::NodeCore;
+use crate::time::Time;
+
+const BLOCK: u64 = 4096;
+const EXTENT: u64 = 4 * BLOCK;
+
+fn settings(extents: u64, max_owned: usize, predict: u32) -> VolumeSettings {
+    VolumeSettings {
+        name: "vol0".into(),
+        geometry: Geometry { block_bytes: BLOCK, extent_bytes: EXTENT, size: extents * EXTENT },
+        knobs: Knobs { max_owned, predict, release_after: Duration::from_secs(1) },
+    }
+}
+
+fn t(ms: u64) -> Time {
+    Time::from_nanos(ms * 1_000_000)
+}
+
+fn granted(c: &mut Claims, extents: &[Extent], first_epoch: u64, now: Time) {
+    let outcomes: Vec<_> = (0..extents.len()).map(|i| ClaimOutcome::Granted(Epoch(first_epoch + i as u64))).collect();
+    c.on_claim_reply(extents, &outcomes, Epoch(first_epoch + extents.len() as u64), now, &[]);
+}
+
+fn own(c: &mut Claims, e: u64, now: Time) {
+    assert_eq!(c.begin_write(e..=e, now, PeerAccess::Ready), WriteAccess::Claim(vec![Extent(e)]));
+    granted(c, &[Extent(e)], e + 1, now);
+}
+
+#[test]
+fn a_first_write_claims_then_is_admitted_without_a_round_trip() {
+    let mut a = Claims::new(&settings(16, 8, 0), true);
+    assert_eq!(a.begin_write(2..=2, t(0), PeerAccess::Ready), WriteAccess::Claim(vec![Extent(2)]));
+    assert_eq!(
+        a.begin_write(2..=2, t(0), PeerAccess::Ready),
+        WriteAccess::Wait(WaitReason::PeerAnswer),
+        "a second writer waits for the claim"
+    );
+    granted(&mut a, &[Extent(2)], 1, t(0));
+    assert_eq!(a.begin_write(2..=2, t(0), PeerAccess::Unavailable), WriteAccess::Admitted, "an owned extent needs no peer");
+    a.end_write(2 * EXTENT, BLOCK, t(0));
+    assert_eq!(a.figures().unsent_blocks, 1);
+    assert_eq!(a.read_source(Extent(2)), ReadSource::Local);
+    a.check();
+}
+
+#[test]
+fn without_a_session_a_clean_extent_waits_and_nothing_changes() {
+    let mut a = Claims::new(&settings(16, 8, 0), true);
+    assert_eq!(a.begin_write(3..=3, t(0), PeerAccess::Unavailable), WriteAccess::Wait(WaitReason::Session));
+    assert!(a.extent(Extent(3)).is_none(), "no claim was started");
+}
+
+#[test]
+fn a_granting_node_records_the_claim_and_pulls_reads() {
+    let mut b = Claims::new(&settings(16, 8, 0), false);
+    let v0 = b.file_version();
+    let outcomes = b.on_claim_request(&[Extent(3), Extent(4)], Epoch(0));
+    assert_eq!(outcomes, vec![ClaimOutcome::Granted(Epoch(1)), ClaimOutcome::Granted(Epoch(2))]);
+    assert!(b.file_version() > v0, "a grant changes the claims file (it must be written before the reply)");
+    assert_eq!(b.read_source(Extent(3)), ReadSource::Peer);
+    assert_eq!(b.read_source(Extent(5)), ReadSource::Local);
+    assert!(!b.can_serve_pull(Extent(3)));
+    b.check();
+}
+
+#[test]
+fn sequential_streams_are_predicted_and_prediction_grows_but_fits_a_claim() {
+    let mut a = Claims::new(&settings(100_000, 20_000, 64), true);
+    let WriteAccess::Claim(first) = a.begin_write(0..=0, t(0), PeerAccess::Ready) else { panic!() };
+    assert_eq!(first, vec![Extent(0)], "a first write predicts nothing");
+    granted(&mut a, &first, 1, t(0));
+    let mut next = 1;
+    let mut last_len = 0;
+    for round in 0..10 {
+        let access = a.begin_write(next..=next, t(0), PeerAccess::Ready);
+        let WriteAccess::Claim(claim) = access else {
+            assert_eq!(access, WriteAccess::Wait(WaitReason::Limit), "only the limit stops a stream");
+            break;
+        };
+        if round < 6 {
+            assert!(claim.len() > last_len, "prediction grows along a stream: {} after {last_len}", claim.len());
+        }
+        assert!(claim.len() <= crate::limits::CLAIM_EXTENTS_MAX, "a claim of {} extents does not fit one message", claim.len());
+        last_len = claim.len();
+        let epoch = a.counter().0 + 1;
+        granted(&mut a, &claim, epoch, t(0));
+        next = claim.last().unwrap().0 + 1;
+    }
+    assert!(last_len > 64, "a long stream claims far ahead");
+    assert!(a.figures().budget_used <= 20_000, "and never past the limit");
+    a.check();
+}
+
+#[test]
+fn at_the_limit_the_least_recently_written_durable_extent_is_released() {
+    let mut a = Claims::new(&settings(16, 2, 0), true);
+    own(&mut a, 0, t(0));
+    own(&mut a, 1, t(1));
+    a.note_sync_issued(1);
+    a.note_sync_done(1);
+    let WriteAccess::Claim(c) = a.begin_write(5..=5, t(2), PeerAccess::Ready) else { panic!("expected a claim") };
+    assert_eq!(c, vec![Extent(5)]);
+    assert!(a.extent(Extent(0)).is_none(), "extent 0 (written first) was released to make room");
+    assert_eq!(a.unconfirmed_releases(), vec![ExtentClaim { extent: Extent(0), epoch: Epoch(1) }], "the release rides on the claim");
+    a.check();
+}
+
+#[test]
+fn at_the_limit_nothing_is_released_before_it_is_durable_at_the_peer_and_here() {
+    let mut a = Claims::new(&settings(16, 1, 0), true);
+    own(&mut a, 0, t(0));
+    assert_eq!(a.begin_write(0..=0, t(0), PeerAccess::Ready), WriteAccess::Admitted);
+    a.end_write(0, BLOCK, t(0));
+    assert_eq!(a.begin_write(5..=5, t(1), PeerAccess::Ready), WriteAccess::Wait(WaitReason::Limit), "extent 0 is not durable at the peer");
+    let (seq, _) = a.next_copy_batch(256, 64).unwrap();
+    a.on_copy_durable(seq);
+    assert_eq!(a.begin_write(5..=5, t(1), PeerAccess::Ready), WriteAccess::Wait(WaitReason::Limit), "not yet synced here");
+    assert!(a.needs_sync_for_release(t(1)), "the limit asks for a store sync");
+    a.note_sync_issued(1);
+    a.note_sync_done(1);
+    assert!(matches!(a.begin_write(5..=5, t(1), PeerAccess::Ready), WriteAccess::Claim(_)));
+    a.check();
+}
+
+#[test]
+fn make_room_never_releases_an_extent_the_write_itself_needs() {
+    let mut a = Claims::new(&settings(16, 2, 0), true);
+    own(&mut a, 3, t(0));
+    own(&mut a, 9, t(1));
+    a.note_sync_issued(1);
+    a.note_sync_done(1);
+    // A write over extents 3..=4 needs 3 kept: extent 9 goes instead.
+    assert!(matches!(a.begin_write(3..=4, t(2), PeerAccess::Ready), WriteAccess::Claim(c) if c == vec![Extent(4)]));
+    assert!(matches!(a.extent(Extent(3)), Some(ExtentState::Owned(_))));
+    assert!(a.extent(Extent(9)).is_none());
+}
+
+#[test]
+fn idle_release_waits_for_durability_and_idleness() {
+    let mut a = Claims::new(&settings(16, 8, 0), true);
+    own(&mut a, 1, t(0));
+    assert_eq!(a.begin_write(1..=1, t(0), PeerAccess::Ready), WriteAccess::Admitted);
+    a.end_write(EXTENT, BLOCK, t(0));
+    a.note_sync_issued(1);
+    a.note_sync_done(1);
+    assert_eq!(a.release_idle(t(5000)), 0, "not durable at the peer yet");
+    let (seq, _) = a.next_copy_batch(256, 64).unwrap();
+    a.on_copy_durable(seq);
+    assert_eq!(a.release_idle(t(500)), 0, "not idle long enough");
+    assert_eq!(a.release_idle(t(5000)), 1);
+    assert_eq!(a.take_releases(a.file_version() - 1), vec![], "a release leaves only once the claims file without the extent is durable");
+    assert_eq!(a.take_releases(a.file_version()), vec![ExtentClaim { extent: Extent(1), epoch: Epoch(2) }]);
+}
+
+#[test]
+fn write_combining_sends_a_block_once_and_a_rewrite_in_flight_stays_dirty() {
+    let mut a = Claims::new(&settings(16, 8, 0), true);
+    own(&mut a, 0, t(0));
+    for _ in 0..5 {
+        assert_eq!(a.begin_write(0..=0, t(0), PeerAccess::Ready), WriteAccess::Admitted);
+        a.end_write(0, BLOCK, t(0));
+    }
+    let (seq, runs) = a.next_copy_batch(256, 64).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].count, 1, "five writes of one block, one copy");
+    assert_eq!(a.begin_write(0..=0, t(0), PeerAccess::Ready), WriteAccess::Admitted);
+    a.end_write(0, BLOCK, t(0));
+    a.on_copy_durable(seq);
+    assert_eq!(a.figures().not_durable_blocks, 1, "the rewrite is not durable at the peer");
+    a.check();
+}
+
+#[test]
+fn a_handover_waits_for_writes_then_gives_what_the_requester_lacks() {
+    let mut a = Claims::new(&settings(16, 8, 0), true);
+    own(&mut a, 2, t(0));
+    assert_eq!(a.begin_write(2..=2, t(0), PeerAccess::Ready), WriteAccess::Admitted);
+    assert_eq!(a.on_handover_request(Extent(2), Epoch(0)), crate::claims::HandoverStep::WaitForWrites);
+    assert_eq!(a.begin_write(2..=2, t(0), PeerAccess::Ready), WriteAccess::Wait(WaitReason::Busy), "new writes wait for the give");
+    a.end_write(2 * EXTENT + BLOCK, BLOCK, t(0));
+    let crate::claims::HandoverStep::Read { runs } = a.on_handover_request(Extent(2), Epoch(0)) else { panic!() };
+    assert_eq!(runs, vec![(BlockIndex(9), 1)]);
+    let epoch = a.commit_give(Extent(2)).unwrap();
+    assert_eq!(a.extent(Extent(2)).map(|s| matches!(s, ExtentState::PeerOwned { .. })), Some(true));
+    assert_eq!(a.gives(), vec![ExtentClaim { extent: Extent(2), epoch }]);
+    assert_eq!(a.figures().not_durable_blocks, 0, "the given blocks left our tracking");
+    a.check();
+}
+
+#[test]
+fn a_handover_asked_while_the_extent_is_being_received_waits_instead_of_not_owner() {
+    let mut a = Claims::new(&settings(16, 8, 0), true);
+    a.on_claim_request(&[Extent(4)], Epoch(0));
+    assert_eq!(a.begin_write(4..=4, t(0), PeerAccess::Ready), WriteAccess::Handover(Extent(4)));
+    assert!(a.on_handover_granted(Extent(4), Epoch(2), true));
+    assert_eq!(a.on_handover_request(Extent(4), Epoch(2)), crate::claims::HandoverStep::WaitForWrites);
+}
+
+#[test]
+fn a_stale_release_does_not_undo_a_newer_claim() {
+    let mut b = Claims::new(&settings(16, 8, 0), false);
+    b.on_claim_request(&[Extent(1)], Epoch(0));
+    b.on_claim_request(&[Extent(1)], Epoch(0));
+    b.on_release(&[ExtentClaim { extent: Extent(1), epoch: Epoch(1) }]);
+    assert_eq!(b.read_source(Extent(1)), ReadSource::Peer, "the release of epoch 1 was overtaken by the grant of epoch 2");
+    b.on_release(&[ExtentClaim { extent: Extent(1), epoch: Epoch(2) }]);
+    assert_eq!(b.read_source(Extent(1)), ReadSource::Local);
+}
+
+#[test]
+fn a_release_crossing_our_handover_request_keeps_it_pending() {
+    let mut b = Claims::new(&settings(16, 8, 0), false);
+    b.on_claim_request(&[Extent(1)], Epoch(0));
+    assert_eq!(b.begin_write(1..=1, t(0), PeerAccess::Ready), WriteAccess::Handover(Extent(1)));
+    b.on_release(&[ExtentClaim { extent: Extent(1), epoch: Epoch(1) }]);
+    assert!(matches!(b.extent(Extent(1)), Some(ExtentState::Acquiring { released: true, .. })), "the request's answer settles it");
+    assert_eq!(b.read_source(Extent(1)), ReadSource::Local, "the peer's data is here");
+    b.on_handover_declined(Extent(1), Epoch(1));
+    assert!(b.extent(Extent(1)).is_none());
+}
+
+#[test]
+fn stale_copies_after_a_handover_are_dropped() {
+    let mut a = Claims::new(&settings(16, 8, 0), true);
+    a.on_claim_request(&[Extent(3)], Epoch(0));
+    assert!(a.accepts_copy(Extent(3), Epoch(1)));
+    assert_eq!(a.begin_write(3..=3, t(0), PeerAccess::Ready), WriteAccess::Handover(Extent(3)));
+    assert!(a.on_handover_granted(Extent(3), Epoch(5), true));
+    assert!(!a.accepts_copy(Extent(3), Epoch(1)), "copies of the old epoch are stale once the handover arrived");
+}
+
+#[test]
+fn concurrent_claims_are_resolved_by_the_tie_breaker() {
+    let mut a = Claims::new(&settings(16, 8, 0), true);
+    let mut b = Claims::new(&settings(16, 8, 0), false);
+    assert!(matches!(a.begin_write(6..=6, t(0), PeerAccess::Ready), WriteAccess::Claim(_)));
+    assert!(matches!(b.begin_write(6..=6, t(0), PeerAccess::Ready), WriteAccess::Claim(_)));
+    assert_eq!(a.on_claim_request(&[Extent(6)], Epoch(0)), vec![ClaimOutcome::Declined], "the winner declines");
+    assert_eq!(b.on_claim_request(&[Extent(6)], Epoch(0)), vec![ClaimOutcome::Granted(Epoch(1))], "the other concedes");
+}
+
+#[test]
+fn a_claim_lost_with_the_link_keeps_its_budget_until_the_sync_says() {
+    let mut a = Claims::new(&settings(16, 1, 0), true);
+    assert!(matches!(a.begin_write(2..=2, t(0), PeerAccess::Ready), WriteAccess::Claim(_)));
+    a.on_claim_lost(&[Extent(2)]);
+    assert!(matches!(a.extent(Extent(2)), Some(ExtentState::ClaimUnknown)));
+    assert_eq!(
+        a.begin_write(7..=7, t(0), PeerAccess::Ready),
+        WriteAccess::Wait(WaitReason::Limit),
+        "the lost claim still takes the budget"
+    );
+    // The peer granted it before the link dropped: adopted, nothing to resend.
+    a.on_sync(Epoch(3), &[], &[ExtentClaim { extent: Extent(2), epoch: Epoch(3) }], &[], t(1));
+    assert!(matches!(a.extent(Extent(2)), Some(ExtentState::Owned(_))));
+    assert_eq!(a.figures().unsent_blocks, 0, "never written under it: nothing to send");
+    a.check();
+}
+
+#[test]
+fn a_sync_adopts_what_the_peer_records_as_ours_and_resends_it() {
+    let mut a = Claims::new(&settings(16, 8, 0), true);
+    a.on_sync(Epoch(9), &[], &[ExtentClaim { extent: Extent(5), epoch: Epoch(9) }], &[], t(0));
+    assert!(matches!(a.extent(Extent(5)), Some(ExtentState::Owned(o)) if o.epoch == Epoch(9)));
+    assert_eq!(a.figures().unsent_blocks, 4, "every block of an adopted extent is sent again");
+    a.check();
+}
+
+#[test]
+fn a_sync_revokes_a_give_never_applied_and_the_giver_takes_it_back() {
+    let mut requester = Claims::new(&settings(16, 8, 0), false);
+    requester.on_claim_request(&[Extent(2)], Epoch(0));
+    assert_eq!(requester.begin_write(2..=2, t(0), PeerAccess::Ready), WriteAccess::Handover(Extent(2)));
+    requester.on_handover_failed(Extent(2));
+    let revoked = requester.on_sync(Epoch(2), &[], &[], &[ExtentClaim { extent: Extent(2), epoch: Epoch(2) }], t(0));
+    assert_eq!(revoked, vec![Extent(2)]);
+    let Some(ExtentState::PeerOwned { epoch }) = requester.extent(Extent(2)).cloned() else { panic!() };
+    assert!(epoch > Epoch(2), "revoked at a fresh epoch, which the giver adopts from our record");
+}
+
+#[test]
+fn restore_marks_own_claims_suspect_and_keeps_the_record() {
+    let file = ClaimsFileContents {
+        counter: Epoch(7),
+        own: vec![ExtentClaim { extent: Extent(1), epoch: Epoch(5) }],
+        record: vec![ExtentClaim { extent: Extent(3), epoch: Epoch(6) }],
+        gives: vec![],
+        released: vec![ExtentClaim { extent: Extent(9), epoch: Epoch(4) }],
+    };
+    let a = Claims::restore(&settings(16, 8, 0), true, &file, t(0));
+    assert_eq!(a.figures().unsent_blocks, 4, "own claims are resent whole");
+    assert_eq!(a.read_source(Extent(3)), ReadSource::Peer);
+    assert_eq!(a.unconfirmed_releases(), vec![ExtentClaim { extent: Extent(9), epoch: Epoch(4) }]);
+    assert_eq!(a.file_contents(), file, "the state's file is the file it came from");
+    a.check();
+}
+
+// ------------------------------------------------------------ the node's ordering rules
+
+fn config(wins_ties: bool) -> CoreConfig {
+    CoreConfig {
+        node: if wins_ties { "site-a".into() } else { "site-b".into() },
+        wins_ties,
+        peer_timeout: Duration::from_secs(1),
+        heartbeat_interval: Duration::from_millis(100),
+        volumes: vec![settings(16, 8, 0)],
+    }
+}
+
+const S: SessionGen = SessionGen(1);
+const V: VolumeIndex = VolumeIndex(0);
+
+fn drain(core: &mut NodeCore) -> Vec<Output> {
+    std::iter::from_fn(|| core.poll_output()).collect()
+}
+
+fn sends(outputs: &[Output]) -> Vec<&Message> {
+    outputs.iter().filter_map(|o| if let Output::Send { message, .. } = o { Some(message) } else { None }).collect()
+}
+
+/// An accepter whose session is synced (two rounds answered).
+fn ready_accepter() -> NodeCore {
+    let mut b = NodeCore::new(config(false), vec![ClaimsFileContents::default()], t(0));
+    b.handle(t(0), Input::LinkUp { session: S, role: Role::Accepter, volume_errors: vec![None] });
+    b.handle(t(0), Input::BulkUp { session: S });
+    for id in 1..=2 {
+        let sync = Message::Sync { id: RequestId(id), volume: V, counter: Epoch(0), own: vec![], record: vec![], gives: vec![] };
+        b.handle(t(0), Input::Frame { session: S, lane: Lane::Priority, message: sync });
+    }
+    drain(&mut b);
+    assert!(b.is_ready());
+    b
+}
+
+#[test]
+fn a_grant_leaves_only_after_the_claims_file_that_records_it_is_durable() {
+    let mut b = ready_accepter();
+    let claim = Message::Claim { id: RequestId(7), volume: V, counter: Epoch(0), extents: vec![Extent(1)], releases: vec![] };
+    b.handle(t(1), Input::Frame { session: S, lane: Lane::Priority, message: claim });
+    let out = drain(&mut b);
+    assert!(sends(&out).is_empty(), "no reply before the persist: {out:?}");
+    let token = out
+        .iter()
+        .find_map(|o| {
+            if let Output::Io { token, op: IoOp::Persist { contents }, .. } = o {
+                assert_eq!(contents.record, vec![ExtentClaim { extent: Extent(1), epoch: Epoch(1) }], "the file records the grant");
+                Some(*token)
+            } else {
+                None
+            }
+        })
+        .expect("a persist");
+    // A heartbeat arriving meanwhile is answered after the grant, in order.
+    b.handle(t(2), Input::Frame { session: S, lane: Lane::Priority, message: Message::Heartbeat { id: RequestId(8) } });
+    assert!(sends(&drain(&mut b)).is_empty(), "the heartbeat's answer waits behind the reserved grant");
+    b.handle(t(3), Input::IoDone { token, result: Ok(IoOutcome::Done) });
+    let out = drain(&mut b);
+    let sent = sends(&out);
+    assert!(matches!(sent[0], Message::ClaimReply { outcomes, .. } if outcomes == &vec![ClaimOutcome::Granted(Epoch(1))]));
+    assert!(matches!(sent[1], Message::HeartbeatReply { id: RequestId(8) }));
+}
+
+#[test]
+fn a_failed_claims_file_write_stops_the_volume_and_grants_nothing() {
+    let mut b = ready_accepter();
+    let claim = Message::Claim { id: RequestId(7), volume: V, counter: Epoch(0), extents: vec![Extent(1)], releases: vec![] };
+    b.handle(t(1), Input::Frame { session: S, lane: Lane::Priority, message: claim });
+    let token = drain(&mut b)
+        .iter()
+        .find_map(|o| if let Output::Io { token, op: IoOp::Persist { .. }, .. } = o { Some(*token) } else { None })
+        .unwrap();
+    let fault = crate::io::IoFault { kind: crate::io::IoFaultKind::Io, message: "EIO".into() };
+    b.handle(t(2), Input::IoDone { token, result: Err(fault) });
+    let out = drain(&mut b);
+    assert!(sends(&out).iter().any(|m| matches!(m, Message::Error { id: RequestId(7), .. })), "refused, not granted: {out:?}");
+    assert!(out.iter().any(|o| matches!(o, Output::Event(crate::io::Event::VolumeStopped { .. }))));
+    assert!(b.is_stopped(V));
+    b.handle(t(3), Input::Host { id: HostRequestId(1), volume: V, request: HostRequest::Read { offset: 0, length: 4096 } });
+    assert!(drain(&mut b).iter().any(|o| matches!(o, Output::Reply { result: Err(crate::io::HostError::NotServing(_)), .. })));
+}
+
+#[test]
+fn copies_are_reported_received_then_durable_after_the_grouped_sync() {
+    let mut b = ready_accepter();
+    let claim = Message::Claim { id: RequestId(7), volume: V, counter: Epoch(0), extents: vec![Extent(1)], releases: vec![] };
+    b.handle(t(1), Input::Frame { session: S, lane: Lane::Priority, message: claim });
+    let token = drain(&mut b)
+        .iter()
+        .find_map(|o| if let Output::Io { token, op: IoOp::Persist { .. }, .. } = o { Some(*token) } else { None })
+        .unwrap();
+    b.handle(t(1), Input::IoDone { token, result: Ok(IoOutcome::Done) });
+    drain(&mut b);
+    let item =
+        CopyItem { extent: Extent(1), epoch: Epoch(1), first: BlockIndex(4), count: 1, data: Bytes::from(vec![1u8; BLOCK as usize]) };
+    b.handle(t(2), Input::Frame { session: S, lane: Lane::Bulk, message: Message::Copy { seq: CopySeq(1), volume: V, items: vec![item] } });
+    let write = drain(&mut b)
+        .iter()
+        .find_map(|o| if let Output::Io { token, op: IoOp::Write { .. }, .. } = o { Some(*token) } else { None })
+        .unwrap();
+    b.handle(t(2), Input::IoDone { token: write, result: Ok(IoOutcome::Done) });
+    assert!(sends(&drain(&mut b)).is_empty(), "progress waits for the sync linger");
+    b.handle(t(20), Input::Tick);
+    let out = drain(&mut b);
+    assert!(sends(&out).iter().any(|m| matches!(m, Message::CopyProgress { received: CopySeq(1), durable: CopySeq(0), .. })));
+    let sync = out
+        .iter()
+        .find_map(|o| if let Output::Io { token, op: IoOp::Sync, .. } = o { Some(*token) } else { None })
+        .expect("a grouped sync");
+    b.handle(t(21), Input::IoDone { token: sync, result: Ok(IoOutcome::Done) });
+    assert!(sends(&drain(&mut b)).iter().any(|m| matches!(m, Message::CopyProgress { received: CopySeq(1), durable: CopySeq(1), .. })));
+}
+
+#[test]
+fn a_protocol_violation_closes_the_session_and_changes_nothing() {
+    let mut b = ready_accepter();
+    let bad = Message::Claim { id: RequestId(7), volume: VolumeIndex(9), counter: Epoch(0), extents: vec![Extent(1)], releases: vec![] };
+    b.handle(t(1), Input::Frame { session: S, lane: Lane::Priority, message: bad });
+    let out = drain(&mut b);
+    assert!(out.iter().any(|o| matches!(o, Output::CloseSession { reason, .. } if reason.contains("does not exist"))), "{out:?}");
+    assert!(!b.is_ready());
+    assert!(b.claims(V).extents().next().is_none());
+}

@@ -29,6 +29,13 @@ pub struct Params {
     pub heartbeat: Duration,
     /// One-way network latency, base and jitter.
     pub latency: (Duration, Duration),
+    /// Bandwidth of the bulk lane in bytes per second (None: unlimited):
+    /// copies queue behind each other, so the bulk lane lags the priority
+    /// lane by much more than the latency, as on a real WAN under backlog.
+    pub bulk_bandwidth: Option<u64>,
+    /// Mean time between stalls of the bulk lane alone (a connection
+    /// retransmitting while the other flows).
+    pub bulk_stall_every: Option<Duration>,
     /// Host clients per node.
     pub clients: usize,
     /// Length of the fault phase (virtual).
@@ -70,6 +77,8 @@ impl Params {
             peer_timeout: Duration::from_millis(rng.random_range(300..=1500)),
             heartbeat: Duration::from_millis(rng.random_range(50..=150)),
             latency: (Duration::from_micros(rng.random_range(50..=20_000)), Duration::from_micros(rng.random_range(0..=2_000))),
+            bulk_bandwidth: rng.random_bool(0.5).then(|| rng.random_range(200_000..=20_000_000)),
+            bulk_stall_every: rng.random_bool(0.3).then(|| Duration::from_millis(rng.random_range(100..=1_000))),
             clients: rng.random_range(1..=4),
             fault_phase: Duration::from_millis(rng.random_range(1_500..=4_000)),
             crash_every: (faulty && rng.random_bool(0.6)).then(|| Duration::from_millis(rng.random_range(400..=3_000))),

@@ -94,6 +94,7 @@ enum Ev {
     Crash { n: usize },
     Restart { n: usize },
     LinkFault,
+    BulkStall,
     HealStart,
 }
 
@@ -108,6 +109,10 @@ struct Net {
     partition_until: u64,
     /// Last delivery time per direction and lane (FIFO).
     last: [[u64; 2]; 2],
+    /// When each direction's bulk lane has sent what it was given.
+    bulk_free: [u64; 2],
+    /// The bulk lanes send nothing until then (a stall).
+    bulk_stalled_until: u64,
     connect_scheduled: bool,
 }
 
@@ -234,6 +239,10 @@ impl World {
         if let Some(every) = w.p.link_fault_every {
             let at = w.rng.random_range(0..2 * ns(every));
             w.schedule(at, Ev::LinkFault);
+        }
+        if let Some(every) = w.p.bulk_stall_every {
+            let at = w.rng.random_range(0..2 * ns(every));
+            w.schedule(at, Ev::BulkStall);
         }
         w
     }
@@ -463,6 +472,16 @@ impl World {
                     self.schedule(next, Ev::LinkFault);
                 }
             }
+            Ev::BulkStall => {
+                if self.faults_on() {
+                    let length = self.rng.random_range(ns(Duration::from_millis(10))..ns(Duration::from_millis(300)));
+                    self.net.bulk_stalled_until = self.net.bulk_stalled_until.max(self.now + length);
+                    self.mix(&[9, length]);
+                    let every = ns(self.p.bulk_stall_every.expect("stalls configured"));
+                    let next = self.now + self.rng.random_range(every / 2..every * 3 / 2);
+                    self.schedule(next, Ev::BulkStall);
+                }
+            }
             Ev::HealStart => self.heal(),
         }
         Ok(())
@@ -494,9 +513,19 @@ impl World {
                         continue;
                     }
                     let to = 1 - n;
-                    let at = self.now.max(self.net.partition_until) + self.latency();
                     let li = lane as usize;
-                    let at = at.max(self.net.last[n][li]);
+                    let mut start = self.now.max(self.net.partition_until);
+                    if lane == Lane::Bulk {
+                        // The bulk lane serializes its messages at its
+                        // bandwidth and stalls now and then on its own.
+                        start = start.max(self.net.bulk_free[n]).max(self.net.bulk_stalled_until);
+                        if let Some(bw) = self.p.bulk_bandwidth {
+                            let bytes = message.encode().len() as u64 + 4;
+                            start += bytes * 1_000_000_000 / bw;
+                        }
+                        self.net.bulk_free[n] = start;
+                    }
+                    let at = (start + self.latency()).max(self.net.last[n][li]);
                     self.net.last[n][li] = at;
                     self.schedule(at, Ev::Deliver { to, sid: session.0, lane, message });
                 }
@@ -691,6 +720,7 @@ impl World {
         self.stats.sessions += 1;
         self.net.side = [Some(sid), Some(sid)];
         self.net.last = [[self.now; 2]; 2];
+        self.net.bulk_free = [self.now; 2];
         // The accepter learns of the session first (the dialer's hello
         // reaches it before the dialer's first request).
         self.schedule(self.now, Ev::LinkUp { n: 1, sid, role: Role::Accepter });
