@@ -223,6 +223,10 @@ fn an_unreachable_peer_fails_claims_and_pulls_with_eio_after_the_timeout() {
         failed("offset=8388608") && failed("is owned by the peer, which is unreachable"),
         "the failed read is not logged with its reason"
     );
+    // The line names the node and the volume (through the node's and the
+    // export's spans).
+    let line = logs.iter().find(|l| l.contains("host request failed")).unwrap();
+    assert!(line.contains("node{node=site-a}") && line.contains("export{volume=vol0}"), "the failure line lacks node or volume: {line}");
     s.a.assert_no_unexpected_warnings(&["host request failed"]);
     s.a.kill9();
 }

@@ -73,6 +73,10 @@ pub struct Replication {
     pub pulls: u64,
     /// Extents handed over to this node.
     pub handovers: u64,
+    /// Heap bytes of copy tracking (absent from nodes older than the
+    /// protocol engine).
+    #[serde(default)]
+    pub tracking_bytes: Option<u64>,
     /// Why the volume is not served.
     #[serde(default)]
     pub problem: Option<String>,

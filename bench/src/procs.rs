@@ -113,6 +113,20 @@ fn cpu_ticks(stat: &str) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
+/// Resident set size of process `pid` in bytes (`VmRSS` of /proc/PID/status).
+pub fn resident_bytes(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    resident_bytes_of(&status).with_context(|| format!("no VmRSS line in {path}"))
+}
+
+/// The `VmRSS:   1234 kB` line of a /proc/PID/status, in bytes.
+fn resident_bytes_of(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Sum of the `*_ctxt_switches` lines of a /proc/PID/status.
 fn context_switches_of(status: &str) -> u64 {
     status
@@ -306,6 +320,9 @@ mod tests {
         assert_eq!(cpu_ticks("garbage"), None);
         let status = "Name:\tx\nvoluntary_ctxt_switches:\t12\nnonvoluntary_ctxt_switches:\t3\n";
         assert_eq!(context_switches_of(status), 15);
+        assert_eq!(resident_bytes_of("Name:\tx\nVmRSS:\t  2048 kB\n"), Some(2 << 20));
+        assert_eq!(resident_bytes_of(status), None);
+        assert!(resident_bytes(std::process::id()).unwrap() > 0);
         let me = ProcUsage::sample(std::process::id()).unwrap();
         assert!(me.threads >= 1 && me.cpu_seconds >= 0.0);
     }

@@ -70,6 +70,8 @@ const AMP_REGION_TEXT: &str = "128 MiB";
 const AMP_REGION: &str = "128m";
 /// The catch-up burst (pre-claimed), in MiB.
 const BURST_MIB: u64 = 256;
+/// The tracking-memory volume: every extent of it owned and fully dirty.
+const TRACK_MIB: u64 = 1024;
 /// How long the copy stream may take to drain after a phase.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -87,6 +89,11 @@ fn volumes() -> Vec<VolumeSpec> {
         VolumeSpec { predict_extents: 64, ..VolumeSpec::default_named("p64") },
         held("amp", 8),
         held("burst", 8),
+        VolumeSpec {
+            size_bytes: TRACK_MIB << 20,
+            max_owned_extents: (TRACK_MIB << 20).div_ceil(pair::EXTENT_BYTES) as u32,
+            ..held("track", 8)
+        },
     ]
 }
 
@@ -157,6 +164,19 @@ struct CatchUp {
     load: Load,
 }
 
+/// Copy tracking memory with every owned extent fully dirty.
+#[derive(Serialize, Clone)]
+struct Tracking {
+    owned_extents: u64,
+    not_durable_bytes: u64,
+    /// The node's own count of its tracking heap bytes (`tracking_bytes`).
+    tracking_bytes: Option<u64>,
+    resident_clean: u64,
+    resident_dirty: u64,
+    resident_drained: u64,
+    drain_seconds: f64,
+}
+
 /// Everything `--json` saves.
 #[derive(Serialize)]
 struct Report {
@@ -174,6 +194,7 @@ struct Report {
     claim_rates: Vec<ClaimRate>,
     amplification: Vec<Amplification>,
     catch_up: Vec<CatchUp>,
+    tracking: Tracking,
     first_write_claims: Option<u64>,
     pull_owner_extents: Option<u64>,
     idle_link_bytes_per_second: Option<f64>,
@@ -275,6 +296,8 @@ pub fn run(args: &Args) -> Result<()> {
     let amplification = amplification(args, &mut pair, work)?;
     // 6. Catch-up after a burst.
     let catch_up = catch_up(&args.bandwidth, bandwidth, &mut pair, work)?;
+    // 7. Tracking memory with every owned extent dirty.
+    let tracking = tracking(&mut pair, work)?;
     pair.check_alive()?;
 
     let report = Report {
@@ -292,6 +315,7 @@ pub fn run(args: &Args) -> Result<()> {
         claim_rates,
         amplification,
         catch_up,
+        tracking,
         first_write_claims,
         pull_owner_extents,
         idle_link_bytes_per_second,
@@ -686,6 +710,47 @@ fn catch_up(bandwidth_text: &str, bandwidth: Option<u64>, pair: &mut Pair, work:
     Ok(out)
 }
 
+/// Phase 7: site A writes all of `track` (every extent owned, up to its
+/// `max_owned_extents`) and lets it drain; then, with the link held, writes
+/// it all again, so every owned extent is fully dirty, and reads its RSS and
+/// `tracking_bytes`; then heals and lets it drain.
+fn tracking(pair: &mut Pair, work: &Path) -> Result<Tracking> {
+    let uri = pair.a.uri("track");
+    let region = format!("{TRACK_MIB}m");
+    let pid = pair.a.server.pid();
+    prefill(&uri, &region, work, "track-claim")?;
+    pair.a.wait_durable("track", DRAIN_TIMEOUT)?;
+    let resident_clean = procs::resident_bytes(pid)?;
+    pair.sim.partition_hold()?;
+    let burst = prefill(&uri, &region, work, "track");
+    let dirty = pair.a.status().and_then(|s| s.replication("track"));
+    let resident_dirty = procs::resident_bytes(pid);
+    // Heal first, whatever happened: a held link would stall the rest.
+    pair.sim.heal()?;
+    burst?;
+    let (dirty, resident_dirty) = (dirty?, resident_dirty?);
+    let drain = pair.a.wait_durable("track", DRAIN_TIMEOUT)?;
+    let t = Tracking {
+        owned_extents: dirty.owned_extents,
+        not_durable_bytes: dirty.not_durable_at_peer_bytes,
+        tracking_bytes: dirty.tracking_bytes,
+        resident_clean,
+        resident_dirty,
+        resident_drained: procs::resident_bytes(pid)?,
+        drain_seconds: drain.as_secs_f64(),
+    };
+    eprintln!(
+        "tracking: {} extents owned, {:.0} MiB not durable at B, tracking {} bytes, RSS {:.1} → {:.1} → {:.1} MiB",
+        t.owned_extents,
+        t.not_durable_bytes as f64 / (1 << 20) as f64,
+        t.tracking_bytes.map_or_else(|| "n/a".into(), |b| b.to_string()),
+        t.resident_clean as f64 / (1 << 20) as f64,
+        t.resident_dirty as f64 / (1 << 20) as f64,
+        t.resident_drained as f64 / (1 << 20) as f64,
+    );
+    Ok(t)
+}
+
 // ---------------------------------------------------------------- report
 
 fn used<'a>(runs: &'a [RunRecord], phase: &str, system: &str) -> Vec<&'a RunRecord> {
@@ -995,6 +1060,53 @@ fn print_report(r: &Report) {
         ));
     }
 
+    // Table 6.
+    println!("## Copy tracking memory, every owned extent fully dirty\n");
+    let t = &r.tracking;
+    let mib = |b: u64| format!("{:.1}", b as f64 / (1 << 20) as f64);
+    let per_extent = t.tracking_bytes.filter(|_| t.owned_extents > 0).map(|b| b as f64 / t.owned_extents as f64);
+    let growth_per_extent =
+        (t.owned_extents > 0).then(|| t.resident_dirty.saturating_sub(t.resident_clean) as f64 / t.owned_extents as f64);
+    let rows = vec![vec![
+        t.owned_extents.to_string(),
+        mib(t.not_durable_bytes),
+        t.tracking_bytes.map_or_else(|| "n/a".into(), |b| b.to_string()),
+        per_extent.map_or_else(|| "n/a".into(), |x| format!("{x:.0}")),
+        mib(t.resident_clean),
+        mib(t.resident_dirty),
+        growth_per_extent.map_or_else(|| "n/a".into(), |x| format!("{x:.0}")),
+        mib(t.resident_drained),
+        format!("{:.2}", t.drain_seconds),
+    ]];
+    print!(
+        "{}",
+        table::plain_markdown(
+            &[
+                "owned extents",
+                "not durable at B MiB",
+                "tracking bytes",
+                "tracking bytes per owned extent",
+                "site A RSS clean MiB",
+                "site A RSS dirty MiB",
+                "RSS growth per owned extent, bytes",
+                "site A RSS drained MiB",
+                "drain s",
+            ],
+            &rows
+        )
+    );
+    println!(
+        "\nHow: volume `track` ({TRACK_MIB} MiB, 1 MiB extents, max_owned_extents = its extent count, release_after 5m): site A wrote all \
+         of it (every extent claimed) and let it drain, then with the link held wrote all of it again with fio 1 MiB sequential writes \
+         at QD8, so every owned extent is dirty in every block; RSS is VmRSS of site A's node from /proc, read before the rewrite \
+         (clean), with the link held (dirty) and after the heal once drained; tracking bytes is the node's own count (`tracking_bytes` \
+         in /status: per-extent block bitmaps, copies in flight, the send queue). RSS growth also holds allocator and buffer growth \
+         of the rewrite, so it is an upper bound on what tracking costs.\n"
+    );
+    if let Some(x) = per_extent {
+        checks.push(format!("{} copy tracking: {x:.0} bytes per fully dirty 1 MiB owned extent (target ≤ 1024)", verdict(x <= 1024.0)));
+    }
+
     crate::table::print_targets(&checks);
 }
 
@@ -1006,7 +1118,9 @@ mod tests {
     fn volumes_fit_the_phases() {
         let v = volumes();
         let names: Vec<&str> = v.iter().map(|v| v.name).collect();
-        assert_eq!(names, ["own", "first", "pull", "p0", "p8", "p64", "amp", "burst"]);
+        assert_eq!(names, ["own", "first", "pull", "p0", "p8", "p64", "amp", "burst", "track"]);
+        let track = v.iter().find(|v| v.name == "track").unwrap();
+        assert_eq!(u64::from(track.max_owned_extents) * pair::EXTENT_BYTES, track.size_bytes, "every extent of `track` can be owned");
         assert_eq!(v.iter().find(|v| v.name == "first").unwrap().predict_extents, 0);
         assert_eq!(v.iter().find(|v| v.name == "p64").unwrap().predict_extents, 64);
         // Every fresh-space workload fits its volume and the owned limit.

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod nbd;
 pub mod peer;
 pub mod store;
+pub mod tasks;
 pub mod volume;
 
 use std::net::SocketAddr;
@@ -30,7 +31,7 @@ use anyhow::Context;
 use geomirror_config::NodeConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{Instrument, error, info};
 
 use crate::engine::claims_file::ClaimsFile;
 use crate::engine::{Engine, EngineVolume};
@@ -55,8 +56,18 @@ pub struct BoundAddrs {
 }
 
 /// Runs a node until `shutdown` is cancelled; `ready` receives the bound
-/// addresses once both listeners are up.
+/// addresses once both listeners are up. Everything the node logs carries
+/// its name (the `node` span).
 pub async fn run(
+    config: NodeConfig,
+    shutdown: CancellationToken,
+    ready: Option<tokio::sync::oneshot::Sender<BoundAddrs>>,
+) -> anyhow::Result<()> {
+    let span = tracing::info_span!("node", node = %config.node.name);
+    serve(config, shutdown, ready).instrument(span).await
+}
+
+async fn serve(
     config: NodeConfig,
     shutdown: CancellationToken,
     ready: Option<tokio::sync::oneshot::Sender<BoundAddrs>>,
@@ -75,7 +86,7 @@ pub async fn run(
             extent_bytes: v.extent_size.bytes() as u32,
         };
         let dir = data_dir.clone();
-        let (store, meta) = tokio::task::spawn_blocking(move || FileStore::open_or_create(&dir, &geometry))
+        let (store, meta) = tasks::spawn_blocking(move || FileStore::open_or_create(&dir, &geometry))
             .await
             .context("join the volume opener")?
             .with_context(|| format!("open volume `{}`", v.name))?;
@@ -148,7 +159,7 @@ pub async fn run(
         peer: peer_listener.as_ref().map(|l| l.local_addr()).transpose()?,
     };
     let link_task = match (&link, peer_listener) {
-        (Some(link), Some(listener)) => Some(tokio::spawn(link.clone().run(listener, shutdown.clone()))),
+        (Some(link), Some(listener)) => Some(tasks::spawn(link.clone().run(listener, shutdown.clone()))),
         _ => None,
     };
 
@@ -157,7 +168,7 @@ pub async fn run(
         max_inflight_per_connection: config.nbd.max_inflight_per_connection,
         max_request_bytes: config.nbd.max_request_size.bytes() as u32,
     };
-    let nbd_task = tokio::spawn(nbd::serve(nbd_listener, exports.clone(), limits, shutdown.clone()));
+    let nbd_task = tasks::spawn(nbd::serve(nbd_listener, exports.clone(), limits, shutdown.clone()));
     let admin_state = Arc::new(admin::AdminState {
         name: config.node.name.clone(),
         started,
@@ -167,19 +178,19 @@ pub async fn run(
         link: link.clone(),
         engine: engine.clone(),
     });
-    let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, shutdown.clone()));
+    let admin_task = tasks::spawn(admin::serve(admin_listener, admin_state, shutdown.clone()));
     match (&config.peer, bound.peer) {
         (Some(peer), Some(listen)) => {
-            info!(node = %config.node.name, nbd = %bound.nbd, admin = %bound.admin, peer = %peer.name, peer_listen = %listen, peer_connect = %peer.connect, volumes = config.volumes.len(), "node ready")
+            info!(nbd = %bound.nbd, admin = %bound.admin, peer = %peer.name, peer_listen = %listen, peer_connect = %peer.connect, volumes = config.volumes.len(), "node ready")
         }
-        _ => info!(node = %config.node.name, nbd = %bound.nbd, admin = %bound.admin, volumes = config.volumes.len(), "node ready"),
+        _ => info!(nbd = %bound.nbd, admin = %bound.admin, volumes = config.volumes.len(), "node ready"),
     }
     if let Some(ready) = ready {
         let _ = ready.send(bound);
     }
 
     shutdown.cancelled().await;
-    info!(node = %config.node.name, "shutting down");
+    info!("shutting down");
     let _ = nbd_task.await;
     if let Some(task) = link_task {
         let _ = task.await;
@@ -192,6 +203,6 @@ pub async fn run(
             error!(volume = %volume.name(), error = %e, "failed to flush volume at shutdown");
         }
     }
-    info!(node = %config.node.name, "stopped");
+    info!("stopped");
     Ok(())
 }

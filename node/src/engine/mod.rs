@@ -87,6 +87,10 @@ pub struct Engine {
     /// Readers waiting for the core to accept frames again.
     room: Notify,
     handle: tokio::runtime::Handle,
+    /// The node's span (the caller's at [`Engine::new`]): the parent of
+    /// every line the engine logs and of its blocking I/O, whichever task
+    /// happened to run the core.
+    span: tracing::Span,
 }
 
 impl Engine {
@@ -108,6 +112,7 @@ impl Engine {
             timer: Notify::new(),
             room: Notify::new(),
             handle: tokio::runtime::Handle::current(),
+            span: tracing::Span::current(),
         })
     }
 
@@ -115,9 +120,9 @@ impl Engine {
     pub fn start(self: &Arc<Self>, shutdown: CancellationToken) {
         let me = self.clone();
         let stop = shutdown.clone();
-        tokio::spawn(async move { me.timer_task(stop).await });
+        crate::tasks::spawn(async move { me.timer_task(stop).await });
         let me = self.clone();
-        tokio::spawn(async move {
+        crate::tasks::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -136,7 +141,7 @@ impl Engine {
 
     /// Runs `f` on the core, then carries out its outputs and re-arms the timer.
     fn with_core<R>(self: &Arc<Self>, f: impl FnOnce(&mut NodeCore, Time) -> R) -> R {
-        tracing::trace!(node = %self.node, "core input");
+        tracing::trace!(parent: &self.span, "core input");
         let mut core = self.core.lock().expect("core lock");
         let now = self.now();
         let result = f(&mut core, now);
@@ -179,7 +184,7 @@ impl Engine {
     /// Carries out the core's outputs; nothing here blocks.
     fn execute(self: &Arc<Self>, core: &mut NodeCore) {
         while let Some(output) = core.poll_output() {
-            tracing::trace!(node = %self.node, ?output, "core output");
+            tracing::trace!(parent: &self.span, ?output, "core output");
             match output {
                 Output::Send { session, lane, message } => self.send(session, lane, message),
                 Output::CloseSession { session, reason } => {
@@ -223,7 +228,7 @@ impl Engine {
         let v = volume.0 as usize;
         let store = self.volumes[v].store.clone();
         let file = self.volumes[v].file.clone();
-        self.handle.spawn_blocking(move || {
+        crate::tasks::spawn_blocking_in(&self.handle, self.span.clone(), move || {
             let result = run_io(&*store, &file, op);
             tracing::trace!(token = token.0, ok = result.is_ok(), "I/O done");
             me.with_core(|core, now| core.handle(now, Input::IoDone { token, result }));
@@ -232,25 +237,27 @@ impl Engine {
 
     fn log_event(&self, event: Event) {
         let name = |v: VolumeIndex| self.volumes.get(v.0 as usize).map_or("?", |x| x.name.as_str());
-        let node = &self.node;
+        let parent = &self.span;
         match event {
-            Event::SessionReady { session } => info!(node, session = session.0, "peer link ready (claims synced)"),
-            Event::SessionEnded { session, reason } => info!(node, session = session.0, reason, "peer session ended"),
-            Event::Serving { volume, problem: None } => info!(node, volume = name(volume), "volume matches the peer's; serving"),
+            Event::SessionReady { session } => info!(parent: parent, session = session.0, "peer link ready (claims synced)"),
+            Event::SessionEnded { session, reason } => info!(parent: parent, session = session.0, reason, "peer session ended"),
+            Event::Serving { volume, problem: None } => info!(parent: parent, volume = name(volume), "volume matches the peer's; serving"),
             Event::Serving { volume, problem: Some(p) } => {
-                warn!(node, volume = name(volume), problem = p, "volume not served: it does not match the peer's")
+                warn!(parent: parent, volume = name(volume), problem = p, "volume not served: it does not match the peer's")
             }
             Event::VolumeStopped { volume, reason } => {
-                error!(node, volume = name(volume), reason, "volume stopped: restart the node once the fault is fixed")
+                error!(parent: parent, volume = name(volume), reason, "volume stopped: restart the node once the fault is fixed")
             }
-            Event::StoreFault { volume, doing, fault } => error!(node, volume = name(volume), doing, fault = %fault, "store fault"),
+            Event::StoreFault { volume, doing, fault } => {
+                error!(parent: parent, volume = name(volume), doing, fault = %fault, "store fault")
+            }
             Event::PeerRefused { volume, request, message } => {
-                warn!(node, volume = name(volume), request, message, "the peer refused a request")
+                warn!(parent: parent, volume = name(volume), request, message, "the peer refused a request")
             }
-            Event::StaleCopiesDropped { volume, runs } => debug!(node, volume = name(volume), runs, "stale copies dropped"),
+            Event::StaleCopiesDropped { volume, runs } => debug!(parent: parent, volume = name(volume), runs, "stale copies dropped"),
             Event::HandoverRevoked { volume, extent } => {
                 info!(
-                    node,
+                    parent: parent,
                     volume = name(volume),
                     extent = extent.0,
                     "a handover never applied here was revoked; the peer owns the extent again"
@@ -343,7 +350,7 @@ impl Engine {
 
     /// A frame arrived.
     pub fn frame(self: &Arc<Self>, session: SessionGen, lane: Lane, message: Message) {
-        tracing::trace!(node = %self.node, session = session.0, ?lane, kind = message.kind(), id = ?message.id(), "frame");
+        tracing::trace!(parent: &self.span, session = session.0, ?lane, kind = message.kind(), id = ?message.id(), "frame");
         self.with_core(|core, now| core.handle(now, Input::Frame { session, lane, message }));
     }
 

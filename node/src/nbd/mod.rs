@@ -14,14 +14,13 @@ pub mod handshake;
 pub mod transmission;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use geomirror_wire::nbd::{Command, Errno};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::metrics as m;
 use crate::store::StoreError;
@@ -96,25 +95,23 @@ pub async fn serve(listener: TcpListener, exports: Arc<Exports>, limits: ServerL
         let exports = exports.clone();
         let shutdown = shutdown.clone();
         let open = open.clone();
-        tokio::spawn(async move {
-            serve_connection(stream, peer, exports, limits, shutdown).await;
-            open.decrement(1.0);
-            drop(permit);
-        });
+        let span = tracing::info_span!("host", %peer);
+        crate::tasks::spawn(
+            async move {
+                serve_connection(stream, exports, limits, shutdown).await;
+                open.decrement(1.0);
+                drop(permit);
+            }
+            .instrument(span),
+        );
     }
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    exports: Arc<Exports>,
-    limits: ServerLimits,
-    shutdown: CancellationToken,
-) {
+async fn serve_connection(stream: tokio::net::TcpStream, exports: Arc<Exports>, limits: ServerLimits, shutdown: CancellationToken) {
     let _ = stream.set_nodelay(true);
     let (read_half, mut write_half) = stream.into_split();
     let mut reader = tokio::io::BufReader::with_capacity(crate::limits::NBD_READ_BUFFER_BYTES, read_half);
-    info!(%peer, "host connected");
+    info!("host connected");
     let outcome = tokio::time::timeout(
         crate::limits::NBD_HANDSHAKE_TIMEOUT,
         handshake::negotiate(&mut reader, &mut write_half, &exports, limits.max_request_bytes),
@@ -123,33 +120,37 @@ async fn serve_connection(
     let session = match outcome {
         Ok(Ok(handshake::Outcome::Transmission(session))) => session,
         Ok(Ok(handshake::Outcome::Aborted)) => {
-            info!(%peer, "host disconnected: handshake ended by the client");
+            info!("host disconnected: handshake ended by the client");
             return;
         }
         Ok(Err(e)) => {
             if e.is_protocol_violation() {
                 metrics::counter!(m::NBD_PROTOCOL_ERRORS).increment(1);
-                warn!(%peer, reason = %e, "host disconnected during handshake");
+                warn!(reason = %e, "host disconnected during handshake");
             } else {
-                info!(%peer, reason = %e, "host disconnected during handshake");
+                info!(reason = %e, "host disconnected during handshake");
             }
             return;
         }
         Err(_) => {
             metrics::counter!(m::NBD_PROTOCOL_ERRORS).increment(1);
-            warn!(%peer, "host disconnected: handshake not finished within {:?}", crate::limits::NBD_HANDSHAKE_TIMEOUT);
+            warn!("host disconnected: handshake not finished within {:?}", crate::limits::NBD_HANDSHAKE_TIMEOUT);
             return;
         }
     };
-    let export = session.volume.name().to_string();
-    info!(%peer, %export, structured = session.structured, "host entered transmission");
-    let reason = transmission::serve(reader, write_half, session, limits, shutdown).await;
-    if reason.is_protocol_violation() {
-        metrics::counter!(m::NBD_PROTOCOL_ERRORS).increment(1);
-        warn!(%peer, %export, reason = %reason, "host disconnected");
-    } else {
-        info!(%peer, %export, reason = %reason, "host disconnected");
+    let span = tracing::info_span!("export", volume = %session.volume.name());
+    async move {
+        info!(structured = session.structured, "host entered transmission");
+        let reason = transmission::serve(reader, write_half, session, limits, shutdown).await;
+        if reason.is_protocol_violation() {
+            metrics::counter!(m::NBD_PROTOCOL_ERRORS).increment(1);
+            warn!(reason = %reason, "host disconnected");
+        } else {
+            info!(reason = %reason, "host disconnected");
+        }
     }
+    .instrument(span)
+    .await
 }
 
 /// The NBD error for a failed request: the one mapping from our errors to

@@ -72,7 +72,7 @@ where
 {
     let depth = limits.max_inflight_per_connection;
     let (tx, rx) = mpsc::channel::<Reply>(depth);
-    let writer_task = tokio::spawn(write_replies(writer, rx));
+    let writer_task = crate::tasks::spawn(write_replies(writer, rx));
     let inflight = Arc::new(Semaphore::new(depth));
     let ctx = Arc::new(Context { volume: session.volume, structured: session.structured, max_request_bytes: limits.max_request_bytes });
 
@@ -117,7 +117,7 @@ where
         let permit = inflight.clone().acquire_owned().await.expect("semaphore is never closed");
         let ctx = ctx.clone();
         let tx = tx.clone();
-        tokio::spawn(async move {
+        crate::tasks::spawn(async move {
             let reply = ctx.execute(request, payload, received).await;
             // The writer only goes away when the socket failed; nothing to do then.
             let _ = tx.send(reply).await;
@@ -179,7 +179,6 @@ impl Context {
         let reason = error.to_string();
         if let Some(suppressed) = self.volume.failure_log().admit(&reason) {
             tracing::warn!(
-                volume = %self.volume.name(),
                 command = ?command,
                 offset,
                 length,

@@ -109,7 +109,7 @@ impl PeerLink {
     /// Runs the link until `shutdown`: accepts the peer, and dials it if we
     /// are the dialer.
     pub async fn run(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
-        let acceptor = tokio::spawn(self.clone().accept_loop(listener, shutdown.clone()));
+        let acceptor = crate::tasks::spawn(self.clone().accept_loop(listener, shutdown.clone()));
         if self.config.dials() {
             self.clone().dial_loop(shutdown.clone()).await;
         } else {
@@ -231,7 +231,7 @@ impl PeerLink {
             };
             let _ = tcp.set_nodelay(true);
             let link = self.clone();
-            tokio::spawn(async move {
+            crate::tasks::spawn(async move {
                 if let Err(e) = link.clone().serve_incoming(tcp).await {
                     warn!(%addr, reason = %format!("{e:#}"), "refused a peer connection");
                 }
@@ -292,7 +292,7 @@ impl PeerLink {
                 info!(peer = %self.config.peer_name, session = session.0, "peer link up");
                 self.set_status("up", None);
                 let link = self.clone();
-                tokio::spawn(async move {
+                crate::tasks::spawn(async move {
                     let reason = wait_closed(&handles).await;
                     link.end(session, reason);
                 });
@@ -330,7 +330,7 @@ impl PeerLink {
         let (mut sink, mut stream) = framed.split();
         let (cancel, reason) = (h.cancel.clone(), h.reason.clone());
         let engine = self.engine.clone();
-        tokio::spawn(async move {
+        crate::tasks::spawn(async move {
             let why = loop {
                 let message = tokio::select! {
                     _ = cancel.cancelled() => return,
@@ -351,7 +351,7 @@ impl PeerLink {
         });
         let (cancel, reason) = (h.cancel.clone(), h.reason.clone());
         let engine = self.engine.clone();
-        tokio::spawn(async move {
+        crate::tasks::spawn(async move {
             let why = loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return,

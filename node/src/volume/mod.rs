@@ -254,7 +254,7 @@ impl Volume {
 /// Runs `f` on the blocking pool (store I/O never runs on a runtime
 /// worker); a panic in it is re-raised here.
 pub(crate) async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
-    match tokio::task::spawn_blocking(f).await {
+    match crate::tasks::spawn_blocking(f).await {
         Ok(r) => r,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }

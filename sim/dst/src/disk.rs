@@ -14,7 +14,7 @@ use crate::params::BLOCK_BYTES;
 /// One block: its value and the write that put it there (newer writes have
 /// larger sequence numbers; a sync never makes an older one durable over a newer).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Slot {
+pub struct StoredBlock {
     /// The value.
     pub value: u64,
     /// The write's sequence number.
@@ -25,9 +25,9 @@ pub struct Slot {
 #[derive(Clone, Debug)]
 pub struct Disk {
     /// What reads see.
-    pub volatile: Vec<Slot>,
+    pub volatile: Vec<StoredBlock>,
     /// What survives a crash.
-    pub durable: Vec<Slot>,
+    pub durable: Vec<StoredBlock>,
     /// The claims file's bytes as durable.
     pub claims_file: Option<Vec<u8>>,
     wseq: u64,
@@ -37,8 +37,8 @@ impl Disk {
     /// An empty disk of `blocks` blocks.
     pub fn new(blocks: u64) -> Disk {
         Disk {
-            volatile: vec![Slot::default(); blocks as usize],
-            durable: vec![Slot::default(); blocks as usize],
+            volatile: vec![StoredBlock::default(); blocks as usize],
+            durable: vec![StoredBlock::default(); blocks as usize],
             claims_file: None,
             wseq: 0,
         }
@@ -69,17 +69,17 @@ impl Disk {
                 StoreWrite::Trim { .. } | StoreWrite::Zeroes { .. } => 0,
             };
             self.wseq += 1;
-            self.volatile[(first + i) as usize] = Slot { value, wseq: self.wseq };
+            self.volatile[(first + i) as usize] = StoredBlock { value, wseq: self.wseq };
         }
     }
 
     /// What a sync issued now will make durable.
-    pub fn snapshot(&self) -> Vec<Slot> {
+    pub fn snapshot(&self) -> Vec<StoredBlock> {
         self.volatile.clone()
     }
 
     /// A sync completes: what was written before it was issued is durable.
-    pub fn sync(&mut self, snapshot: &[Slot]) {
+    pub fn sync(&mut self, snapshot: &[StoredBlock]) {
         for (d, s) in self.durable.iter_mut().zip(snapshot) {
             if s.wseq > d.wseq {
                 *d = *s;

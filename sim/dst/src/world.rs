@@ -16,7 +16,7 @@ use geomirror_wire::peer::{Extent, Lane, Message, VolumeIndex};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::disk::{Disk, Slot, buffer_of, value_at};
+use crate::disk::{Disk, StoredBlock, buffer_of, value_at};
 use crate::history::{History, Recorded};
 use crate::invariants;
 use crate::params::{BLOCK_BYTES, Params};
@@ -82,7 +82,7 @@ pub struct Node {
 #[derive(Debug)]
 enum Ev {
     Tick { n: usize, life: u64 },
-    Io { n: usize, life: u64, token: IoToken, snapshot: Option<Vec<Slot>> },
+    Io { n: usize, life: u64, token: IoToken, snapshot: Option<Vec<StoredBlock>> },
     FastWrite { n: usize, life: u64, id: u64, ticket: WriteTicket, data: Bytes },
     FastRead { n: usize, life: u64, id: u64, offset: u64, length: u64 },
     Deliver { to: usize, sid: u64, lane: Lane, message: Message },
@@ -571,7 +571,7 @@ impl World {
         Ok(())
     }
 
-    fn complete_io(&mut self, n: usize, op: &IoOp, snapshot: Option<Vec<Slot>>) -> Result<IoOutcome, IoFault> {
+    fn complete_io(&mut self, n: usize, op: &IoOp, snapshot: Option<Vec<StoredBlock>>) -> Result<IoOutcome, IoFault> {
         let fault = |message: &str| IoFault { kind: IoFaultKind::Io, message: message.into() };
         let faults = self.faults_on();
         match op {

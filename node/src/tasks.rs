@@ -1,0 +1,34 @@
+//! Spawning work so that its logs keep their context: a task or a blocking
+//! job runs inside the span of the code that started it (the node's span,
+//! and below it a host connection's and an export's), so every log line it
+//! writes names the node and, where one is involved, the volume.
+
+use std::future::Future;
+
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+/// `tokio::spawn` inside the caller's span.
+pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(future.in_current_span())
+}
+
+/// `spawn_blocking` on `handle` inside `span` (callable from any thread,
+/// inside or outside the runtime).
+pub fn spawn_blocking_in<R: Send + 'static>(
+    handle: &tokio::runtime::Handle,
+    span: tracing::Span,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> JoinHandle<R> {
+    handle.spawn_blocking(move || span.in_scope(f))
+}
+
+/// `tokio::task::spawn_blocking` inside the caller's span.
+pub fn spawn_blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> JoinHandle<R> {
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
+}
