@@ -400,31 +400,15 @@ fn a_failed_claims_file_write_stops_the_volume_and_grants_nothing() {
 
 #[test]
 fn copies_are_reported_received_then_durable_after_the_grouped_sync() {
-    let mut b = ready_accepter();
-    let claim = Message::Claim { id: RequestId(7), volume: V, counter: Epoch(0), extents: vec![Extent(1)], releases: vec![] };
-    b.handle(t(1), Input::Frame { session: S, lane: Lane::Priority, message: claim });
-    let token = drain(&mut b)
-        .iter()
-        .find_map(|o| if let Output::Io { token, op: IoOp::Persist { .. }, .. } = o { Some(*token) } else { None })
-        .unwrap();
-    b.handle(t(1), Input::IoDone { token, result: Ok(IoOutcome::Done) });
-    drain(&mut b);
-    let item =
-        CopyItem { extent: Extent(1), epoch: Epoch(1), first: BlockIndex(4), count: 1, data: Bytes::from(vec![1u8; BLOCK as usize]) };
-    b.handle(t(2), Input::Frame { session: S, lane: Lane::Bulk, message: Message::Copy { seq: CopySeq(1), volume: V, items: vec![item] } });
-    let write = drain(&mut b)
-        .iter()
-        .find_map(|o| if let Output::Io { token, op: IoOp::Write { .. }, .. } = o { Some(*token) } else { None })
-        .unwrap();
+    let mut b = accepter_that_granted_extent_1();
+    b.handle(t(2), Input::Frame { session: S, lane: Lane::Bulk, message: copy_of_block_4() });
+    let write = io_token(&drain(&mut b), |op| matches!(op, IoOp::Write { .. }));
     b.handle(t(2), Input::IoDone { token: write, result: Ok(IoOutcome::Done) });
     assert!(sends(&drain(&mut b)).is_empty(), "progress waits for the sync linger");
     b.handle(t(20), Input::Tick);
     let out = drain(&mut b);
     assert!(sends(&out).iter().any(|m| matches!(m, Message::CopyProgress { received: CopySeq(1), durable: CopySeq(0), .. })));
-    let sync = out
-        .iter()
-        .find_map(|o| if let Output::Io { token, op: IoOp::Sync, .. } = o { Some(*token) } else { None })
-        .expect("a grouped sync");
+    let sync = io_token(&out, |op| matches!(op, IoOp::Sync));
     b.handle(t(21), Input::IoDone { token: sync, result: Ok(IoOutcome::Done) });
     assert!(sends(&drain(&mut b)).iter().any(|m| matches!(m, Message::CopyProgress { received: CopySeq(1), durable: CopySeq(1), .. })));
 }
@@ -438,4 +422,74 @@ fn a_protocol_violation_closes_the_session_and_changes_nothing() {
     assert!(out.iter().any(|o| matches!(o, Output::CloseSession { reason, .. } if reason.contains("does not exist"))), "{out:?}");
     assert!(!b.is_ready());
     assert!(b.claims(V).extents().next().is_none());
+}
+
+// ------------------------------------------------------------ disk faults
+
+fn eio() -> crate::io::IoFault {
+    crate::io::IoFault { kind: crate::io::IoFaultKind::Io, message: "EIO".into() }
+}
+
+fn io_token(out: &[Output], want: impl Fn(&IoOp) -> bool) -> crate::ids::IoToken {
+    out.iter().find_map(|o| if let Output::Io { token, op, .. } = o { want(op).then_some(*token) } else { None }).expect("the I/O")
+}
+
+/// A ready accepter that granted extent 1 to the peer (epoch 1).
+fn accepter_that_granted_extent_1() -> NodeCore {
+    let mut b = ready_accepter();
+    let claim = Message::Claim { id: RequestId(7), volume: V, counter: Epoch(0), extents: vec![Extent(1)], releases: vec![] };
+    b.handle(t(1), Input::Frame { session: S, lane: Lane::Priority, message: claim });
+    let token = io_token(&drain(&mut b), |op| matches!(op, IoOp::Persist { .. }));
+    b.handle(t(1), Input::IoDone { token, result: Ok(IoOutcome::Done) });
+    drain(&mut b);
+    b
+}
+
+fn copy_of_block_4() -> Message {
+    let item =
+        CopyItem { extent: Extent(1), epoch: Epoch(1), first: BlockIndex(4), count: 1, data: Bytes::from(vec![1u8; BLOCK as usize]) };
+    Message::Copy { seq: CopySeq(1), volume: V, items: vec![item] }
+}
+
+#[test]
+fn a_failed_read_fails_that_request_with_eio_and_the_volume_keeps_serving() {
+    let mut b = ready_accepter();
+    b.handle(t(1), Input::Host { id: HostRequestId(1), volume: V, request: HostRequest::Read { offset: 0, length: 4096 } });
+    let token = io_token(&drain(&mut b), |op| matches!(op, IoOp::Read { .. }));
+    b.handle(t(2), Input::IoDone { token, result: Err(eio()) });
+    let out = drain(&mut b);
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Reply { id: HostRequestId(1), result: Err(crate::io::HostError::Store(_)) })),
+        "{out:?}"
+    );
+    assert!(!b.is_stopped(V) && b.is_serving(V));
+    assert!(b.claims(V).extents().next().is_none(), "no claim changed");
+}
+
+#[test]
+fn a_copy_that_cannot_be_written_is_not_acknowledged() {
+    let mut b = accepter_that_granted_extent_1();
+    b.handle(t(2), Input::Frame { session: S, lane: Lane::Bulk, message: copy_of_block_4() });
+    let write = io_token(&drain(&mut b), |op| matches!(op, IoOp::Write { .. }));
+    b.handle(t(2), Input::IoDone { token: write, result: Err(eio()) });
+    b.handle(t(50), Input::Tick);
+    let out = drain(&mut b);
+    assert!(!sends(&out).iter().any(|m| matches!(m, Message::CopyProgress { .. })), "nothing reported received: {out:?}");
+    assert!(out.iter().any(|o| matches!(o, Output::CloseSession { .. })), "the session ends, so the peer sends it again: {out:?}");
+    assert!(!b.is_stopped(V), "the volume keeps serving");
+}
+
+#[test]
+fn a_failed_sync_of_copies_stops_the_volume_and_reports_nothing_durable() {
+    let mut b = accepter_that_granted_extent_1();
+    b.handle(t(2), Input::Frame { session: S, lane: Lane::Bulk, message: copy_of_block_4() });
+    let write = io_token(&drain(&mut b), |op| matches!(op, IoOp::Write { .. }));
+    b.handle(t(2), Input::IoDone { token: write, result: Ok(IoOutcome::Done) });
+    b.handle(t(20), Input::Tick);
+    let sync = io_token(&drain(&mut b), |op| matches!(op, IoOp::Sync));
+    b.handle(t(21), Input::IoDone { token: sync, result: Err(eio()) });
+    let out = drain(&mut b);
+    assert!(!sends(&out).iter().any(|m| matches!(m, Message::CopyProgress { durable: CopySeq(1), .. })), "not durable: {out:?}");
+    assert!(out.iter().any(|o| matches!(o, Output::Event(crate::io::Event::VolumeStopped { .. }))));
+    assert!(b.is_stopped(V));
 }
