@@ -448,3 +448,42 @@ fn run_io(store: &dyn BlockStore, file: &ClaimsFile, op: IoOp) -> Result<IoOutco
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+    use geomirror_core::{Geometry, Knobs, VolumeSettings};
+
+    fn engine(dir: &std::path::Path, peer_timeout: Duration) -> Arc<Engine> {
+        let geometry = Geometry { block_bytes: 4096, extent_bytes: 1 << 20, size: 16 << 20 };
+        let knobs = Knobs { max_owned: 8, predict: 0, release_after: Duration::from_secs(30) };
+        let config = CoreConfig {
+            node: "site-a".into(),
+            wins_ties: true,
+            peer_timeout,
+            heartbeat_interval: Duration::from_secs(1),
+            volumes: vec![VolumeSettings { name: "vol0".into(), geometry, knobs }],
+        };
+        let volume = EngineVolume { name: "vol0".into(), store: Arc::new(MemoryStore::new(geometry.size)), file: ClaimsFile::new(dir) };
+        Engine::new("site-a", config, vec![volume], vec![ClaimsFileContents::default()])
+    }
+
+    /// Every timer of the core runs on tokio's clock: with the clock paused,
+    /// a write that needs the absent peer fails after `peer_timeout` of
+    /// virtual time, at once in real time.
+    #[tokio::test(start_paused = true)]
+    async fn the_paused_clock_drives_the_cores_timers() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path(), Duration::from_secs(600));
+        let shutdown = CancellationToken::new();
+        e.start(shutdown.clone());
+        let (virtual_start, real_start) = (tokio::time::Instant::now(), std::time::Instant::now());
+        let result = e.write(VolumeIndex(0), 0, Bytes::from(vec![7u8; 4096]), false).await;
+        assert!(matches!(result, Err(HostError::PeerUnavailable(_))), "{result:?}");
+        let waited = virtual_start.elapsed();
+        assert!(waited >= Duration::from_secs(600) && waited < Duration::from_secs(602), "waited {waited:?} of virtual time");
+        assert!(real_start.elapsed() < Duration::from_secs(30), "the wait took real time: {:?}", real_start.elapsed());
+        shutdown.cancel();
+    }
+}
