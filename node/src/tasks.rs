@@ -32,3 +32,12 @@ pub fn spawn_blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static)
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || span.in_scope(f))
 }
+
+/// Runs `f` on the blocking pool (store I/O never runs on a runtime
+/// worker); a panic in it is re-raised here.
+pub async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    match spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}

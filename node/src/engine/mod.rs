@@ -35,7 +35,7 @@ use tracing::{debug, error, info, warn};
 use self::claims_file::ClaimsFile;
 use crate::metrics::ReplicationMetrics;
 use crate::store::{BlockStore, StoreError};
-use crate::volume::blocking;
+use crate::tasks::blocking;
 
 /// The channels of one session's lanes, as the core's sends need them.
 pub struct SessionIo {

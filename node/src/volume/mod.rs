@@ -19,6 +19,7 @@ use crate::engine::Engine;
 use crate::metrics::VolumeMetrics;
 use crate::store::meta::VolumeMeta;
 use crate::store::{BlockStore, StoreError, ZeroMode};
+use crate::tasks::blocking;
 
 /// Why a volume request failed.
 #[derive(Debug, thiserror::Error)]
@@ -248,14 +249,5 @@ impl Volume {
         .await?;
         self.metrics.discards.increment(1);
         Ok(())
-    }
-}
-
-/// Runs `f` on the blocking pool (store I/O never runs on a runtime
-/// worker); a panic in it is re-raised here.
-pub(crate) async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
-    match crate::tasks::spawn_blocking(f).await {
-        Ok(r) => r,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
