@@ -1,7 +1,8 @@
-//! The limits and their relations, with real nodes and real clients: three
+//! The limits and their relations, with real nodes and real clients: four
 //! configurations that were valid and broke the link or failed host I/O
-//! (a prediction longer than a claim message carries; a copy batch of large
-//! blocks larger than a frame; pulls and handovers of extents larger than a
+//! (a prediction longer than a claim message carries; more unconfirmed
+//! releases than a claim message carries; a copy batch of large blocks
+//! larger than a frame; pulls and handovers of extents larger than a
 //! frame). Each now works, and the data reads back at both sites.
 
 mod common;
@@ -35,6 +36,34 @@ fn a_long_sequential_stream_under_a_large_limit_claims_no_more_than_a_message_ca
     assert!(figure(&s.a, "owned_extents") > 4096, "the stream must have claimed far ahead");
     let reads: Vec<String> = (0..8u64).map(|chunk| format!("read -P {:#x} {} 64k", 0x20 + chunk, (chunk * 128 + 77) << 16)).collect();
     qemu_io(&uri(&s.b), &reads);
+    for node in [&s.a, &s.b] {
+        node.assert_no_unexpected_warnings(&[]);
+    }
+}
+
+#[test]
+fn more_releases_than_a_claim_carries_do_not_fail_the_next_claim() {
+    require_tool("qemu-io");
+    // 4 KiB extents under a limit of 20000: 8192 extents owned, then all
+    // released when idle; the next claim must not carry all 8192 releases
+    // (the peer refuses more than 4096 per message).
+    let s = TwoSites::start(TwoSiteOptions {
+        volume_size: "64MiB",
+        extent_size: "4KiB",
+        max_owned_extents: 20000,
+        predict_extents: 64,
+        release_after: "1s",
+        rtt: Some("2ms"),
+        ..Default::default()
+    });
+    for chunk in 0..4u64 {
+        let cmds: Vec<String> = (0..128u64).map(|i| format!("write -P 0x5{chunk} {} 64k", (chunk * 128 + i) << 16)).collect();
+        qemu_io(&uri(&s.a), &cmds);
+    }
+    assert!(figure(&s.a, "owned_extents") >= 8192, "A owns the 32 MiB it wrote: {}", status(&s.a));
+    assert!(eventually(Duration::from_secs(30), || figure(&s.a, "owned_extents") == 0), "A releases every idle extent: {}", status(&s.a));
+    qemu_io(&uri(&s.a), &["write -P 0x61 40M 4k".into(), "read -P 0x61 40M 4k".into()]);
+    qemu_io(&uri(&s.b), &["read -P 0x61 40M 4k".into(), "read -P 0x53 30M 64k".into()]);
     for node in [&s.a, &s.b] {
         node.assert_no_unexpected_warnings(&[]);
     }

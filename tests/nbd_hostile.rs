@@ -100,6 +100,17 @@ fn oversized_and_out_of_range_requests_get_errors_and_change_nothing() {
         c.disconnect();
     }
     assert_data_intact(&n);
+    // Each kind of refusal is traceable to a log line naming its reason.
+    let logs = n.node.logs();
+    for reason in
+        ["a READ of length 0", "a READ longer than the maximum block size", "a command that was not advertised", "outside the volume"]
+    {
+        assert!(
+            logs.iter().any(|l| l.contains("host request failed") && l.contains(reason)),
+            "no log line for `{reason}`:\n{}",
+            logs.join("\n")
+        );
+    }
 }
 
 #[test]

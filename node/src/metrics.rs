@@ -121,14 +121,17 @@ pub const PEER_OWNED_EXTENTS: &str = "geomirror_peer_owned_extents";
 pub const UNSENT_BYTES: &str = "geomirror_unsent_bytes";
 /// Bytes written here and not yet durable at the peer.
 pub const NOT_DURABLE_AT_PEER_BYTES: &str = "geomirror_not_durable_at_peer_bytes";
-/// Block bytes sent on the copy stream (zero runs count as their block size
-/// in `..._logical`, and as nothing here).
+/// Block bytes sent on the copy stream (runs of zeroes are sent without
+/// data and count nothing here).
 pub const COPY_SENT_BYTES: &str = "geomirror_copy_sent_bytes_total";
-/// Frame bytes sent to the peer, by lane.
+/// Frame bytes (with their 4-byte length prefix, without TLS) of one
+/// volume's copy-stream messages (copies, progress, releases): label
+/// `lane="bulk"`.
 pub const PEER_SENT_BYTES: &str = "geomirror_peer_sent_bytes_total";
-/// Copy messages applied from the peer.
+/// Copy runs applied from the peer.
 pub const COPIES_APPLIED: &str = "geomirror_copies_applied_total";
-/// Copy messages dropped because their epoch was stale.
+/// Copy runs from the peer dropped: stale (an older epoch), or the volume
+/// is not served.
 pub const COPIES_STALE: &str = "geomirror_copies_stale_total";
 /// Claims granted to the peer.
 pub const CLAIMS_GRANTED: &str = "geomirror_claims_granted_total";

@@ -4,8 +4,9 @@
 //! views at session start. Pure state: the node core decides when to call
 //! what, and carries out the I/O and messages these methods imply.
 //!
-//! Invariants (DESIGN.md section 3), checked by [`Claims::check`] in tests
-//! and in the simulator after every step:
+//! Invariants enforced here (the simulator's `invariants/` checks them after
+//! every step; [`Claims::check`] only verifies that the internal counts and
+//! indexes agree):
 //! - an extent is in at most one of own claims and the claims record;
 //! - writes are admitted only to owned extents that are not being handed
 //!   out and have no peer data being applied;
@@ -24,6 +25,7 @@ use geomirror_wire::peer::{BlockIndex, ClaimOutcome, CopySeq, Epoch, Extent, Ext
 use crate::claims_file::ClaimsFileContents;
 use crate::config::VolumeSettings;
 use crate::geometry::Geometry;
+use crate::limits::CLAIM_EXTENTS_MAX;
 use crate::time::Time;
 use crate::tracking::{CountDelta, Dirt};
 
@@ -231,8 +233,9 @@ impl PendingRelease {
 pub struct ClaimsFigures {
     /// Extents we own.
     pub owned_extents: u64,
-    /// Extents taking a place in the owned-extent budget (owned, being
-    /// claimed or acquired).
+    /// Extents taking a place in the owned-extent budget: owned, claiming
+    /// (claims whose answer was lost included), acquiring, receiving, and
+    /// unconfirmed gives.
     pub budget_used: u64,
     /// Extents in our claims record.
     pub peer_owned_extents: u64,
@@ -263,7 +266,8 @@ pub struct Claims {
     /// Releases to send on the bulk lane (once durable here).
     releases: Vec<PendingRelease>,
     /// Releases the peer has not confirmed applying. They ride on every
-    /// claim (a claim may overtake a release), and a lost one is sent again
+    /// claim and handover request (one may overtake a release; see
+    /// [`Claims::releases_to_carry`]), and a lost one is sent again
     /// at the next session's sync instead of the extent being taken back.
     released: BTreeMap<Extent, PendingRelease>,
     /// Store syncs issued so far, and the latest completed (a release
@@ -570,8 +574,9 @@ impl Claims {
     }
 
     /// Extents to claim ahead of `e`: after a sequential run of claims, the
-    /// next clean extents, doubling with the run's length (up to a quarter
-    /// of the limit, and never more than one claim message carries).
+    /// next clean extents, doubling with the run's length (at most 64 times
+    /// `predict`, the volume's `predict_ceiling` and the room left under
+    /// the limit).
     fn predict(&mut self, e: Extent) -> Vec<Extent> {
         if self.predict == 0 {
             return Vec::new();
@@ -680,9 +685,22 @@ impl Claims {
         self.syncs_done = self.syncs_done.max(n);
     }
 
-    /// Our releases the peer has not confirmed, to ride on a claim.
+    /// Our releases the peer has not confirmed.
     pub fn unconfirmed_releases(&self) -> Vec<ExtentClaim> {
         self.released.values().map(|r| r.claim).collect()
+    }
+
+    /// The unconfirmed releases a claim or handover request carries: the
+    /// oldest [`CLAIM_EXTENTS_MAX`] (the peer refuses more in one message).
+    /// The rest ride on later requests; each one is also sent on the bulk
+    /// lane, and the next session's sync confirms what was applied.
+    pub fn releases_to_carry(&self) -> Vec<ExtentClaim> {
+        let mut all: Vec<&PendingRelease> = self.released.values().collect();
+        if all.len() > CLAIM_EXTENTS_MAX {
+            all.sort_by_key(|r| (r.file_version, r.claim.extent));
+            all.truncate(CLAIM_EXTENTS_MAX);
+        }
+        all.into_iter().map(|r| r.claim).collect()
     }
 
     /// Whether every unconfirmed release may leave (see [`PendingRelease::ready`]):
@@ -709,9 +727,9 @@ impl Claims {
         }
     }
 
-    /// A write admitted by [`begin_write`](Self::begin_write) reached the
-    /// store (`ok`) or failed (it may have written part of the range): its
-    /// blocks join the copy stream either way.
+    /// A write admitted by [`begin_write`](Self::begin_write) ended,
+    /// successfully or not (a failed one may have written part of the
+    /// range): its blocks join the copy stream either way.
     pub fn end_write(&mut self, offset: u64, length: u64, now: Time) {
         for i in self.geometry.extents_of(offset, length) {
             if let Some(ExtentState::Owned(o)) = self.extents.get_mut(&Extent(i)) {
@@ -836,7 +854,8 @@ impl Claims {
 
     /// Our handover request failed without a grant (refused, or its session
     /// ended): the peer still owns the extent. A handover whose blocks were
-    /// partly received goes back too: the peer revokes its give at the next sync.
+    /// partly received goes back too: at the next sync we revoke the peer's
+    /// give (at a fresh epoch) and the peer adopts the extent from our record.
     pub fn on_handover_failed(&mut self, e: Extent) {
         match self.extents.get(&e).cloned() {
             Some(ExtentState::Acquiring { released: true, .. }) => self.set(e, None),
@@ -849,7 +868,8 @@ impl Claims {
     }
 
     /// A handover to us could not be applied here: the extent goes back to
-    /// the peer at its old epoch (the peer revokes its give at the next sync).
+    /// the peer at its old epoch (at the next sync we revoke the give, and
+    /// the peer adopts the extent from our record).
     pub fn on_receive_failed(&mut self, e: Extent) {
         if let Some(ExtentState::Receiving { from, stage: ReceivingStage::Applying { .. }, .. }) = self.extents.get(&e).cloned() {
             self.set(e, Some(ExtentState::PeerOwned { epoch: from }));
@@ -978,7 +998,8 @@ impl Claims {
     }
 
     /// A handover we were asked for will not be given (its session ended
-    /// while writes were in flight): writes to the extent may go on.
+    /// before the give was committed, or reading its blocks failed): writes
+    /// to the extent may go on.
     pub fn abandon_handover(&mut self, e: Extent) {
         if let Some(ExtentState::Owned(o)) = self.extents.get_mut(&e) {
             o.handing_out = false;
@@ -1051,7 +1072,7 @@ impl Claims {
         let mut revoked = Vec::new();
         // Handovers the peer gave us and we never applied (the reply was
         // lost with the link): the peer's store holds the newest data, so
-        // the give is revoked: the peer owns it again, one epoch later.
+        // the give is revoked: the peer owns it again, at a fresh epoch.
         for c in peer_gives.iter().filter(|c| c.extent.0 < extents) {
             // Applied (or overtaken since): we own it at that epoch or
             // later; our record has the peer owning it at that epoch or later
@@ -1074,9 +1095,9 @@ impl Claims {
                 revoked.push(c.extent);
             }
         }
-        // Releases not yet sent belong to the old session: the peer still
-        // records those extents as ours, so they are adopted below and
-        // released again later.
+        // Releases not yet sent belong to the old session and are dropped
+        // here; those the peer still records at the released epoch are
+        // queued again below (from `released`) rather than adopted.
         self.releases.clear();
         for c in peer_own.iter().filter(|c| c.extent.0 < extents) {
             self.observe_counter(c.epoch);
@@ -1096,8 +1117,7 @@ impl Claims {
                     self.set(c.extent, Some(ExtentState::Acquiring { epoch: c.epoch, regranted, released: false }))
                 }
                 Some(ExtentState::Owned(o)) if c.epoch > o.epoch && o.writes_in_flight == 0 => {
-                    // Both sides own it: the newer grant wins. Only a forced
-                    // takeover can cause this.
+                    // Both sides own it (not expected): the newer grant wins.
                     self.set(c.extent, Some(ExtentState::PeerOwned { epoch: c.epoch }));
                 }
                 _ => {}

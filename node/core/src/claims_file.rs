@@ -1,5 +1,6 @@
 //! The byte format of a volume's claims file: the epoch counter, the own
-//! claims, the claims record (the peer's claims) and the unconfirmed gives.
+//! claims, the claims record (the peer's claims), the unconfirmed gives and
+//! the unconfirmed releases.
 //! Pure encode and decode; the runtime (or the simulator) stores the bytes.
 //!
 //! Layout (little-endian; `docs/on-disk.md`): `magic "GMCLAIM3" | counter

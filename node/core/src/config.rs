@@ -14,7 +14,8 @@ pub struct Knobs {
     /// Most extents owned at once (the exposure bound).
     pub max_owned: usize,
     /// Extents claimed ahead of a sequential stream (grows along the stream,
-    /// clamped to [`PREDICT_EXTENTS_MAX`] and a quarter of the limit).
+    /// up to [`VolumeSettings::predict_ceiling`]: the larger of this and a quarter of
+    /// the limit, at most [`PREDICT_EXTENTS_MAX`]).
     pub predict: u32,
     /// Idle time before an extent durable at the peer is released.
     pub release_after: Duration,
@@ -34,14 +35,16 @@ pub struct VolumeSettings {
 /// Everything the core of one node needs to know at start.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CoreConfig {
-    /// This node's name (for events).
+    /// This node's name (informational: the core decides nothing by it;
+    /// `wins_ties` is derived from it).
     pub node: String,
     /// Whether this node wins ties between concurrent claims of one extent
     /// (the node whose name sorts first does; the other concedes).
     pub wins_ties: bool,
     /// How long a request that needs the peer waits for it.
     pub peer_timeout: Duration,
-    /// Heartbeat period on an idle session.
+    /// Period of the dialer's heartbeats (sent whether or not other traffic
+    /// flows); a session idle for `peer_timeout + heartbeat_interval` ends.
     pub heartbeat_interval: Duration,
     /// The volumes, in the order of the hello's list.
     pub volumes: Vec<VolumeSettings>,
@@ -121,8 +124,10 @@ impl VolumeSettings {
         Ok(())
     }
 
-    /// The prediction depth ceiling for this volume: a quarter of the limit,
-    /// never more than one claim message can carry.
+    /// The prediction depth ceiling for this volume: the larger of
+    /// `predict` and a quarter of the limit, never more than one claim
+    /// message can carry (each claim is also limited to the room left
+    /// under the limit).
     pub fn predict_ceiling(&self) -> u64 {
         (self.knobs.max_owned as u64 / 4).max(u64::from(self.knobs.predict)).min(PREDICT_EXTENTS_MAX)
     }

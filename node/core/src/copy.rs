@@ -3,10 +3,11 @@
 //! turns received copies into durable ones.
 //!
 //! Receiving: copies and handover blocks are written to the store one job
-//! at a time, in arrival order, each run checked against the extent's
-//! current epoch just before it is written; host writes to an extent wait
-//! while peer data for it is being written. Received copies are reported at
-//! once and again after the grouped fdatasync (received, then durable).
+//! at a time, in arrival order, each copy run checked against the extent's
+//! current epoch just before it is written (handover blocks were checked
+//! on arrival); host writes to an extent wait while peer data for it is
+//! being written. Applied copies are reported received when the grouped
+//! fdatasync starts (after `COPY_SYNC_LINGER`), and durable when it ends.
 //!
 //! Sending: batches of unsent blocks are read back from the store and sent
 //! in order (each batch reserves its place on the bulk lane), within a
@@ -51,8 +52,14 @@ impl NodeCore {
             }
         };
         let Some(epoch) = self.volumes[vi].claims.commit_give(extent) else {
+            // Not expected: while its blocks are read the extent stays owned
+            // and handed out (a session end removes the give first). Answer
+            // as for a failed read, so the requester does not wait in vain.
             self.volumes[vi].gives.remove(&extent);
             self.peer_request_done();
+            if self.is_session(session) {
+                self.send(Lane::Priority, Message::Error { id, message: "the extent is no longer ours to give".into() });
+            }
             return;
         };
         let counter = self.volumes[vi].claims.counter();

@@ -232,7 +232,7 @@ impl NodeCore {
             }
             WriteAccess::Claim(extents) => {
                 self.tasks.get_mut(&id).expect("exists").waited = true;
-                let releases = self.volumes[vi].claims.unconfirmed_releases();
+                let releases = self.volumes[vi].claims.releases_to_carry();
                 let pending = Pending::Claim { volume: vi, extents: extents.clone(), releases: releases.clone() };
                 self.request_with_releases(vi, pending, move |id| Message::Claim { id, volume, counter, extents, releases });
                 self.changed.insert(vi);
@@ -240,7 +240,7 @@ impl NodeCore {
             }
             WriteAccess::Handover(extent) => {
                 self.tasks.get_mut(&id).expect("exists").waited = true;
-                let releases = self.volumes[vi].claims.unconfirmed_releases();
+                let releases = self.volumes[vi].claims.releases_to_carry();
                 let pending = Pending::Handover { volume: vi, extent, releases: releases.clone() };
                 self.request_with_releases(vi, pending, move |id| Message::Handover { id, volume, counter, extent, releases });
                 self.changed.insert(vi);

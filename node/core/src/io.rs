@@ -348,8 +348,9 @@ pub enum Event {
         runs: usize,
     },
     /// A handover the peer gave us was never applied here (its answer was
-    /// lost with the link): at the session-start sync it is revoked, and the
-    /// peer owns the extent again (its store has the newest data).
+    /// lost with the link, or applying it failed): at the session-start
+    /// sync it is revoked, and the peer owns the extent again (its store
+    /// has the newest data).
     HandoverRevoked {
         /// The volume.
         volume: VolumeIndex,

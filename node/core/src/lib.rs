@@ -32,7 +32,8 @@
 //! clippy's `disallowed-methods`/`disallowed-types`), and no iteration in an
 //! order that changes from run to run. A seed replays a simulated run exactly.
 //!
-//! Invariants (DESIGN.md section 3), enforced here: a write is acknowledged
+//! Invariants (the design's seven; ARCHITECTURE.md says where each is
+//! enforced and checked), enforced here: a write is acknowledged
 //! only on an owned extent whose claim the peer made durable before granting
 //! it ([`claims`], [`peer`](NodeCore)); a read is served from the own store
 //! only where the peer owns nothing; an extent is released only after its

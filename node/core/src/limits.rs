@@ -6,8 +6,10 @@ use std::time::Duration;
 use geomirror_config::defaults::{BLOCK_BYTES_MAX, EXTENT_BYTES_MAX};
 use geomirror_wire::peer::{DATA_BYTES_MAX, FRAME_BYTES_MAX, FRAME_OVERHEAD_BYTES_MAX};
 
-/// Extents one claim may name; the peer answers a larger claim with an
-/// error. Our own claims never exceed it: prediction is clamped below it.
+/// Extents one claim may name, and releases one claim or handover request
+/// may carry; the peer answers a larger request with an error. Ours never
+/// exceed it: prediction is clamped below it, and a request carries the
+/// oldest unconfirmed releases up to it (the rest follow on later ones).
 pub const CLAIM_EXTENTS_MAX: usize = 4096;
 /// Extents a claim may ask for beyond the demanded one (prediction depth).
 pub const PREDICT_EXTENTS_MAX: u64 = CLAIM_EXTENTS_MAX as u64 - 1;
@@ -42,11 +44,12 @@ pub const APPLY_QUEUE_MAX: usize = 64;
 pub const PULL_BYTES_MAX: u64 = DATA_BYTES_MAX as u64;
 /// Block bytes in one handover message; more are sent as parts before the reply.
 pub const HANDOVER_PART_BYTES_MAX: u64 = DATA_BYTES_MAX as u64;
-/// After a pull answered "not the owner", the piece is asked again after
-/// this (or sooner, when the extent's state changes).
+/// After a pull answered "not the owner", the piece is looked at again once
+/// this has passed (not sooner).
 pub const PULL_RETRY_DELAY: Duration = Duration::from_millis(5);
-/// Longest a host write waits for room under the owned-extent limit while
-/// the link is up (the copy stream is making extents releasable); then EIO.
+/// Longest a host write waits, while the link is up, for room under the
+/// owned-extent limit (the copy stream is making extents releasable) or for
+/// its extents to leave a transition; then EIO.
 pub const BACKPRESSURE_WAIT_MAX: Duration = Duration::from_secs(300);
 /// Period of the housekeeping pass: idle releases, lazy writes of the
 /// claims file.
@@ -69,7 +72,10 @@ pub const SYNC_ROUNDS: u32 = 2;
 pub const VOLUMES_MAX: usize = 1024;
 
 const _: () = assert!(PREDICT_EXTENTS_MAX < CLAIM_EXTENTS_MAX as u64, "a predicted claim fits one message");
-const _: () = assert!(CLAIM_EXTENTS_MAX * 16 + 64 <= FRAME_BYTES_MAX, "a claim of the largest size fits one frame");
+const _: () = assert!(
+    CLAIM_EXTENTS_MAX * 10 + CLAIM_EXTENTS_MAX * 20 + 64 <= FRAME_BYTES_MAX,
+    "a claim of the largest size, with its releases, fits one frame"
+);
 const _: () = assert!(BLOCK_BYTES_MAX <= COPY_BATCH_BYTES_MAX, "a copy batch holds at least one block");
 const _: () = assert!(
     COPY_BATCH_BYTES_MAX as usize + COPY_BATCH_RUNS_MAX * 64 <= FRAME_BYTES_MAX,

@@ -140,7 +140,8 @@ pub struct VolumeCounters {
     pub claims_granted: u64,
     /// Copy runs applied from the peer.
     pub copies_applied: u64,
-    /// Copy runs from the peer dropped as stale.
+    /// Copy runs from the peer dropped: stale (an older epoch), or the
+    /// volume is not served.
     pub copies_stale: u64,
     /// Payload bytes of copies sent (zero runs not counted).
     pub copy_sent_bytes: u64,
@@ -717,9 +718,9 @@ impl NodeCore {
         }
     }
 
-    /// Idle releases (only with a ready session: releasing while the peer is
-    /// unreachable would make the next session adopt the extent again) and
-    /// lazy writes of the claims file.
+    /// Idle releases (only with a ready session: releases are sent and
+    /// confirmed on one, and an idle extent kept owned meanwhile costs
+    /// nothing) and lazy writes of the claims file.
     fn housekeeping(&mut self) {
         let ready = self.session.as_ref().is_some_and(|s| s.ready);
         for vi in 0..self.volumes.len() {

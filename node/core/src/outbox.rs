@@ -1,7 +1,8 @@
 //! One lane's outgoing queue. Messages leave in the order the core produced
-//! them; a reply that waits on I/O (a durable claims file, block data)
-//! reserves its place and is filled in later, holding back everything
-//! behind it. This is what keeps, for example, a claim's grant ahead of a
+//! them; a message that waits on I/O (a reply waiting for the claims file
+//! or a read, a copy waiting for its blocks, a request waiting for the
+//! releases it carries to be durable) reserves its place and is filled in
+//! later, holding back everything behind it. This is what keeps, for example, a claim's grant ahead of a
 //! later handover request for the same extent on the same lane.
 
 use std::collections::VecDeque;

@@ -1,7 +1,10 @@
 //! Frames from the peer: validation, then each request and answer applied
-//! to the state. Anything malformed, unexpected or out of range closes the
-//! session with the reason (the peer reconnects and the session-start sync
-//! puts both views back together); nothing in a frame can panic the node.
+//! to the state. A frame that breaks the protocol (wrong lane, unknown
+//! volume or request, bad runs) closes the session with the reason (the
+//! dialer reconnects and the session-start sync puts both views back
+//! together); a well-formed request with bad arguments (out of range, too
+//! many extents or releases) is answered with `Error`. Nothing in a frame
+//! can panic the node.
 
 use geomirror_wire::peer::{BlockRun, ClaimOutcome, CopyItem, Epoch, Extent, Lane, Message, RequestId, VolumeIndex};
 

@@ -27,7 +27,8 @@ pub(crate) enum Pending {
 /// The session-start sync of one volume.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct SyncProgress {
-    /// Rounds finished (dialer: answered and durable; accepter: answered).
+    /// Rounds finished (dialer: answered and durable; accepter: syncs
+    /// received, their answers waiting for the merge to be durable).
     pub rounds: u32,
     /// A round is in progress (dialer).
     pub in_flight: bool,
@@ -174,8 +175,10 @@ impl NodeCore {
         }
     }
 
-    /// Undoes what depended on the session: requests fail, gives not yet
-    /// given are abandoned, held frames and queued copies are dropped.
+    /// Undoes what depended on the session: our requests are settled as
+    /// lost (claims become unknown, handovers go back, pulls are asked
+    /// again), gives not yet given are abandoned, held frames and queued
+    /// copies are dropped.
     pub(crate) fn end_session(&mut self, reason: String) {
         let Some(s) = self.session.take() else { return };
         for (_, pending) in s.requests {
@@ -222,8 +225,8 @@ impl NodeCore {
                 continue;
             }
             if v.file.durable < v.claims.file_version() {
-                // The sync tells the peer what our record says: only what
-                // is durable here (the peer may act on it at once).
+                // The sync tells the peer what our claims file says: only
+                // what is durable here (the peer may act on it at once).
                 self.want_durable(vi);
                 continue;
             }
@@ -296,8 +299,9 @@ impl NodeCore {
         }
     }
 
-    /// Holds the accepter's sync of a volume that is receiving a handover
-    /// (and everything after it on the lane) until the handover is applied.
+    /// Holds a `Sync` (accepter) or `SyncReply` (dialer) of a volume that is
+    /// receiving a handover, and everything after it on the lane, until the
+    /// handover is applied and our ownership of it is durable.
     pub(crate) fn must_hold(&self, message: &Message) -> bool {
         match message {
             Message::Sync { volume, .. } => self.volumes.get(volume.0 as usize).is_some_and(|v| v.claims.is_receiving()),

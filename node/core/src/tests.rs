@@ -172,6 +172,24 @@ fn idle_release_waits_for_durability_and_idleness() {
 }
 
 #[test]
+fn a_request_carries_no_more_releases_than_the_peer_accepts_and_the_rest_follow() {
+    let n = crate::limits::CLAIM_EXTENTS_MAX as u64 + 904;
+    let mut a = Claims::new(&settings(n + 1, n as usize + 1, 0), true);
+    for e in 0..n {
+        own(&mut a, e, t(0));
+    }
+    a.note_sync_issued(1);
+    a.note_sync_done(1);
+    assert_eq!(a.release_idle(t(5000)), n as usize);
+    let carried = a.releases_to_carry();
+    assert_eq!(carried.len(), crate::limits::CLAIM_EXTENTS_MAX, "one request carries at most what the peer accepts");
+    assert_eq!(carried[0], ExtentClaim { extent: Extent(0), epoch: Epoch(1) }, "the oldest first");
+    assert_eq!(a.unconfirmed_releases().len() as u64, n, "every release stays until confirmed");
+    a.confirm_releases(&carried);
+    assert_eq!(a.releases_to_carry().len(), 904, "the rest ride on the next request");
+}
+
+#[test]
 fn write_combining_sends_a_block_once_and_a_rewrite_in_flight_stays_dirty() {
     let mut a = Claims::new(&settings(16, 8, 0), true);
     own(&mut a, 0, t(0));

@@ -2,8 +2,9 @@
 //!
 //! The reader decodes headers (and WRITE payloads) and spawns one task per
 //! request, holding a permit of a per-connection semaphore: at
-//! `max_inflight_per_connection` the reader stops reading the socket
-//! (back-pressure). Tasks send finished replies to one writer task, which
+//! `max_inflight_per_connection` the reader, having read the next request
+//! (up to `max_request_size` of payload), waits for a permit before
+//! reading more (back-pressure). Tasks send finished replies to one writer task, which
 //! batches them into a buffered socket writer and flushes when it has
 //! nothing more queued.
 
@@ -176,7 +177,16 @@ impl Context {
     /// counted and summed up in the next line, not repeated).
     fn failed(&self, command: Command, offset: u64, length: u64, error: &crate::volume::VolumeError) -> Errno {
         let errno = errno_for(command, error);
-        let reason = error.to_string();
+        self.log_failure(command, offset, length, errno, error.to_string())
+    }
+
+    /// A request refused before it reached the volume (the protocol's
+    /// rules), logged like any other failure.
+    fn refused(&self, command: Command, offset: u64, length: u64, errno: Errno, reason: &str) -> Errno {
+        self.log_failure(command, offset, length, errno, format!("request refused: {reason}"))
+    }
+
+    fn log_failure(&self, command: Command, offset: u64, length: u64, errno: Errno, reason: String) -> Errno {
         if let Some(suppressed) = self.volume.failure_log().admit(&reason) {
             tracing::warn!(
                 command = ?command,
@@ -198,12 +208,15 @@ impl Context {
         let (offset, length) = (request.offset, u64::from(request.length));
         let fua = request.flags & cflag::FUA != 0;
         let command = request.command;
+        let refuse = |errno, reason: &str| Err(self.refused(command, offset, length, errno, reason));
         let result: Result<(Op, Option<Bytes>), Errno> = if request.flags & cflag::PAYLOAD_LEN != 0 {
-            Err(Errno::Inval) // extended headers were not negotiated
+            refuse(Errno::Inval, "the PAYLOAD_LEN flag needs extended headers, which were not negotiated")
         } else {
             match command {
-                Command::Read if length == 0 => Err(Errno::Inval),
-                Command::Read if request.length > self.max_request_bytes => Err(Errno::Overflow),
+                Command::Read if length == 0 => refuse(Errno::Inval, "a READ of length 0"),
+                Command::Read if request.length > self.max_request_bytes => {
+                    refuse(Errno::Overflow, &format!("a READ longer than the maximum block size {}", self.max_request_bytes))
+                }
                 Command::Read => volume
                     .read(offset, request.length)
                     .await
@@ -212,7 +225,7 @@ impl Context {
                 Command::Write => {
                     let data = payload.expect("the reader attaches a WRITE's payload");
                     if data.is_empty() {
-                        Err(Errno::Inval)
+                        refuse(Errno::Inval, "a WRITE of length 0")
                     } else {
                         volume
                             .write(offset, data, fua)
@@ -222,11 +235,11 @@ impl Context {
                     }
                 }
                 Command::Flush => volume.flush().await.map(|()| (Op::Flush, None)).map_err(|e| self.failed(command, offset, length, &e)),
-                Command::Trim if length == 0 => Err(Errno::Inval),
+                Command::Trim if length == 0 => refuse(Errno::Inval, "a TRIM of length 0"),
                 Command::Trim => {
                     volume.trim(offset, length, fua).await.map(|()| (Op::Trim, None)).map_err(|e| self.failed(command, offset, length, &e))
                 }
-                Command::WriteZeroes if length == 0 => Err(Errno::Inval),
+                Command::WriteZeroes if length == 0 => refuse(Errno::Inval, "a WRITE_ZEROES of length 0"),
                 Command::WriteZeroes => {
                     let mode = if request.flags & cflag::NO_HOLE != 0 { ZeroMode::KeepAllocated } else { ZeroMode::MayUnmap };
                     let fast_only = request.flags & cflag::FAST_ZERO != 0;
@@ -237,7 +250,9 @@ impl Context {
                         .map_err(|e| self.failed(command, offset, length, &e))
                 }
                 // Not advertised, or unknown: the spec's answer is EINVAL.
-                Command::Cache | Command::BlockStatus | Command::Resize | Command::Unknown(_) | Command::Disc => Err(Errno::Inval),
+                Command::Cache | Command::BlockStatus | Command::Resize | Command::Unknown(_) | Command::Disc => {
+                    refuse(Errno::Inval, "a command that was not advertised")
+                }
             }
         };
         let mut header = BytesMut::with_capacity(32);

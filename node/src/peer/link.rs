@@ -39,7 +39,7 @@ pub struct LinkConfig {
     pub listen: SocketAddr,
     /// Where we reach the peer.
     pub connect: SocketAddr,
-    /// How long a hello may take.
+    /// Bounds the TLS handshake and the hello of a new connection.
     pub peer_timeout: Duration,
 }
 
@@ -257,7 +257,7 @@ impl PeerLink {
         } else if node != self.config.peer_name {
             refusal = format!("node `{node}` is not the configured peer `{}`", self.config.peer_name);
         } else if self.config.dials() {
-            refusal = format!("both nodes think they accept: `{}` dials `{}`", self.config.own_name, self.config.peer_name);
+            refusal = format!("both nodes think they dial: `{}` dials `{}`", self.config.own_name, self.config.peer_name);
         }
         let volume_errors = compare_volumes(&self.volumes, &volumes);
         let reply = Message::HelloReply {

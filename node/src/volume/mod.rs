@@ -28,7 +28,8 @@ pub enum VolumeError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The request needs the peer (a claim, a handover, a pull) and the
-    /// peer could not be reached within `peer_timeout`.
+    /// peer was unreachable within `peer_timeout` or refused it, or a write
+    /// waited too long for room under the owned-extent limit.
     #[error("peer unavailable: {0}")]
     PeerUnavailable(String),
     /// The volume is not served (it does not match the peer's, or a fault stopped it).

@@ -9,7 +9,8 @@
 //!   its node crashed before answering); if it did, it did so within its
 //!   interval;
 //! - a *havoc* marks a crash that lost writes not yet flushed: at that
-//!   instant the register may hold any value written before it.
+//!   instant the register may hold any value written so far or anywhere in
+//!   the same piece (a superset of what the crash can leave: conservative).
 //!
 //! The history is cut at quiescent points (no operation in flight) and the
 //! pieces checked in turn, carrying the set of possible values across.

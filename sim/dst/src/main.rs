@@ -33,10 +33,17 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
+    if cfg!(panic = "abort") {
+        eprintln!(
+            "geomirror-dst was built with panic = \"abort\" (the release profile): a core's panic would kill the run instead of \
+             failing its seed. Build it with `--profile dst` (release speed, unwinding) or the dev profile."
+        );
+        std::process::exit(2);
+    }
     if let Some(seed) = args.seed {
         let r = geomirror_dst::run(seed);
         println!(
-            "seed {seed}: trace hash {:016x}; {} events, {:.3} s simulated; {} writes, {} reads, {} failed, {} crashes, {} sessions, {} io faults",
+            "seed {seed}: trace hash {:016x}; {} events, {:.3} s simulated; {} writes, {} reads, {} failed, {} crashes, {} sessions, {} io faults, {} block histories too large to check",
             r.hash,
             r.stats.events,
             r.simulated.as_secs_f64(),
@@ -45,7 +52,8 @@ fn main() {
             r.stats.failed,
             r.stats.crashes,
             r.stats.sessions,
-            r.stats.io_faults
+            r.stats.io_faults,
+            r.stats.too_large
         );
         if let Some(f) = r.failure {
             println!("FAILED: {f}");

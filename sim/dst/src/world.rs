@@ -147,6 +147,8 @@ pub struct Stats {
     pub io_faults: u64,
     /// Blocks whose history was too large for the linearizability search.
     pub too_large: u64,
+    /// Block histories checked for linearizability.
+    pub blocks_checked: u64,
 }
 
 /// The simulated world.
@@ -399,8 +401,15 @@ impl World {
                     return Ok(());
                 }
                 self.mix(&[5, to as u64, sid, lane as u64, message.id().map_or(0, |i| i.0)]);
-                if let Message::Release { extents, .. } = &message {
-                    invariants::release_after_data::check(self, to, extents)?;
+                // Releases ride on the bulk lane and on claims and handover
+                // requests; each is checked where it arrives first.
+                match &message {
+                    Message::Release { extents: released, .. }
+                    | Message::Claim { releases: released, .. }
+                    | Message::Handover { releases: released, .. } => {
+                        invariants::release_after_data::check(self, to, released)?;
+                    }
+                    _ => {}
                 }
                 self.feed(to, Input::Frame { session: SessionGen(sid), lane, message })?;
             }
@@ -665,7 +674,8 @@ impl World {
             self.history.havoc(b, now);
         }
         // A claims file write in flight may or may not have landed (the
-        // replace is atomic); a sync in flight may have made some data durable.
+        // replace is atomic); a store sync in flight is lost (nothing it
+        // covered becomes durable).
         let inflight: Vec<IoOp> = std::mem::take(&mut self.nodes[n].io).into_values().collect();
         for op in inflight {
             if let IoOp::Persist { contents } = op
@@ -779,6 +789,7 @@ impl World {
         invariants::convergence::check(self)?;
         let summary = self.history.check()?;
         self.stats.too_large = summary.too_large;
+        self.stats.blocks_checked = summary.blocks;
         Ok(())
     }
 

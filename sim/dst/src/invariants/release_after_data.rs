@@ -1,7 +1,8 @@
 //! Invariant 3, release after data: an extent leaves a claims record only
 //! after every write the owner acknowledged to it is durable at that node.
 //!
-//! Checked when a release reaches the node that records the claim: for each
+//! Checked when a release reaches the node that records the claim (a bulk
+//! `Release`, or the releases a claim or handover request carries): for each
 //! extent it will remove (the epoch matches), every block's *durable* value
 //! there equals the owner's current value (the owner cannot have written it
 //! since: it released it), and that value is durable at the owner too (else
