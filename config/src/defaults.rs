@@ -54,5 +54,20 @@ pub fn peer_timeout() -> HumanDuration {
 }
 /// Default heartbeat interval on the peer link.
 pub fn heartbeat_interval() -> HumanDuration {
-    HumanDuration(Duration::from_secs(1))
+    HumanDuration(Duration::from_millis(500))
 }
+/// Default silence after which the peer link is declared down (a dead peer
+/// is noticed within this on a quiet link).
+pub fn heartbeat_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_millis(1500))
+}
+/// Default lease a node holds from the witness.
+pub fn lease() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2))
+}
+/// Default bound on how much two clocks may disagree about one lease.
+pub fn max_clock_drift() -> HumanDuration {
+    HumanDuration(Duration::from_millis(250))
+}
+/// Default witness listen address.
+pub const WITNESS_LISTEN: &str = "127.0.0.1:7100";

@@ -85,6 +85,10 @@ pub struct NodeConfig {
     /// Certificates for the peer link; required with `[peer]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSection>,
+    /// The witness (two-site nodes; optional: without one, nobody acts
+    /// alone when the peer is lost, only an operator can take over).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness: Option<WitnessSection>,
     /// The volumes this node serves (`[[volume]]` tables).
     #[serde(rename = "volume", default)]
     pub volumes: Vec<VolumeConfig>,
@@ -154,9 +158,32 @@ pub struct PeerSection {
     /// extent, waits for it before failing with EIO.
     #[serde(default = "defaults::peer_timeout")]
     pub peer_timeout: HumanDuration,
-    /// How often the link is probed when idle.
+    /// How often the dialer probes the link.
     #[serde(default = "defaults::heartbeat_interval")]
     pub heartbeat_interval: HumanDuration,
+    /// Silence after which the link is declared down (no frame, or no
+    /// answer to a heartbeat, for this long).
+    #[serde(default = "defaults::heartbeat_timeout")]
+    pub heartbeat_timeout: HumanDuration,
+}
+
+/// `[witness]` of a node: the third-site process that grants leases and
+/// the survivor role (see DESIGN.md 5.1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessSection {
+    /// The witness's node name; must match the name in its certificate.
+    pub name: String,
+    /// Where this node reaches the witness.
+    pub connect: SocketAddr,
+    /// How long a lease from the witness lets this node serve while the
+    /// peer link is down (renewed every third of it).
+    #[serde(default = "defaults::lease")]
+    pub lease: HumanDuration,
+    /// How much the clocks of the two nodes may disagree about one lease;
+    /// a survivor waits `lease + max_clock_drift` before acting alone.
+    #[serde(default = "defaults::max_clock_drift")]
+    pub max_clock_drift: HumanDuration,
 }
 
 /// `[tls]`
@@ -329,14 +356,111 @@ impl NodeConfig {
                         format!("{} must be longer than peer.heartbeat_interval ({})", peer.peer_timeout, peer.heartbeat_interval),
                     ));
                 }
+                if peer.heartbeat_timeout.get() <= peer.heartbeat_interval.get() {
+                    return Err(invalid(
+                        "peer.heartbeat_timeout".into(),
+                        format!("{} must be longer than peer.heartbeat_interval ({})", peer.heartbeat_timeout, peer.heartbeat_interval),
+                    ));
+                }
                 if tls.is_none() {
                     return Err(invalid("tls".into(), "a [tls] section is required with [peer]".into()));
                 }
+                if let Some(w) = &self.witness {
+                    check_name(&w.name).map_err(|r| invalid("witness.name".into(), r))?;
+                    if w.name == self.node.name || w.name == peer.name {
+                        return Err(invalid("witness.name".into(), "must differ from node.name and peer.name".into()));
+                    }
+                    let (lease, drift) = (w.lease.get(), w.max_clock_drift.get());
+                    // A node must notice the link is down before its lease
+                    // can run out: the survivor acts alone once the other's
+                    // lease has surely ended, and the other must have stopped
+                    // trusting the link by then.
+                    if lease <= peer.heartbeat_timeout.get() {
+                        return Err(invalid(
+                            "witness.lease".into(),
+                            format!("{} must be longer than peer.heartbeat_timeout ({})", w.lease, peer.heartbeat_timeout),
+                        ));
+                    }
+                    if drift.is_zero() || drift * 2 >= lease {
+                        return Err(invalid(
+                            "witness.max_clock_drift".into(),
+                            format!("{} must be above zero and below half of witness.lease ({})", w.max_clock_drift, w.lease),
+                        ));
+                    }
+                }
+            }
+            (None, _) if self.witness.is_some() => {
+                return Err(invalid("witness".into(), "a [witness] section needs a [peer] section".into()));
             }
             (None, Some(_)) => {}
             (None, None) => {}
         }
         Ok(())
+    }
+}
+
+/// The configuration of a witness process (`geomirror witness --config`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessConfig {
+    /// `[node]`: the witness's name (in its certificate) and where it keeps
+    /// its grants.
+    pub node: NodeSection,
+    /// `[witness]`: where it listens and which two nodes it serves.
+    pub witness: WitnessListenSection,
+    /// `[tls]`: the same CA as the nodes, and the witness's certificate.
+    pub tls: TlsSection,
+}
+
+/// `[witness]` of the witness process.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessListenSection {
+    /// Where the nodes connect.
+    #[serde(default = "default_witness_listen")]
+    pub listen: SocketAddr,
+    /// The names of the two nodes it arbitrates between; any other
+    /// certificate of the CA is refused.
+    pub nodes: [String; 2],
+}
+
+fn default_witness_listen() -> SocketAddr {
+    defaults::WITNESS_LISTEN.parse().expect("default address parses")
+}
+
+impl WitnessConfig {
+    /// Reads and validates a witness config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses and validates witness config text; `path` names it in errors
+    /// and anchors relative paths.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut config: WitnessConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string().trim_end().to_string() })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut config.node.data_dir, &mut config.tls.ca, &mut config.tls.cert, &mut config.tls.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        let invalid = |key: &str, reason: String| ConfigError::Invalid { path: path.to_path_buf(), key: key.into(), reason };
+        check_name(&config.node.name).map_err(|r| invalid("node.name", r))?;
+        if config.node.data_dir.as_os_str().is_empty() {
+            return Err(invalid("node.data_dir", "must not be empty".into()));
+        }
+        for (i, n) in config.witness.nodes.iter().enumerate() {
+            check_name(n).map_err(|r| invalid(&format!("witness.nodes[{i}]"), r))?;
+            if *n == config.node.name {
+                return Err(invalid(&format!("witness.nodes[{i}]"), "must differ from node.name".into()));
+            }
+        }
+        if config.witness.nodes[0] == config.witness.nodes[1] {
+            return Err(invalid("witness.nodes", "the two nodes must differ".into()));
+        }
+        Ok(config)
     }
 }
 

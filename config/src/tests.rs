@@ -118,6 +118,40 @@ fn peer_needs_tls_and_sane_timeouts() {
 }
 
 #[test]
+fn the_witness_is_checked_against_the_heartbeat_timeout_and_the_names() {
+    let peer = "[peer]\nname = \"site-b\"\nlisten = \"127.0.0.1:7001\"\nconnect = \"127.0.0.1:7002\"\n";
+    let tls = "[tls]\nca = \"ca.pem\"\ncert = \"a.pem\"\nkey = \"a-key.pem\"\n";
+    let witness = "[witness]\nname = \"witness\"\nconnect = \"127.0.0.1:7100\"\n";
+    let c = parse(&format!("{EXAMPLE}{peer}{tls}{witness}")).unwrap();
+    let w = c.witness.as_ref().unwrap();
+    assert_eq!((w.lease.get().as_millis(), w.max_clock_drift.get().as_millis()), (2000, 250));
+    assert_eq!(c.peer.as_ref().unwrap().heartbeat_timeout.get().as_millis(), 1500);
+    let short = format!("{EXAMPLE}{peer}{tls}{witness}lease = \"1s\"\n");
+    assert_eq!(invalid_key(&short), "witness.lease");
+    let drift = format!("{EXAMPLE}{peer}{tls}{witness}max_clock_drift = \"1s\"\n");
+    assert_eq!(invalid_key(&drift), "witness.max_clock_drift");
+    let named = format!("{EXAMPLE}{peer}{tls}{}", witness.replace("\"witness\"", "\"site-b\""));
+    assert_eq!(invalid_key(&named), "witness.name");
+    assert_eq!(invalid_key(&format!("{EXAMPLE}{witness}")), "witness");
+    let hb = format!("{EXAMPLE}{}{tls}", peer.replace("7002\"", "7002\"\nheartbeat_timeout = \"400ms\""));
+    assert_eq!(invalid_key(&hb), "peer.heartbeat_timeout");
+}
+
+#[test]
+fn a_witness_config_names_its_two_nodes() {
+    let text = "[node]\nname = \"witness\"\ndata_dir = \"w\"\n[witness]\nnodes = [\"site-a\", \"site-b\"]\n\
+                [tls]\nca = \"ca.pem\"\ncert = \"w.pem\"\nkey = \"w-key.pem\"\n";
+    let path = Path::new("/etc/geomirror/witness.toml");
+    let c = WitnessConfig::from_toml(text, path).unwrap();
+    assert_eq!(c.node.data_dir, Path::new("/etc/geomirror/w"));
+    assert_eq!(c.witness.listen.port(), 7100);
+    let same = text.replace("\"site-b\"]", "\"site-a\"]");
+    assert!(matches!(WitnessConfig::from_toml(&same, path), Err(ConfigError::Invalid { key, .. }) if key == "witness.nodes"));
+    let itself = text.replace("\"site-b\"]", "\"witness\"]");
+    assert!(matches!(WitnessConfig::from_toml(&itself, path), Err(ConfigError::Invalid { key, .. }) if key == "witness.nodes[1]"));
+}
+
+#[test]
 fn modes_not_built_yet_are_refused() {
     let key = invalid_key(&format!("{EXAMPLE}mode = \"sync-memory\"\n"));
     assert_eq!(key, "volume[0].mode");

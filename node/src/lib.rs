@@ -22,6 +22,7 @@ pub mod peer;
 pub mod store;
 pub mod tasks;
 pub mod volume;
+pub mod witness;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info};
 
 use crate::engine::claims_file::ClaimsFile;
+use crate::engine::conflict_file::ConflictFile;
 use crate::engine::{Engine, EngineVolume};
 use crate::nbd::{Exports, ServerLimits};
 use crate::peer::link::{LinkConfig, PeerLink};
@@ -103,29 +105,45 @@ async fn serve(
             let peer_tls =
                 PeerTls::load(&tls.ca, &tls.cert, &tls.key, &config.node.name, &peer.name).context("load the peer link's TLS files")?;
             let core_config = CoreConfig::from_node_config(&config).context("derive the protocol engine's settings")?;
-            let infos = opened
-                .iter()
-                .map(|(_, meta, _)| VolumeInfo {
+            let mut volumes = Vec::new();
+            let mut files = Vec::new();
+            let mut infos = Vec::new();
+            for (_, meta, store) in &opened {
+                let dir = data_dir.join("volumes").join(&meta.name);
+                let file = ClaimsFile::new(&dir);
+                let contents = file.load().with_context(|| format!("open the claims file of volume `{}`", meta.name))?;
+                let conflicts = ConflictFile::new(&dir, &meta.name, meta.volume_id);
+                let saved = conflicts.read().with_context(|| format!("check the conflict file of volume `{}`", meta.name))?;
+                if let Some(saved) = saved.filter(|s| !s.is_empty()) {
+                    info!(volume = %meta.name, blocks = saved.len(), path = %conflicts.path().display(), "the conflict file holds blocks saved after outages (`geomirror conflicts list`)");
+                }
+                if !contents.own.is_empty() || !contents.record.is_empty() {
+                    info!(volume = %meta.name, own = contents.own.len(), peer_owned = contents.record.len(), "claims file loaded; own extents will be compared with the peer's");
+                }
+                infos.push(VolumeInfo {
                     name: meta.name.clone(),
                     size: meta.size,
                     block_bytes: meta.block_bytes,
                     extent_bytes: meta.extent_bytes,
                     volume_id: meta.volume_id,
-                })
-                .collect();
-            let mut volumes = Vec::new();
-            let mut files = Vec::new();
-            for (_, meta, store) in &opened {
-                let file = ClaimsFile::new(&data_dir.join("volumes").join(&meta.name));
-                let contents = file.load().with_context(|| format!("open the claims file of volume `{}`", meta.name))?;
-                if !contents.own.is_empty() || !contents.record.is_empty() {
-                    info!(volume = %meta.name, own = contents.own.len(), peer_owned = contents.record.len(), "claims file loaded; own extents will be sent again");
-                }
+                    detached: contents.detached,
+                });
                 files.push(contents);
-                volumes.push(EngineVolume { name: meta.name.clone(), store: store.clone(), file });
+                volumes.push(EngineVolume { name: meta.name.clone(), store: store.clone(), file, conflicts });
             }
             let e = Engine::new(&config.node.name, core_config, volumes, files);
             e.start(shutdown.clone());
+            if let Some(w) = &config.witness {
+                let witness_tls = PeerTls::load(&tls.ca, &tls.cert, &tls.key, &config.node.name, &w.name)
+                    .context("load the TLS files for the witness link")?;
+                let client = witness::client::WitnessClientConfig {
+                    own_name: config.node.name.clone(),
+                    witness_name: w.name.clone(),
+                    connect: w.connect,
+                    lease: w.lease.get(),
+                };
+                tasks::spawn(witness::client::run(client, witness_tls, e.clone(), shutdown.clone()));
+            }
             let link_config = LinkConfig {
                 own_name: config.node.name.clone(),
                 peer_name: peer.name.clone(),
@@ -143,6 +161,7 @@ async fn serve(
         }
         _ => {
             for (_, meta, store) in opened {
+                single_site_claims_check(&data_dir.join("volumes").join(&meta.name), &meta.name)?;
                 exports.insert(Arc::new(Volume::new(meta, store)));
             }
         }
@@ -204,5 +223,37 @@ async fn serve(
         }
     }
     info!("stopped");
+    Ok(())
+}
+
+/// A volume that was mirrored is served without its peer only once an
+/// operator took it over (`geomirror takeover --data-dir`): its claims file
+/// says which extents the peer may hold newer data for, and serving it
+/// alone would serve stale blocks and later diverge silently. A volume
+/// whose claims file is clean is marked detached, so that it is not
+/// mirrored again as if nothing happened.
+fn single_site_claims_check(volume_dir: &std::path::Path, volume: &str) -> anyhow::Result<()> {
+    let file = ClaimsFile::new(volume_dir);
+    if !volume_dir.join("claims").exists() {
+        return Ok(());
+    }
+    let mut contents = file.load().with_context(|| format!("open the claims file of volume `{volume}`"))?;
+    if contents.detached {
+        return Ok(());
+    }
+    if !contents.is_clean() {
+        anyhow::bail!(
+            "volume `{volume}` was mirrored and its claims file says its peer may hold newer data ({} extents owned by the peer, {} \
+             owned here and perhaps not yet at the peer): it is not served without its peer. Start the node with its [peer] section \
+             (the peer may stay unreachable; `geomirror takeover` then takes over its extents), or take the volume over offline: \
+             `geomirror takeover --data-dir {} --volume {volume}` shows what that loses",
+            contents.record.len(),
+            contents.own.len(),
+            volume_dir.parent().and_then(|p| p.parent()).unwrap_or(volume_dir).display()
+        );
+    }
+    contents.detached = true;
+    file.store(&contents).with_context(|| format!("mark volume `{volume}` as served without its peer"))?;
+    tracing::warn!(volume, "volume was mirrored and is now served without its peer: it will not be mirrored again automatically");
     Ok(())
 }

@@ -19,6 +19,10 @@ pub const ZERO_FALLBACK_CHUNK_BYTES: usize = 1 << 20;
 pub const VOLUME_META_BYTES_MAX: u64 = 64 * 1024;
 /// Deadline of one TCP connect to the peer; then the dialer backs off and retries.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages queued for the witness connection's writer; a send that finds
+/// it full drops the connection (it reconnects). The node sends at most
+/// one renewal, one claim and one outage report at a time.
+pub const WITNESS_QUEUE_MESSAGES: usize = 16;
 /// Longest pause between reconnection attempts (exponential back-off with jitter).
 pub const PEER_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Messages queued for the priority lane's writer; a send that finds it full

@@ -7,6 +7,8 @@
 //! - [`peer`]: the peer protocol between the two nodes (postcard frames).
 //! - [`status`]: the typed `/status` snapshot that the node serves and the
 //!   CLI, TUI and tests read.
+//! - [`witness`]: the protocol between a node and the witness (postcard
+//!   frames).
 //!
 //! Invariants: no decoder panics or allocates more than its stated limit on
 //! any input; nothing here does I/O.
@@ -16,3 +18,4 @@
 pub mod nbd;
 pub mod peer;
 pub mod status;
+pub mod witness;

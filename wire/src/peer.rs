@@ -18,8 +18,11 @@ use serde::{Deserialize, Serialize};
 
 /// Version spoken; a peer with another version is refused at hello.
 /// History: 1 the first; 2 adds [`Message::HandoverPart`] (handovers of more
-/// than [`DATA_BYTES_MAX`] of blocks).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// than [`DATA_BYTES_MAX`] of blocks); 3 adds the outage generation and the
+/// extents taken alone to the sync, `detached` to a volume's hello entry,
+/// and the block-checksum resync ([`Message::DigestRequest`],
+/// [`Message::DigestReply`], [`Message::ResyncNeed`], [`Message::Ack`]).
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest frame; a larger one closes the connection with `FrameTooLarge`.
 pub const FRAME_BYTES_MAX: usize = 8 * 1024 * 1024 + 64 * 1024;
 /// Largest block payload in one copy, handover or pull message.
@@ -66,6 +69,10 @@ pub struct VolumeInfo {
     pub extent_bytes: u32,
     /// The sender's local volume id.
     pub volume_id: [u8; 16],
+    /// The sender served this volume alone after an offline takeover: its
+    /// contents may differ anywhere from the other node's, so it is not
+    /// mirrored again automatically (both nodes refuse to serve it).
+    pub detached: bool,
 }
 
 /// A volume, by its position in the hello's list of volumes.
@@ -111,6 +118,15 @@ pub struct BlockRun {
     pub first: BlockIndex,
     /// The blocks' bytes (a whole number of blocks).
     pub data: Bytes,
+}
+
+/// A run of consecutive blocks, without data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockSpan {
+    /// First block.
+    pub first: BlockIndex,
+    /// Number of blocks.
+    pub count: u32,
 }
 
 /// One run of blocks in a [`Message::Copy`].
@@ -167,6 +183,14 @@ pub enum Message {
         record: Vec<ExtentClaim>,
         /// Handovers the sender gave the receiver and saw no confirmation of.
         gives: Vec<ExtentClaim>,
+        /// The newest outage generation the sender knows (from the witness,
+        /// or an operator's takeover).
+        generation: u64,
+        /// Extents the sender owns because it claimed them alone or took
+        /// them over while the receiver was lost, not yet resynced to the
+        /// receiver: their data wins, and the receiver saves its own
+        /// differing blocks of them to its conflict file first.
+        taken: Vec<ExtentClaim>,
     },
     /// Answer to [`Message::Sync`], with the responder's view after merging.
     SyncReply {
@@ -180,6 +204,10 @@ pub enum Message {
         record: Vec<ExtentClaim>,
         /// Handovers the responder gave the requester and saw no confirmation of.
         gives: Vec<ExtentClaim>,
+        /// The newest outage generation the responder knows.
+        generation: u64,
+        /// As in [`Message::Sync`], the responder's.
+        taken: Vec<ExtentClaim>,
     },
     /// Record that the requester may hold writes to these extents. The first
     /// is being written; the rest are predicted. The responder first applies
@@ -315,6 +343,44 @@ pub enum Message {
         /// Blocks not yet durable at the requester.
         blocks: Vec<BlockRun>,
     },
+    /// Resync: the CRC-32C of each of these blocks of the responder's store.
+    DigestRequest {
+        /// Request id.
+        id: RequestId,
+        /// Volume.
+        volume: VolumeIndex,
+        /// The extent (the blocks lie within it).
+        extent: Extent,
+        /// The blocks.
+        span: BlockSpan,
+    },
+    /// Answer to [`Message::DigestRequest`]: one checksum per block, in order.
+    DigestReply {
+        /// Request id.
+        id: RequestId,
+        /// The checksums.
+        crcs: Vec<u32>,
+    },
+    /// Resync of an extent the responder took while the requester was lost:
+    /// the requester saved its own differing blocks (these runs) to its
+    /// conflict file; send it yours. The responder answers [`Message::Ack`].
+    ResyncNeed {
+        /// Request id.
+        id: RequestId,
+        /// Volume.
+        volume: VolumeIndex,
+        /// The extent.
+        extent: Extent,
+        /// The responder's ownership epoch the requester saw.
+        epoch: Epoch,
+        /// The blocks that differ.
+        runs: Vec<BlockSpan>,
+    },
+    /// A request was carried out (the answer to [`Message::ResyncNeed`]).
+    Ack {
+        /// Request id.
+        id: RequestId,
+    },
 }
 
 /// What is wrong with a received frame.
@@ -360,6 +426,10 @@ impl Message {
             Message::Error { .. } => "Error",
             Message::HandoverAck { .. } => "HandoverAck",
             Message::HandoverPart { .. } => "HandoverPart",
+            Message::DigestRequest { .. } => "DigestRequest",
+            Message::DigestReply { .. } => "DigestReply",
+            Message::ResyncNeed { .. } => "ResyncNeed",
+            Message::Ack { .. } => "Ack",
         }
     }
 
@@ -394,7 +464,11 @@ impl Message {
             | Message::Heartbeat { id }
             | Message::HeartbeatReply { id }
             | Message::Error { id, .. }
-            | Message::HandoverPart { id, .. } => Some(*id),
+            | Message::HandoverPart { id, .. }
+            | Message::DigestRequest { id, .. }
+            | Message::DigestReply { id, .. }
+            | Message::ResyncNeed { id, .. }
+            | Message::Ack { id } => Some(*id),
             _ => None,
         }
     }
@@ -420,6 +494,7 @@ mod tests {
                     block_bytes: 4096,
                     extent_bytes: 1 << 20,
                     volume_id: [9; 16],
+                    detached: false,
                 }],
             },
             Message::HelloReply { protocol_version: 2, node: "site-b".into(), refusal: String::new(), volume_errors: vec![String::new()] },
@@ -430,8 +505,18 @@ mod tests {
                 own: vec![claim(3, 4)],
                 record: vec![],
                 gives: vec![],
+                generation: 2,
+                taken: vec![claim(3, 4)],
             },
-            Message::SyncReply { id: RequestId(1), counter: Epoch(6), own: vec![], record: vec![claim(3, 4)], gives: vec![claim(5, 6)] },
+            Message::SyncReply {
+                id: RequestId(1),
+                counter: Epoch(6),
+                own: vec![],
+                record: vec![claim(3, 4)],
+                gives: vec![claim(5, 6)],
+                generation: 2,
+                taken: vec![],
+            },
             Message::Claim {
                 id: RequestId(2),
                 volume: VolumeIndex(0),
@@ -463,6 +548,21 @@ mod tests {
             Message::Error { id: RequestId(6), message: "no".into() },
             Message::HandoverAck { volume: VolumeIndex(0), extent: Extent(2), epoch: Epoch(9) },
             Message::HandoverPart { id: RequestId(3), epoch: Epoch(9), blocks: vec![run] },
+            Message::DigestRequest {
+                id: RequestId(7),
+                volume: VolumeIndex(0),
+                extent: Extent(2),
+                span: BlockSpan { first: BlockIndex(512), count: 256 },
+            },
+            Message::DigestReply { id: RequestId(7), crcs: vec![0xdead_beef, 1] },
+            Message::ResyncNeed {
+                id: RequestId(8),
+                volume: VolumeIndex(0),
+                extent: Extent(2),
+                epoch: Epoch(11),
+                runs: vec![BlockSpan { first: BlockIndex(513), count: 2 }],
+            },
+            Message::Ack { id: RequestId(8) },
         ]
     }
 
@@ -470,12 +570,12 @@ mod tests {
     /// and field order: a reordered variant or field changes these bytes.
     const GOLDEN: &[&[u8]] = &[
         &[
-            0, 2, 6, 115, 105, 116, 101, 45, 97, 1, 1, 4, 118, 111, 108, 48, 128, 128, 128, 128, 4, 128, 32, 128, 128, 64, 9, 9, 9, 9, 9,
-            9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9,
+            0, 3, 6, 115, 105, 116, 101, 45, 97, 1, 1, 4, 118, 111, 108, 48, 128, 128, 128, 128, 4, 128, 32, 128, 128, 64, 9, 9, 9, 9, 9,
+            9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 0,
         ],
         &[1, 2, 6, 115, 105, 116, 101, 45, 98, 0, 1, 0],
-        &[2, 1, 0, 5, 1, 3, 4, 0, 0],
-        &[3, 1, 6, 0, 1, 3, 4, 1, 5, 6],
+        &[2, 1, 0, 5, 1, 3, 4, 0, 0, 2, 1, 3, 4],
+        &[3, 1, 6, 0, 1, 3, 4, 1, 5, 6, 2, 0],
         &[4, 2, 0, 6, 2, 10, 11, 1, 4, 3],
         &[5, 2, 8, 3, 0, 7, 2, 1, 2],
         &[6, 3, 0, 8, 2, 0],
@@ -490,6 +590,10 @@ mod tests {
         &[15, 6, 2, 110, 111],
         &[16, 0, 2, 9],
         &[17, 3, 9, 1, 7, 4, 1, 2, 3, 4],
+        &[18, 7, 0, 2, 128, 4, 128, 2],
+        &[19, 7, 2, 239, 253, 182, 245, 13, 1],
+        &[20, 8, 0, 2, 11, 1, 129, 4, 2],
+        &[21, 8],
     ];
 
     #[test]
@@ -532,8 +636,9 @@ mod tests {
         }
 
         #[test]
-        fn truncations_of_valid_messages_are_rejected_or_shorter(i in 0usize..18, cut in 0usize..64) {
-            let m = &samples()[i % 18];
+        fn truncations_of_valid_messages_are_rejected_or_shorter(i in 0usize..22, cut in 0usize..64) {
+            let samples = samples();
+            let m = &samples[i % samples.len()];
             let bytes = m.encode();
             let cut = cut.min(bytes.len());
             if cut < bytes.len()

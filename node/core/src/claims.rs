@@ -49,6 +49,16 @@ pub struct Owned {
     writable_at: u64,
     /// Blocks not yet durable at the peer (None: none).
     dirt: Option<Box<Dirt>>,
+    /// Restored after a restart (or adopted at a sync): which blocks the
+    /// peer lacks is unknown until the resync compares checksums; not
+    /// releasable until then, and a give carries every block.
+    pub suspect: bool,
+}
+
+impl Owned {
+    fn new(epoch: Epoch, now: Time) -> Owned {
+        Owned { epoch, writes_in_flight: 0, last_write: now, handing_out: false, write_mark: 0, writable_at: 0, dirt: None, suspect: false }
+    }
 }
 
 /// Where a handover we asked for stands after its answer granted it.
@@ -104,6 +114,15 @@ pub enum ExtentState {
 }
 
 impl ExtentState {
+    /// The ownership epoch the state carries (none for a claim in flight).
+    pub fn epoch(&self) -> Epoch {
+        match self {
+            ExtentState::Owned(o) => o.epoch,
+            ExtentState::PeerOwned { epoch } | ExtentState::Acquiring { epoch, .. } | ExtentState::Receiving { epoch, .. } => *epoch,
+            ExtentState::Claiming | ExtentState::ClaimUnknown => Epoch(0),
+        }
+    }
+
     /// Whether the extent takes a place in our owned-extent budget.
     fn takes_budget(&self) -> bool {
         !matches!(self, ExtentState::PeerOwned { .. })
@@ -129,6 +148,9 @@ impl ExtentState {
 pub enum PeerAccess {
     /// A ready session with room for a request.
     Ready,
+    /// No ready session, and this node acts alone (survivor of an outage):
+    /// clean extents are claimed without the peer.
+    Alone,
     /// No ready session (or no room): do not start anything that needs it.
     Unavailable,
 }
@@ -147,6 +169,12 @@ pub enum WaitReason {
     Limit,
     /// The peer is needed and there is no ready session.
     Session,
+    /// The extent was claimed alone: the write waits until the claims file
+    /// records it.
+    File,
+    /// The extent is being resynced after an outage (the peer's data wins,
+    /// ours is being saved): wait.
+    Resync,
 }
 
 /// What a host write must do before it may proceed.
@@ -291,6 +319,56 @@ pub struct Claims {
     unreceived_bytes: u64,
     /// Bumped whenever the contents of the claims file change.
     file_version: u64,
+    /// The newest outage generation known (kept in the claims file).
+    generation: u64,
+    /// Own extents claimed alone or taken over while the peer was lost, at
+    /// our epoch, not yet resynced to the peer (kept in the claims file): not
+    /// releasable or given until the peer has saved its differing blocks and
+    /// told us which to send ([`Claims::on_resync_need`]).
+    taken: BTreeMap<Extent, Epoch>,
+    /// Extents the peer took while we were lost, at its epoch: our
+    /// differing blocks go to the conflict file before its data lands here.
+    conflicts: BTreeMap<Extent, ConflictEntry>,
+    /// The volume was taken over offline (carried through the file).
+    detached: bool,
+    /// Per extent being claimed, the claim it is in (an answer to an older
+    /// claim of the same extent must not settle a newer one).
+    claim_of: BTreeMap<Extent, u64>,
+    last_claim: u64,
+}
+
+/// The epochs of one outage generation: claims made alone under generation
+/// `g` take epochs from `g * ALONE_EPOCH_STRIDE` on.
+pub const ALONE_EPOCH_STRIDE: u64 = 1 << 40;
+
+/// The peer's view of a volume at session start (a `Sync` or `SyncReply`).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerView<'a> {
+    /// Its epoch counter.
+    pub counter: Epoch,
+    /// Extents it owns.
+    pub own: &'a [ExtentClaim],
+    /// Extents it records as ours.
+    pub record: &'a [ExtentClaim],
+    /// Handovers it gave us and saw no confirmation of.
+    pub gives: &'a [ExtentClaim],
+    /// The newest outage generation it knows.
+    pub generation: u64,
+    /// Extents it took alone while we were lost, not yet resynced to us.
+    pub taken: &'a [ExtentClaim],
+}
+
+/// An extent the peer took while we were lost (see [`Claims`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConflictEntry {
+    /// The peer's epoch.
+    pub epoch: Epoch,
+    /// The peer's outage generation.
+    pub their_generation: u64,
+    /// Ours when we learned of it.
+    pub our_generation: u64,
+    /// Whether we owned it (else it was clean).
+    pub kind: crate::io::ConflictKind,
 }
 
 impl Claims {
@@ -326,7 +404,19 @@ impl Claims {
             not_durable_blocks: 0,
             unreceived_bytes: 0,
             file_version: 0,
+            generation: 0,
+            taken: BTreeMap::new(),
+            conflicts: BTreeMap::new(),
+            detached: false,
+            claim_of: BTreeMap::new(),
+            last_claim: 0,
         }
+    }
+
+    /// The number of the claim [`Claims::begin_write`] last started; its
+    /// answer must carry it back ([`Claims::on_claim_reply`]).
+    pub fn last_claim(&self) -> u64 {
+        self.last_claim
     }
 
     /// Restores the state of a claims file at start: own claims become owned
@@ -336,6 +426,8 @@ impl Claims {
     pub fn restore(settings: &VolumeSettings, wins_ties: bool, file: &ClaimsFileContents, now: Time) -> Claims {
         let mut c = Claims::new(settings, wins_ties);
         c.counter = file.counter;
+        c.generation = file.generation;
+        c.detached = file.detached;
         let extents = c.geometry.extents();
         for e in file.record.iter().filter(|e| e.extent.0 < extents) {
             c.observe_counter(e.epoch);
@@ -353,6 +445,11 @@ impl Claims {
             // Durable in the file we started from, and what they covered was
             // synced before it was written.
             c.released.insert(r.extent, PendingRelease { claim: *r, file_version: 0 });
+        }
+        for t in &file.taken {
+            if matches!(c.extents.get(&t.extent), Some(ExtentState::Owned(o)) if o.epoch == t.epoch) {
+                c.taken.insert(t.extent, t.epoch);
+            }
         }
         c.file_version = 0;
         c
@@ -402,7 +499,63 @@ impl Claims {
             }
         }
         let released = self.released.values().map(|r| r.claim).collect();
-        ClaimsFileContents { counter: self.counter, own, record, gives: self.gives(), released }
+        ClaimsFileContents {
+            counter: self.counter,
+            generation: self.generation,
+            own,
+            record,
+            gives: self.gives(),
+            released,
+            taken: self.taken_list(),
+            detached: self.detached,
+        }
+    }
+
+    /// Our extents taken alone and not yet resynced, as the sync tells them.
+    pub fn taken_list(&self) -> Vec<ExtentClaim> {
+        self.taken.iter().map(|(&extent, &epoch)| ExtentClaim { extent, epoch }).collect()
+    }
+
+    /// Whether extents taken alone wait for the peer's resync.
+    pub fn has_taken(&self) -> bool {
+        !self.taken.is_empty()
+    }
+
+    /// Whether host writes to extent `e` are in flight here.
+    pub fn writes_in_flight(&self, e: Extent) -> bool {
+        matches!(self.extents.get(&e), Some(ExtentState::Owned(o)) if o.writes_in_flight > 0)
+    }
+
+    /// Whether a resync after an outage or restart is not finished: own
+    /// extents not yet compared, the peer's taken extents not yet saved, or
+    /// ours not yet resynced to the peer.
+    pub fn resync_pending(&self) -> bool {
+        !self.taken.is_empty()
+            || !self.conflicts.is_empty()
+            || self.extents.values().any(|s| matches!(s, ExtentState::Owned(o) if o.suspect))
+    }
+
+    /// Own extents whose blocks must be compared with the peer's.
+    pub fn suspects(&self) -> Vec<Extent> {
+        self.extents.iter().filter(|(_, s)| matches!(s, ExtentState::Owned(o) if o.suspect)).map(|(&e, _)| e).collect()
+    }
+
+    /// The peer's taken extents whose conflicts are not saved yet.
+    pub fn conflicts(&self) -> &BTreeMap<Extent, ConflictEntry> {
+        &self.conflicts
+    }
+
+    /// The newest outage generation known.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Raises the generation (recorded in the claims file).
+    pub fn set_generation(&mut self, generation: u64) {
+        if generation > self.generation {
+            self.generation = generation;
+            self.file_version += 1;
+        }
     }
 
     /// Our own claims and our claims record, as exchanged at session start
@@ -456,6 +609,20 @@ impl Claims {
             None => self.extents.remove(&e),
         };
         let new = self.extents.get(&e);
+        if let Some(&epoch) = self.taken.get(&e)
+            && !matches!(new, Some(ExtentState::Owned(o)) if o.epoch >= epoch)
+        {
+            self.taken.remove(&e);
+            self.file_version += 1;
+        }
+        if let Some(c) = self.conflicts.get(&e)
+            && !matches!(new, Some(ExtentState::PeerOwned { epoch }) if *epoch == c.epoch)
+        {
+            self.conflicts.remove(&e);
+        }
+        if !matches!(new, Some(ExtentState::Claiming)) {
+            self.claim_of.remove(&e);
+        }
         let count = |s: Option<&ExtentState>, f: fn(&ExtentState) -> bool| s.is_some_and(f) as usize;
         let owned = |s: &ExtentState| matches!(s, ExtentState::Owned(_));
         let (new_budget, new_record, new_owned) =
@@ -501,6 +668,18 @@ impl Claims {
         self.counter
     }
 
+    /// An epoch for an extent taken alone in the current outage: above any
+    /// epoch the lost peer may have issued that we never heard of (a give
+    /// or a grant on its way when the link broke), so that our claim wins
+    /// the session-start merge. Each outage generation starts its own range.
+    fn next_alone_epoch(&mut self) -> Epoch {
+        let floor = self.generation.saturating_mul(ALONE_EPOCH_STRIDE);
+        if self.counter.0 < floor {
+            self.counter = Epoch(floor);
+        }
+        self.next_epoch()
+    }
+
     // ------------------------------------------------------------ host I/O
 
     /// Where a read of extent `e` is served from.
@@ -535,10 +714,12 @@ impl Claims {
                 Some(ExtentState::Owned(o)) if !o.handing_out && o.writable_at <= self.file_durable => continue,
                 Some(ExtentState::Claiming) | Some(ExtentState::Acquiring { .. }) => return WriteAccess::Wait(WaitReason::PeerAnswer),
                 Some(ExtentState::Owned(_)) | Some(ExtentState::Receiving { .. }) => return WriteAccess::Wait(WaitReason::Busy),
+                Some(ExtentState::ClaimUnknown) if peer == PeerAccess::Alone => return self.claim_alone(&range, e, now),
                 Some(ExtentState::ClaimUnknown) => return WriteAccess::Wait(WaitReason::Session),
+                Some(ExtentState::PeerOwned { .. }) if self.conflicts.contains_key(&e) => return WriteAccess::Wait(WaitReason::Resync),
                 Some(ExtentState::PeerOwned { epoch }) => {
                     let epoch = *epoch;
-                    if peer == PeerAccess::Unavailable {
+                    if peer != PeerAccess::Ready {
                         return WriteAccess::Wait(WaitReason::Session);
                     }
                     if !self.make_room(&range) {
@@ -547,6 +728,7 @@ impl Claims {
                     self.set(e, Some(ExtentState::Acquiring { epoch, regranted: false, released: false }));
                     return WriteAccess::Handover(e);
                 }
+                None if peer == PeerAccess::Alone => return self.claim_alone(&range, e, now),
                 None => {
                     if peer == PeerAccess::Unavailable {
                         return WriteAccess::Wait(WaitReason::Session);
@@ -556,8 +738,10 @@ impl Claims {
                     }
                     let mut claim = vec![e];
                     claim.extend(self.predict(e));
+                    self.last_claim += 1;
                     for &c in &claim {
                         self.set(c, Some(ExtentState::Claiming));
+                        self.claim_of.insert(c, self.last_claim);
                     }
                     self.last_demanded = Some(e);
                     return WriteAccess::Claim(claim);
@@ -571,6 +755,96 @@ impl Claims {
             }
         }
         WriteAccess::Admitted
+    }
+
+    /// Claims `e` (and the predicted extents after it) without the peer, as
+    /// the survivor of an outage: owned at once at a fresh epoch and
+    /// recorded as taken; the write waits until the claims file holds them.
+    /// The owned-extent limit does not apply: the peer is lost, so nothing
+    /// more is exposed than what is written here.
+    fn claim_alone(&mut self, range: &RangeInclusive<u64>, e: Extent, now: Time) -> WriteAccess {
+        let mut claim = vec![e];
+        claim.extend(self.predict(e).into_iter().filter(|c| !range.contains(&c.0) || *c == e));
+        self.own_alone(&claim, now);
+        self.last_demanded = Some(e);
+        WriteAccess::Wait(WaitReason::File)
+    }
+
+    /// Owns `extents` without the peer (claimed alone or taken over), each
+    /// at a fresh epoch of this outage, recorded as taken; writes to them
+    /// wait until the claims file that records them is durable.
+    fn own_alone(&mut self, extents: &[Extent], now: Time) {
+        for &e in extents {
+            let epoch = self.next_alone_epoch();
+            self.set(e, Some(ExtentState::Owned(Owned::new(epoch, now))));
+            self.taken.insert(e, epoch);
+        }
+        self.file_version += 1;
+        let version = self.file_version;
+        for e in extents {
+            if let Some(ExtentState::Owned(o)) = self.extents.get_mut(e) {
+                o.writable_at = version;
+            }
+        }
+    }
+
+    /// The extents the peer owns here (what an operator's takeover takes).
+    pub fn exposure(&self) -> Vec<ExtentClaim> {
+        self.extents.iter().filter(|(_, s)| s.in_record()).map(|(&extent, s)| ExtentClaim { extent, epoch: s.epoch() }).collect()
+    }
+
+    /// Takes over every extent the lost peer owns (an operator's decision,
+    /// as the survivor of an outage): owned at fresh epochs, recorded as
+    /// taken, served from our data once the claims file holds them.
+    /// Returns them.
+    pub fn take_over(&mut self, now: Time) -> Vec<Extent> {
+        let taken: Vec<Extent> = self.extents.iter().filter(|(_, s)| s.in_record()).map(|(&e, _)| e).collect();
+        self.own_alone(&taken, now);
+        taken
+    }
+
+    /// The peer saved its blocks of extent `e` that differ from ours and
+    /// asks for ours (`runs`, relative to the volume): they join the copy
+    /// stream, and `e` stops waiting for the resync. False when `e` is not
+    /// ours (any more).
+    pub fn on_resync_need(&mut self, e: Extent, runs: &[(u64, u64)]) -> bool {
+        if !matches!(self.extents.get(&e), Some(ExtentState::Owned(_))) {
+            return false;
+        }
+        let blocks = self.geometry.blocks_in(e);
+        for &(first, count) in runs {
+            let (start, end) = (first.max(blocks.start), (first + count).min(blocks.end));
+            if start < end {
+                self.mark_dirty(start, end);
+            }
+        }
+        if self.taken.remove(&e).is_some() {
+            self.file_version += 1;
+        }
+        true
+    }
+
+    /// The checksum comparison of own extent `e` is done: the blocks the
+    /// peer lacks (`runs`) join the copy stream.
+    pub fn resolve_suspect(&mut self, e: Extent, runs: &[(u64, u64)]) {
+        let Some(ExtentState::Owned(o)) = self.extents.get_mut(&e) else { return };
+        if !o.suspect {
+            return;
+        }
+        o.suspect = false;
+        let blocks = self.geometry.blocks_in(e);
+        for &(first, count) in runs {
+            let (start, end) = (first.max(blocks.start), (first + count).min(blocks.end));
+            if start < end {
+                self.mark_dirty(start, end);
+            }
+        }
+    }
+
+    /// Our differing blocks of extent `e` (taken by the peer) are saved and
+    /// the peer knows which of its blocks to send: its data may land.
+    pub fn conflict_resolved(&mut self, e: Extent) {
+        self.conflicts.remove(&e);
     }
 
     /// Extents to claim ahead of `e`: after a sequential run of claims, the
@@ -602,28 +876,27 @@ impl Claims {
     }
 
     /// Frees a place in the budget if the limit is reached, by releasing the
-    /// least recently written extent that is durable at the peer, never one
-    /// of the extents the write itself needs (`keep`). False: nothing can be
-    /// released now (back-pressure).
+    /// least recently written extents that are durable at the peer, never
+    /// one of the extents the write itself needs (`keep`): as many as it
+    /// takes to get below the limit (after an outage the survivor may hold
+    /// more than the limit). False: not enough can be released now
+    /// (back-pressure).
     fn make_room(&mut self, keep: &RangeInclusive<u64>) -> bool {
-        if self.budget() < self.max_owned {
-            return true;
-        }
-        let victim = self
-            .extents
-            .iter()
-            .filter_map(|(&e, s)| match s {
-                ExtentState::Owned(o) if self.releasable(e, o) && !keep.contains(&e.0) => Some((o.last_write, e)),
-                _ => None,
-            })
-            .min();
-        match victim {
-            Some((_, e)) => {
-                self.release(e);
-                true
+        while self.budget() >= self.max_owned {
+            let victim = self
+                .extents
+                .iter()
+                .filter_map(|(&e, s)| match s {
+                    ExtentState::Owned(o) if self.releasable(e, o) && !keep.contains(&e.0) => Some((o.last_write, e)),
+                    _ => None,
+                })
+                .min();
+            match victim {
+                Some((_, e)) => self.release(e),
+                None => return false,
             }
-            None => false,
         }
+        true
     }
 
     /// Places taken in the owned-extent budget: extents we own or are
@@ -640,7 +913,12 @@ impl Claims {
 
     /// Durable at the peer and idle; releasable once its data is durable here.
     fn clean_here(&self, e: Extent, o: &Owned) -> bool {
-        o.writes_in_flight == 0 && !o.handing_out && o.dirt.is_none() && !self.applying.contains_key(&e)
+        o.writes_in_flight == 0
+            && !o.handing_out
+            && o.dirt.is_none()
+            && !o.suspect
+            && !self.taken.contains_key(&e)
+            && !self.applying.contains_key(&e)
     }
 
     /// Whether an extent waits for a store sync before it can be released
@@ -771,27 +1049,28 @@ impl Claims {
 
     // ------------------------------------------------------------ our requests' answers
 
-    /// The peer answered our claim (which carried `releases`).
-    pub fn on_claim_reply(&mut self, extents: &[Extent], outcomes: &[ClaimOutcome], counter: Epoch, now: Time, releases: &[ExtentClaim]) {
+    /// The peer answered our claim number `claim` (which carried `releases`).
+    pub fn on_claim_reply(
+        &mut self,
+        claim: u64,
+        extents: &[Extent],
+        outcomes: &[ClaimOutcome],
+        counter: Epoch,
+        now: Time,
+        releases: &[ExtentClaim],
+    ) {
         self.observe_counter(counter);
         self.confirm_releases(releases);
         for (i, &e) in extents.iter().enumerate() {
-            if !matches!(self.extents.get(&e), Some(ExtentState::Claiming)) {
-                continue; // changed meanwhile (the peer's own claim was granted)
+            if !self.claiming_in(e, claim) {
+                // Changed meanwhile (the peer's own claim was granted), or a
+                // newer claim of ours for it is on its way (its answer decides).
+                continue;
             }
             match outcomes.get(i).copied().unwrap_or(ClaimOutcome::Declined) {
                 ClaimOutcome::Granted(epoch) => {
                     self.observe_counter(epoch);
-                    let owned = Owned {
-                        epoch,
-                        writes_in_flight: 0,
-                        last_write: now,
-                        handing_out: false,
-                        write_mark: 0,
-                        writable_at: 0,
-                        dirt: None,
-                    };
-                    self.set(e, Some(ExtentState::Owned(owned)));
+                    self.set(e, Some(ExtentState::Owned(Owned::new(epoch, now))));
                 }
                 ClaimOutcome::OwnedByResponder(epoch) => self.set(e, Some(ExtentState::PeerOwned { epoch })),
                 ClaimOutcome::Declined => self.set(e, None),
@@ -799,13 +1078,17 @@ impl Claims {
         }
     }
 
-    /// Our claim was refused with an error: nothing was granted.
-    pub fn on_claim_refused(&mut self, extents: &[Extent]) {
+    /// Our claim number `claim` was refused with an error: nothing was granted.
+    pub fn on_claim_refused(&mut self, claim: u64, extents: &[Extent]) {
         for &e in extents {
-            if matches!(self.extents.get(&e), Some(ExtentState::Claiming)) {
+            if self.claiming_in(e, claim) {
                 self.set(e, None);
             }
         }
+    }
+
+    fn claiming_in(&self, e: Extent, claim: u64) -> bool {
+        matches!(self.extents.get(&e), Some(ExtentState::Claiming)) && self.claim_of.get(&e) == Some(&claim)
     }
 
     /// Our claim's session ended before its answer: the peer may have
@@ -892,8 +1175,7 @@ impl Claims {
         match self.extents.get(&e) {
             Some(ExtentState::Receiving { epoch, stage: ReceivingStage::Persisting, .. }) => {
                 let epoch = *epoch;
-                let owned =
-                    Owned { epoch, writes_in_flight: 0, last_write: now, handing_out: false, write_mark: 0, writable_at: 0, dirt: None };
+                let owned = Owned::new(epoch, now);
                 self.set(e, Some(ExtentState::Owned(owned)));
                 Some(epoch)
             }
@@ -964,14 +1246,22 @@ impl Claims {
             return HandoverStep::WaitForWrites;
         }
         let applying = self.applying.contains_key(&e);
+        let taken = self.taken.contains_key(&e);
         let Some(ExtentState::Owned(o)) = self.extents.get_mut(&e) else {
             return HandoverStep::NotOwner;
         };
         o.handing_out = true;
-        if o.writes_in_flight > 0 || applying {
+        if o.writes_in_flight > 0 || applying || taken {
+            // A taken extent waits for the peer's resync of it: its blocks
+            // of the extent differ from ours in places our tracking does not
+            // know.
             return HandoverStep::WaitForWrites;
         }
         let runs = match &o.dirt {
+            _ if o.suspect => {
+                let blocks = self.geometry.blocks_in(e);
+                vec![(BlockIndex(blocks.start), blocks.end - blocks.start)]
+            }
             Some(d) => {
                 let base = e.0 * self.geometry.blocks_per_extent();
                 d.not_durable_runs().into_iter().map(|(f, n)| (BlockIndex(base + f as u64), n as u64)).collect()
@@ -1059,17 +1349,26 @@ impl Claims {
     /// record of ours, its unconfirmed gives). Epochs decide every
     /// disagreement; extents the peer records as ours are adopted. Returns
     /// the extents whose give to us was revoked.
-    pub fn on_sync(
-        &mut self,
-        counter: Epoch,
-        peer_own: &[ExtentClaim],
-        peer_record: &[ExtentClaim],
-        peer_gives: &[ExtentClaim],
-        now: Time,
-    ) -> Vec<Extent> {
+    pub fn on_sync(&mut self, peer: &PeerView<'_>, now: Time) -> Vec<Extent> {
+        let PeerView { counter, own: peer_own, record: peer_record, gives: peer_gives, generation: peer_generation, taken: peer_taken } =
+            *peer;
         self.observe_counter(counter);
         let extents = self.geometry.extents();
         let mut revoked = Vec::new();
+        // What we held of the extents the peer took alone, before merging:
+        // it says what kind of conflict each one is.
+        let our_generation = self.generation;
+        // Ours if we owned it, were receiving it, or had given it and the
+        // peer never applied the give (our data there is the newest).
+        let prior: Vec<(ExtentClaim, bool)> = peer_taken
+            .iter()
+            .filter(|c| c.extent.0 < extents)
+            .map(|c| {
+                let ours = matches!(self.extents.get(&c.extent), Some(ExtentState::Owned(_)) | Some(ExtentState::Receiving { .. }))
+                    || self.gives.contains_key(&c.extent);
+                (*c, ours)
+            })
+            .collect();
         // Handovers the peer gave us and we never applied (the reply was
         // lost with the link): the peer's store holds the newest data, so
         // the give is revoked: the peer owns it again, at a fresh epoch.
@@ -1165,6 +1464,18 @@ impl Claims {
         // Releases the peer no longer records (at that epoch) were applied.
         let applied: Vec<ExtentClaim> = self.released.values().filter(|r| !peer_record.contains(&r.claim)).map(|r| r.claim).collect();
         self.confirm_releases(&applied);
+        // Extents the peer took alone while we were lost and owns now: its
+        // data wins; ours is saved to the conflict file first.
+        for (c, owned_before) in prior {
+            if let Some(ExtentState::PeerOwned { epoch }) = self.extents.get(&c.extent)
+                && *epoch >= c.epoch
+            {
+                let kind = if owned_before { crate::io::ConflictKind::TakenOver } else { crate::io::ConflictKind::ClaimedAlone };
+                let entry = ConflictEntry { epoch: *epoch, their_generation: peer_generation, our_generation, kind };
+                self.conflicts.entry(c.extent).or_insert(entry);
+            }
+        }
+        self.set_generation(peer_generation);
         revoked
     }
 
@@ -1176,12 +1487,8 @@ impl Claims {
             return;
         }
         self.observe_counter(epoch);
-        let owned = Owned { epoch, writes_in_flight: 0, last_write: now, handing_out: false, write_mark: 0, writable_at: 0, dirt: None };
+        let owned = Owned { suspect, ..Owned::new(epoch, now) };
         self.set(e, Some(ExtentState::Owned(owned)));
-        if suspect {
-            let blocks = self.geometry.blocks_in(e);
-            self.mark_dirty(blocks.start, blocks.end);
-        }
     }
 
     // ------------------------------------------------------------ copy stream

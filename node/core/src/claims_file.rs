@@ -1,31 +1,36 @@
-//! The byte format of a volume's claims file: the epoch counter, the own
-//! claims, the claims record (the peer's claims), the unconfirmed gives and
-//! the unconfirmed releases.
-//! Pure encode and decode; the runtime (or the simulator) stores the bytes.
+//! The byte format of a volume's claims file: the epoch counter, the newest
+//! outage generation, the own claims, the claims record (the peer's
+//! claims), the unconfirmed gives, the unconfirmed releases and the extents
+//! taken alone. Pure encode and decode; the runtime (or the simulator)
+//! stores the bytes.
 //!
-//! Layout (little-endian; `docs/on-disk.md`): `magic "GMCLAIM3" | counter
-//! u64 | own count u32 | (extent u64, epoch u64)* | record count u32 |
-//! (extent u64, epoch u64)* | gives count u32 | (extent u64, epoch u64)* |
-//! released count u32 | (extent u64, epoch u64)* | crc32c u32`. Version 2
-//! files (`GMCLAIM2`, without the released list) are read too. The file is
-//! replaced atomically, only when its contents change (a grant, a handover,
-//! a release), never per write.
+//! Layout (little-endian; `docs/on-disk.md`): `magic "GMCLAIM4" | counter
+//! u64 | generation u64 | flags u32 | own | record | gives | released |
+//! taken | crc32c u32`, each list `count u32 | (extent u64, epoch u64)*`;
+//! flag bit 0: detached. Version 3 (`GMCLAIM3`: counter, then the first four
+//! lists) and version 2 (`GMCLAIM2`: without released) are read too. The
+//! file is replaced atomically, only when its contents change (a grant, a
+//! handover, a release, a claim made alone), never per write.
 
 use geomirror_wire::peer::{Epoch, Extent, ExtentClaim};
 
-const MAGIC: &[u8; 8] = b"GMCLAIM3";
+const MAGIC: &[u8; 8] = b"GMCLAIM4";
+const MAGIC_V3: &[u8; 8] = b"GMCLAIM3";
 const MAGIC_V2: &[u8; 8] = b"GMCLAIM2";
 /// Largest claims file accepted (a million entries); a larger one is corrupt.
 pub const CLAIMS_FILE_BYTES_MAX: usize = 16 * 1024 * 1024 + 64;
-const HEADER_BYTES: usize = 8 + 8;
 const TRAILER_BYTES: usize = 4;
 const ENTRY_BYTES: usize = 16;
+const FLAG_DETACHED: u32 = 1;
 
 /// The contents of a claims file.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClaimsFileContents {
     /// The epoch counter (never goes back).
     pub counter: Epoch,
+    /// The newest outage generation this node knows (from the witness or an
+    /// operator's takeover); 0 before the first outage.
+    pub generation: u64,
     /// Extents this node owns (written lazily: the peer's record is the
     /// authority, and the session-start sync restores any that are missing).
     pub own: Vec<ExtentClaim>,
@@ -37,6 +42,19 @@ pub struct ClaimsFileContents {
     /// removing from its record: if the release was lost, it is sent again
     /// instead of the extent being taken back (its data is at the peer).
     pub released: Vec<ExtentClaim>,
+    /// Own extents claimed alone or taken over while the peer was lost, not
+    /// yet resynced to it (written before the first write to them).
+    pub taken: Vec<ExtentClaim>,
+    /// The volume was taken over offline and served without its peer: it
+    /// is not mirrored again automatically.
+    pub detached: bool,
+}
+
+impl ClaimsFileContents {
+    /// Whether the file says nothing beyond a clean, never-diverged volume.
+    pub fn is_clean(&self) -> bool {
+        self.own.is_empty() && self.record.is_empty() && self.gives.is_empty() && self.released.is_empty() && self.taken.is_empty()
+    }
 }
 
 /// Why bytes are not a valid claims file.
@@ -48,24 +66,26 @@ pub enum ClaimsFileCorrupt {
     /// The checksum does not match.
     #[error("checksum mismatch")]
     Checksum,
-    /// Not a claims file of this version.
+    /// Not a claims file of a known version.
     #[error("bad magic")]
     Magic,
     /// A list runs past the end.
     #[error("truncated")]
     Truncated,
-    /// Bytes after the last list.
-    #[error("trailing bytes")]
+    /// Bytes after the last list, or unknown flags.
+    #[error("trailing bytes or unknown flags")]
     Trailing,
 }
 
 /// Serializes a claims file with its checksum.
 pub fn encode(c: &ClaimsFileContents) -> Vec<u8> {
-    let entries = c.own.len() + c.record.len() + c.gives.len() + c.released.len();
-    let mut out = Vec::with_capacity(HEADER_BYTES + 16 + ENTRY_BYTES * entries + TRAILER_BYTES);
+    let entries = c.own.len() + c.record.len() + c.gives.len() + c.released.len() + c.taken.len();
+    let mut out = Vec::with_capacity(8 + 8 + 8 + 4 + 5 * 4 + ENTRY_BYTES * entries + TRAILER_BYTES);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&c.counter.0.to_le_bytes());
-    for list in [&c.own, &c.record, &c.gives, &c.released] {
+    out.extend_from_slice(&c.generation.to_le_bytes());
+    out.extend_from_slice(&(if c.detached { FLAG_DETACHED } else { 0 }).to_le_bytes());
+    for list in [&c.own, &c.record, &c.gives, &c.released, &c.taken] {
         out.extend_from_slice(&(list.len() as u32).to_le_bytes());
         for e in list {
             out.extend_from_slice(&e.extent.0.to_le_bytes());
@@ -77,9 +97,37 @@ pub fn encode(c: &ClaimsFileContents) -> Vec<u8> {
     out
 }
 
+/// A cursor over a verified body.
+struct Reader<'a> {
+    body: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn u64(&mut self) -> Result<u64, ClaimsFileCorrupt> {
+        let word = self.body.get(self.at..self.at + 8).ok_or(ClaimsFileCorrupt::Truncated)?;
+        self.at += 8;
+        Ok(u64::from_le_bytes(word.try_into().expect("8 bytes")))
+    }
+
+    fn u32(&mut self) -> Result<u32, ClaimsFileCorrupt> {
+        let word = self.body.get(self.at..self.at + 4).ok_or(ClaimsFileCorrupt::Truncated)?;
+        self.at += 4;
+        Ok(u32::from_le_bytes(word.try_into().expect("4 bytes")))
+    }
+
+    fn list(&mut self) -> Result<Vec<ExtentClaim>, ClaimsFileCorrupt> {
+        let n = self.u32()? as usize;
+        if (self.body.len() - self.at) / ENTRY_BYTES < n {
+            return Err(ClaimsFileCorrupt::Truncated);
+        }
+        (0..n).map(|_| Ok(ExtentClaim { extent: Extent(self.u64()?), epoch: Epoch(self.u64()?) })).collect()
+    }
+}
+
 /// Parses and verifies a claims file.
 pub fn decode(b: &[u8]) -> Result<ClaimsFileContents, ClaimsFileCorrupt> {
-    if b.len() < HEADER_BYTES + 3 * 4 + TRAILER_BYTES || b.len() > CLAIMS_FILE_BYTES_MAX {
+    if b.len() < 8 + 8 + 3 * 4 + TRAILER_BYTES || b.len() > CLAIMS_FILE_BYTES_MAX {
         return Err(ClaimsFileCorrupt::BadLength);
     }
     let (body, tail) = b.split_at(b.len() - TRAILER_BYTES);
@@ -87,53 +135,75 @@ pub fn decode(b: &[u8]) -> Result<ClaimsFileContents, ClaimsFileCorrupt> {
     if crc32c::crc32c(body) != stored {
         return Err(ClaimsFileCorrupt::Checksum);
     }
-    let lists_in_file = match &body[..8] {
+    let version = match &body[..8] {
         m if m == MAGIC => 4,
-        m if m == MAGIC_V2 => 3,
+        m if m == MAGIC_V3 => 3,
+        m if m == MAGIC_V2 => 2,
         _ => return Err(ClaimsFileCorrupt::Magic),
     };
-    let u64_at = |at: usize| {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(&body[at..at + 8]);
-        u64::from_le_bytes(word)
-    };
-    let counter = Epoch(u64_at(8));
-    let mut at = HEADER_BYTES;
-    let mut lists = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
-    for list in lists.iter_mut().take(lists_in_file) {
-        if body.len() < at + 4 {
-            return Err(ClaimsFileCorrupt::Truncated);
+    let mut r = Reader { body, at: 8 };
+    let mut c = ClaimsFileContents { counter: Epoch(r.u64()?), ..Default::default() };
+    if version >= 4 {
+        c.generation = r.u64()?;
+        let flags = r.u32()?;
+        if flags & !FLAG_DETACHED != 0 {
+            return Err(ClaimsFileCorrupt::Trailing);
         }
-        let n = u32::from_le_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]) as usize;
-        at += 4;
-        if (body.len() - at) / ENTRY_BYTES < n {
-            return Err(ClaimsFileCorrupt::Truncated);
-        }
-        list.reserve(n);
-        for _ in 0..n {
-            list.push(ExtentClaim { extent: Extent(u64_at(at)), epoch: Epoch(u64_at(at + 8)) });
-            at += ENTRY_BYTES;
-        }
+        c.detached = flags & FLAG_DETACHED != 0;
     }
-    if at != body.len() {
+    c.own = r.list()?;
+    c.record = r.list()?;
+    c.gives = r.list()?;
+    if version >= 3 {
+        c.released = r.list()?;
+    }
+    if version >= 4 {
+        c.taken = r.list()?;
+    }
+    if r.at != body.len() {
         return Err(ClaimsFileCorrupt::Trailing);
     }
-    let [own, record, gives, released] = lists;
-    Ok(ClaimsFileContents { counter, own, record, gives, released })
+    Ok(c)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn claim(e: u64, p: u64) -> ExtentClaim {
+        ExtentClaim { extent: Extent(e), epoch: Epoch(p) }
+    }
+
     fn sample() -> ClaimsFileContents {
         ClaimsFileContents {
             counter: Epoch(42),
-            own: vec![ExtentClaim { extent: Extent(1), epoch: Epoch(40) }],
-            record: vec![ExtentClaim { extent: Extent(7), epoch: Epoch(41) }, ExtentClaim { extent: Extent(9), epoch: Epoch(42) }],
-            gives: vec![ExtentClaim { extent: Extent(9), epoch: Epoch(42) }],
-            released: vec![ExtentClaim { extent: Extent(3), epoch: Epoch(30) }],
+            generation: 3,
+            own: vec![claim(1, 40), claim(12, 43)],
+            record: vec![claim(7, 41), claim(9, 42)],
+            gives: vec![claim(9, 42)],
+            released: vec![claim(3, 30)],
+            taken: vec![claim(12, 43)],
+            detached: true,
         }
+    }
+
+    /// The bytes of an older version of `c` (which must have nothing that
+    /// version lacks).
+    fn older(c: &ClaimsFileContents, magic: &[u8; 8], with_released: bool) -> Vec<u8> {
+        let mut out = magic.to_vec();
+        out.extend_from_slice(&c.counter.0.to_le_bytes());
+        let lists: &[&Vec<ExtentClaim>] =
+            if with_released { &[&c.own, &c.record, &c.gives, &c.released] } else { &[&c.own, &c.record, &c.gives] };
+        for list in lists {
+            out.extend_from_slice(&(list.len() as u32).to_le_bytes());
+            for e in list.iter() {
+                out.extend_from_slice(&e.extent.0.to_le_bytes());
+                out.extend_from_slice(&e.epoch.0.to_le_bytes());
+            }
+        }
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
     }
 
     #[test]
@@ -158,22 +228,27 @@ mod tests {
     }
 
     #[test]
-    fn a_version_2_file_is_read_without_released_extents() {
-        let mut v2 = sample();
-        v2.released.clear();
-        let mut bytes = encode(&v2);
-        let list_end = bytes.len() - 4 - 4; // drop the empty released list
-        bytes.truncate(list_end);
-        bytes[..8].copy_from_slice(MAGIC_V2);
-        let crc = crc32c::crc32c(&bytes);
-        bytes.extend_from_slice(&crc.to_le_bytes());
-        assert_eq!(decode(&bytes).unwrap(), v2);
+    fn files_of_versions_2_and_3_are_read() {
+        let v3 = ClaimsFileContents { generation: 0, taken: vec![], detached: false, ..sample() };
+        assert_eq!(decode(&older(&v3, MAGIC_V3, true)).unwrap(), v3);
+        let v2 = ClaimsFileContents { released: vec![], ..v3 };
+        assert_eq!(decode(&older(&v2, MAGIC_V2, false)).unwrap(), v2);
+    }
+
+    #[test]
+    fn unknown_flags_are_refused() {
+        let mut bytes = encode(&ClaimsFileContents::default());
+        bytes[24] = 2;
+        let len = bytes.len();
+        let crc = crc32c::crc32c(&bytes[..len - 4]);
+        bytes[len - 4..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode(&bytes), Err(ClaimsFileCorrupt::Trailing));
     }
 
     #[test]
     fn a_huge_count_is_refused_without_allocating() {
         let mut bytes = encode(&ClaimsFileContents::default());
-        bytes[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        bytes[28..32].copy_from_slice(&u32::MAX.to_le_bytes());
         let len = bytes.len();
         let crc = crc32c::crc32c(&bytes[..len - 4]);
         bytes[len - 4..].copy_from_slice(&crc.to_le_bytes());

@@ -44,10 +44,25 @@ pub struct CoreConfig {
     /// How long a request that needs the peer waits for it.
     pub peer_timeout: Duration,
     /// Period of the dialer's heartbeats (sent whether or not other traffic
-    /// flows); a session idle for `peer_timeout + heartbeat_interval` ends.
+    /// flows).
     pub heartbeat_interval: Duration,
+    /// A session silent this long (no frame; or no answer to a heartbeat)
+    /// ends: the peer is lost.
+    pub heartbeat_timeout: Duration,
+    /// The witness, if one is configured.
+    pub witness: Option<WitnessSettings>,
     /// The volumes, in the order of the hello's list.
     pub volumes: Vec<VolumeSettings>,
+}
+
+/// How this node uses its witness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WitnessSettings {
+    /// The lease: while the peer link is down, the node serves hosts only
+    /// while its lease runs (renewed every third of it).
+    pub lease: Duration,
+    /// How much two nodes' clocks may disagree about one lease.
+    pub max_clock_drift: Duration,
 }
 
 /// A configuration the core cannot run with.
@@ -102,6 +117,8 @@ impl CoreConfig {
             wins_ties: config.node.name < peer.name,
             peer_timeout: peer.peer_timeout.get(),
             heartbeat_interval: peer.heartbeat_interval.get(),
+            heartbeat_timeout: peer.heartbeat_timeout.get(),
+            witness: config.witness.as_ref().map(|w| WitnessSettings { lease: w.lease.get(), max_clock_drift: w.max_clock_drift.get() }),
             volumes,
         })
     }

@@ -213,6 +213,14 @@ impl NodeCore {
             if v.receiver.applying.is_some() {
                 break;
             }
+            // The peer's data for an extent it took while we were lost waits
+            // until our own blocks of it are saved (and all behind it: the
+            // queue is applied in order).
+            if let Some(ApplyJob::Copy { items, .. }) = v.receiver.queue.front()
+                && items.iter().any(|i| v.claims.conflicts().contains_key(&i.extent))
+            {
+                break;
+            }
             let Some(job) = v.receiver.queue.pop_front() else { break };
             match job {
                 ApplyJob::Copy { session, seq, items } => {
@@ -322,13 +330,17 @@ impl NodeCore {
     ) {
         let v = &mut self.volumes[vi];
         v.receiver.applying = None;
-        for e in extents {
+        for &e in &extents {
             v.claims.set_applying(e, false);
         }
         self.changed.insert(vi);
         match result {
             Ok(()) => {
                 self.volumes[vi].counters.copies_applied += runs;
+                let now = self.now;
+                for &e in &extents {
+                    self.volumes[vi].last_copy.insert(e, now);
+                }
                 self.mark_applied(vi, session, seq);
             }
             Err(fault) => {

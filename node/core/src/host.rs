@@ -159,6 +159,14 @@ impl NodeCore {
     }
 
     fn finish(&mut self, id: HostRequestId, result: Result<Option<Bytes>, HostError>) {
+        // A node that may not serve answers nothing from its own data, even
+        // a request that started before (its lease ended meanwhile).
+        let result = match result {
+            Ok(_) if !self.may_serve() => {
+                Err(HostError::PeerUnavailable(format!("this node may not serve hosts now: {}", self.standing.reason)))
+            }
+            other => other,
+        };
         let task = self.tasks.remove(&id).expect("finished task exists");
         let vi = task.volume.0 as usize;
         self.volumes[vi].parked.remove(&id);
@@ -183,6 +191,16 @@ impl NodeCore {
                 self.finish(id, Err(HostError::NotServing(reason)));
                 return;
             }
+        }
+        let starting = match &task.kind {
+            TaskKind::Write(w) => w.stage == WriteStage::Acquire,
+            TaskKind::Read(r) => r.pieces.iter().all(|p| !matches!(p.state, PieceState::Reading | PieceState::Pulling)),
+            TaskKind::Flush => true,
+        };
+        if starting && !self.may_serve() {
+            let (deadline, why) = (task.deadline, format!("this node may not serve hosts now: {}", self.standing.reason));
+            self.wait_or_fail(id, deadline, why);
+            return;
         }
         match &task.kind {
             TaskKind::Write(_) => self.run_write(id, vi),
@@ -233,7 +251,8 @@ impl NodeCore {
             WriteAccess::Claim(extents) => {
                 self.tasks.get_mut(&id).expect("exists").waited = true;
                 let releases = self.volumes[vi].claims.releases_to_carry();
-                let pending = Pending::Claim { volume: vi, extents: extents.clone(), releases: releases.clone() };
+                let claim = self.volumes[vi].claims.last_claim();
+                let pending = Pending::Claim { volume: vi, claim, extents: extents.clone(), releases: releases.clone() };
                 self.request_with_releases(vi, pending, move |id| Message::Claim { id, volume, counter, extents, releases });
                 self.changed.insert(vi);
                 self.park(id, deadline, format!("claiming extent {first} from the peer"));
@@ -258,6 +277,11 @@ impl NodeCore {
                         ),
                     ),
                     WaitReason::Session => (deadline, format!("extents {first}..={end} need the peer, which is unreachable")),
+                    WaitReason::File => (patience, format!("extents {first}..={end} were claimed alone; their record was not written")),
+                    WaitReason::Resync => (
+                        if ready { patience } else { deadline },
+                        format!("extents {first}..={end} are being resynced from the peer after an outage"),
+                    ),
                 };
                 self.wait_or_fail(id, limit, why);
             }

@@ -9,6 +9,11 @@ pub use geomirror_wire::peer::{CopySeq, RequestId, VolumeIndex};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SessionGen(pub u64);
 
+/// One connection to the witness, from hello to close. The runtime numbers
+/// them; inputs of an older one are ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WitnessLinkGen(pub u64);
+
 /// Names one I/O the core asked for; its completion carries it back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct IoToken(pub u64);

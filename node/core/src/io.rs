@@ -4,9 +4,11 @@ use std::fmt;
 
 use bytes::Bytes;
 use geomirror_wire::peer::{Extent, Lane, Message};
+use geomirror_wire::witness::WitnessMessage;
 
 use crate::claims_file::ClaimsFileContents;
-use crate::ids::{HostRequestId, IoToken, SessionGen, VolumeIndex};
+use crate::ids::{HostRequestId, IoToken, SessionGen, VolumeIndex, WitnessLinkGen};
+use crate::standing::Health;
 
 /// Which end of a session this node is (the node whose name sorts first
 /// dials both connections; the other accepts them).
@@ -124,6 +126,25 @@ pub enum Input {
         /// What it produced.
         result: Result<IoOutcome, IoFault>,
     },
+    /// The connection to the witness is up (its hello accepted).
+    WitnessUp {
+        /// The connection.
+        link: WitnessLinkGen,
+    },
+    /// A frame from the witness.
+    WitnessFrame {
+        /// The connection it arrived on.
+        link: WitnessLinkGen,
+        /// The message.
+        message: WitnessMessage,
+    },
+    /// The connection to the witness ended.
+    WitnessDown {
+        /// The connection.
+        link: WitnessLinkGen,
+        /// Why, for the log.
+        reason: String,
+    },
     /// A deadline from [`crate::NodeCore::poll_timeout`] was reached.
     Tick,
 }
@@ -166,6 +187,49 @@ pub enum Output {
     },
     /// Something worth logging (each event is logged once).
     Event(Event),
+    /// Send a message to the witness.
+    SendWitness {
+        /// The connection (if it has ended, drop the message).
+        link: WitnessLinkGen,
+        /// The message.
+        message: WitnessMessage,
+    },
+    /// Close the witness connection (it broke the protocol); report
+    /// [`Input::WitnessDown`] after.
+    CloseWitness {
+        /// The connection.
+        link: WitnessLinkGen,
+        /// Why (logged).
+        reason: String,
+    },
+}
+
+/// Why a block went to the conflict file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConflictKind {
+    /// This node owned the extent (it may hold writes it acknowledged that
+    /// the peer never received); the peer took it over while this node was
+    /// lost.
+    TakenOver,
+    /// The extent was clean; the peer claimed it alone while this node was
+    /// lost and wrote it: this node's block is the version both had before.
+    ClaimedAlone,
+}
+
+/// One block of this node's data that the peer's data replaces after an
+/// outage, saved first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConflictRecord {
+    /// Byte offset in the volume.
+    pub offset: u64,
+    /// This node's bytes there (one block).
+    pub data: Bytes,
+    /// Why it diverged.
+    pub kind: ConflictKind,
+    /// The newest outage generation this node knew when it returned.
+    pub our_generation: u64,
+    /// The peer's outage generation (the one it acted alone under).
+    pub their_generation: u64,
 }
 
 /// One write to a store.
@@ -228,6 +292,19 @@ pub enum IoOp {
         /// The new contents.
         contents: ClaimsFileContents,
     },
+    /// The CRC-32C of every block of these `(offset, length)` ranges of the
+    /// store (each a whole number of `block` bytes), in order.
+    Digest {
+        /// The ranges.
+        ranges: Vec<(u64, u64)>,
+        /// Block size.
+        block: u64,
+    },
+    /// Append these records to the volume's conflict file, durably.
+    SaveConflicts {
+        /// The records.
+        records: Vec<ConflictRecord>,
+    },
 }
 
 /// What a completed I/O produced.
@@ -235,6 +312,8 @@ pub enum IoOp {
 pub enum IoOutcome {
     /// The buffers of an [`IoOp::Read`], one per range.
     Read(Vec<Bytes>),
+    /// The checksums of an [`IoOp::Digest`], one per block.
+    Digest(Vec<u32>),
     /// A write, sync or persist completed.
     Done,
 }
@@ -356,5 +435,58 @@ pub enum Event {
         volume: VolumeIndex,
         /// The extent.
         extent: Extent,
+    },
+    /// The node's health changed (`/status` `health`).
+    HealthChanged {
+        /// The new health.
+        health: Health,
+        /// Why.
+        reason: String,
+    },
+    /// The witness refused or failed a request.
+    WitnessProblem {
+        /// What it said.
+        message: String,
+    },
+    /// This node acts alone from now on: it claims clean extents without
+    /// the peer (survivor of an outage).
+    ActingAlone {
+        /// The outage's generation.
+        generation: u64,
+    },
+    /// An operator took over the extents the lost peer owned.
+    TookOver {
+        /// The volume.
+        volume: VolumeIndex,
+        /// How many extents.
+        extents: usize,
+        /// The outage's generation.
+        generation: u64,
+    },
+    /// Blocks of ours that the peer's data replaces after an outage were
+    /// saved to the conflict file.
+    ConflictsSaved {
+        /// The volume.
+        volume: VolumeIndex,
+        /// The extent.
+        extent: Extent,
+        /// Blocks saved.
+        blocks: u64,
+        /// Why they diverged.
+        kind: ConflictKind,
+    },
+    /// A volume's resync after an outage or restart is complete.
+    ResyncDone {
+        /// The volume.
+        volume: VolumeIndex,
+        /// Extents compared.
+        extents: u64,
+        /// Blocks that differed.
+        blocks_differing: u64,
+    },
+    /// The outage of this generation is over at the witness.
+    OutageResolved {
+        /// Its generation.
+        generation: u64,
     },
 }

@@ -43,6 +43,7 @@
 pub mod claims;
 pub mod claims_file;
 pub mod config;
+pub mod conflict_file;
 mod copy;
 pub mod geometry;
 mod host;
@@ -52,15 +53,23 @@ pub mod limits;
 mod node;
 mod outbox;
 mod peer;
+pub mod resync;
 mod session;
+pub mod standing;
 pub mod time;
 pub mod tracking;
+pub mod witness;
 
-pub use config::{CoreConfig, CoreConfigError, Knobs, VolumeSettings};
+pub use config::{CoreConfig, CoreConfigError, Knobs, VolumeSettings, WitnessSettings};
 pub use geometry::Geometry;
-pub use ids::{HostRequestId, IoToken, SessionGen};
-pub use io::{Event, HostError, HostRequest, Input, IoFault, IoFaultKind, IoOp, IoOutcome, Output, Role, StoreWrite, ZeroMode};
-pub use node::{CoreStatus, NodeCore, SessionView, VolumeCounters, VolumeView, WriteTicket};
+pub use ids::{HostRequestId, IoToken, SessionGen, WitnessLinkGen};
+pub use io::{
+    ConflictKind, ConflictRecord, Event, HostError, HostRequest, Input, IoFault, IoFaultKind, IoOp, IoOutcome, Output, Role, StoreWrite,
+    ZeroMode,
+};
+pub use node::{CoreStatus, Exposure, NodeCore, SessionView, TakeoverRefused, VolumeCounters, VolumeView, WriteTicket};
+pub use resync::ResyncFigures;
+pub use standing::{Health, SurvivorRole};
 pub use time::Time;
 
 #[cfg(test)]

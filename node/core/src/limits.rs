@@ -70,6 +70,14 @@ pub const HELD_FRAMES_MAX: usize = 256;
 pub const SYNC_ROUNDS: u32 = 2;
 /// Volumes one node serves (the hello's list is indexed by a u16).
 pub const VOLUMES_MAX: usize = 1024;
+/// Blocks whose checksums one resync request asks for; an extent with more
+/// is compared in chunks.
+pub const DIGEST_BLOCKS_MAX: usize = 16 * 1024;
+/// Extents of one volume being compared with the peer at once.
+pub const RESYNC_EXTENTS_INFLIGHT_MAX: usize = 4;
+/// Runs of differing blocks one `ResyncNeed` names; more are merged into
+/// one span (the peer then sends blocks that are equal too: harmless).
+pub const RESYNC_RUNS_MAX: usize = 64 * 1024;
 
 const _: () = assert!(PREDICT_EXTENTS_MAX < CLAIM_EXTENTS_MAX as u64, "a predicted claim fits one message");
 const _: () = assert!(
@@ -91,3 +99,5 @@ const _: () = assert!(
 const _: () = assert!(COPY_WINDOW_BYTES >= COPY_BATCH_BYTES_MAX * COPY_READS_INFLIGHT_MAX as u64, "the window admits every read in flight");
 const _: () = assert!(EXTENT_BYTES_MAX / BLOCK_BYTES_MAX <= u32::MAX as u64, "a run's block count fits the wire's u32");
 const _: () = assert!(VOLUMES_MAX <= u16::MAX as usize + 1, "volume indexes fit the wire's u16");
+const _: () = assert!(DIGEST_BLOCKS_MAX * 5 + 64 <= FRAME_BYTES_MAX, "one chunk of checksums fits a frame");
+const _: () = assert!(RESYNC_RUNS_MAX * 20 + 64 <= FRAME_BYTES_MAX, "a ResyncNeed of the most runs fits a frame");

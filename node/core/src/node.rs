@@ -18,7 +18,9 @@ use crate::ids::{HostRequestId, IoToken, SessionGen, VolumeIndex};
 use crate::io::{Event, HostError, Input, IoFault, IoOp, IoOutcome, Output};
 use crate::limits::{HOUSEKEEPING_INTERVAL, REQUESTS_INFLIGHT_MAX, WRITE_GROUP_EXTENTS_MAX};
 use crate::outbox::Place;
+use crate::resync::{Resync, ResyncFigures};
 use crate::session::{Pending, Session};
+use crate::standing::{Health, Standing, SurvivorRole};
 use crate::time::Time;
 
 /// Whether a volume is served to hosts.
@@ -166,6 +168,11 @@ pub(crate) struct VolumeCore {
     pub syncs: StoreSyncs,
     /// Requests of ours whose releases may not leave yet, in their places.
     pub held_sends: Vec<(SessionGen, Place, Message)>,
+    /// The resync after an outage or a restart.
+    pub resync: Resync,
+    /// When a copy of each peer-owned extent was last applied here (what an
+    /// operator's takeover would lose since then).
+    pub last_copy: BTreeMap<Extent, Time>,
 }
 
 /// What a completed I/O continues.
@@ -228,6 +235,37 @@ pub(crate) enum IoPurpose {
     StoreSync {
         volume: usize,
     },
+    /// Our checksums of an extent being resynced.
+    ResyncDigest {
+        volume: usize,
+        extent: Extent,
+    },
+    /// Our differing blocks of an extent the peer took, to be saved.
+    ConflictRead {
+        volume: usize,
+        extent: Extent,
+    },
+    /// Those blocks being appended to the conflict file.
+    ConflictSave {
+        volume: usize,
+        extent: Extent,
+    },
+    /// The store sync before checksums the peer asked for (they must say
+    /// what is durable here: the owner treats equal blocks as durable).
+    DigestSyncForPeer {
+        volume: usize,
+        session: SessionGen,
+        place: Place,
+        id: RequestId,
+        range: (u64, u64),
+    },
+    /// Checksums the peer asked for.
+    DigestForPeer {
+        volume: usize,
+        session: SessionGen,
+        place: Place,
+        id: RequestId,
+    },
 }
 
 /// A view of one volume for status.
@@ -241,6 +279,10 @@ pub struct VolumeView {
     pub figures: ClaimsFigures,
     /// Counters.
     pub counters: VolumeCounters,
+    /// Resync progress.
+    pub resync: ResyncFigures,
+    /// Extents taken alone and not yet resynced to the peer.
+    pub taken_extents: u64,
 }
 
 /// A view of the session for status.
@@ -261,6 +303,55 @@ pub struct CoreStatus {
     pub session: Option<SessionView>,
     /// Per volume, in index order.
     pub volumes: Vec<VolumeView>,
+    /// The node's health and why.
+    pub health: Health,
+    /// Why the node has that health.
+    pub health_reason: String,
+    /// The newest outage generation known.
+    pub generation: u64,
+    /// The survivor role, if held.
+    pub survivor: Option<SurvivorRole>,
+    /// Whether the node may answer host requests now.
+    pub serving_hosts: bool,
+    /// How long the lease still runs (None: no witness or no lease).
+    pub lease_left: Option<std::time::Duration>,
+    /// Whether the witness link is up (None: no witness configured).
+    pub witness_up: Option<bool>,
+}
+
+/// An operator's takeover could not be done.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TakeoverRefused {
+    /// No such volume.
+    #[error("no volume #{0}")]
+    NoVolume(u16),
+    /// The peer link is up: nothing to take over, ask the peer instead.
+    #[error("the peer link is up: the peer's extents are reachable, nothing to take over")]
+    PeerReachable,
+    /// A witness is configured and did not make this node the survivor.
+    #[error("the witness has not made this node the survivor of the outage ({0})")]
+    NotSurvivor(String),
+    /// The survivor must wait for the other node's lease to end first.
+    #[error("this node is the survivor but acts alone only in {0:?}, when the other node's lease has surely ended")]
+    NotYet(std::time::Duration),
+    /// No witness: the operator must say the peer is down.
+    #[error("there is no witness: confirm that the peer is down (--peer-is-down); if it is in fact alive, both sites will diverge")]
+    PeerMayBeAlive,
+    /// The volume is not served.
+    #[error("the volume is not served: {0}")]
+    NotServing(String),
+}
+
+/// What a takeover takes (or took): the extents the lost peer owns here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exposure {
+    /// Per extent: the extent, and how long ago a copy of it was last
+    /// applied here (None: none since this node started).
+    pub extents: Vec<(Extent, Option<std::time::Duration>)>,
+    /// Bytes of those extents.
+    pub bytes: u64,
+    /// The outage generation the takeover runs under (0: not yet taken).
+    pub generation: u64,
 }
 
 /// A host write admitted on the fast path: the runtime writes it to the
@@ -293,6 +384,8 @@ pub struct NodeCore {
     /// Volumes whose waiting work must be looked at again.
     pub(crate) changed: BTreeSet<usize>,
     next_housekeeping: Time,
+    /// Lease, survivor role, fencing, health.
+    pub(crate) standing: Standing,
 }
 
 impl NodeCore {
@@ -300,6 +393,7 @@ impl NodeCore {
     /// volume order; an empty default for a volume without one).
     pub fn new(config: CoreConfig, files: Vec<ClaimsFileContents>, now: Time) -> NodeCore {
         assert_eq!(files.len(), config.volumes.len(), "one claims file per volume");
+        let generation = files.iter().map(|f| f.generation).max().unwrap_or(0);
         let volumes = config
             .volumes
             .iter()
@@ -319,8 +413,11 @@ impl NodeCore {
                 counters: VolumeCounters::default(),
                 syncs: StoreSyncs::default(),
                 held_sends: Vec::new(),
+                resync: Resync::default(),
+                last_copy: BTreeMap::new(),
             })
             .collect();
+        let standing = Standing::new(config.witness, generation, now);
         NodeCore {
             config,
             now,
@@ -335,6 +432,7 @@ impl NodeCore {
             deadlines: BinaryHeap::new(),
             changed: BTreeSet::new(),
             next_housekeeping: now + HOUSEKEEPING_INTERVAL,
+            standing,
         }
     }
 
@@ -357,6 +455,9 @@ impl NodeCore {
                 }
             }
             Input::IoDone { token, result } => self.on_io_done(token, result),
+            Input::WitnessUp { link } => self.on_witness_up(link),
+            Input::WitnessFrame { link, message } => self.on_witness_frame(link, message),
+            Input::WitnessDown { link, .. } => self.on_witness_down(link),
             Input::Tick => self.on_tick(),
         }
         self.settle();
@@ -375,6 +476,9 @@ impl NodeCore {
         }
         if let Some(s) = &self.session {
             next = next.min(s.next_deadline(&self.config));
+        }
+        if let Some(t) = self.standing_deadline() {
+            next = next.min(t);
         }
         for v in &self.volumes {
             for t in [v.sender.linger_until, v.receiver.sync_at].into_iter().flatten() {
@@ -399,9 +503,64 @@ impl NodeCore {
                     },
                     figures: v.claims.figures(),
                     counters: v.counters,
+                    resync: v.resync.figures,
+                    taken_extents: v.claims.taken_list().len() as u64,
                 })
                 .collect(),
+            health: self.standing.health,
+            health_reason: self.standing.reason.clone(),
+            generation: self.standing.generation,
+            survivor: self.standing.survivor,
+            serving_hosts: self.may_serve(),
+            lease_left: self.lease_left(),
+            witness_up: self.witness_up(),
         }
+    }
+
+    /// What an operator's takeover of `volume` would take now.
+    pub fn exposure(&self, volume: VolumeIndex) -> Option<Exposure> {
+        let v = self.volumes.get(volume.0 as usize)?;
+        let g = v.claims.geometry();
+        let extents: Vec<(Extent, Option<std::time::Duration>)> =
+            v.claims.exposure().into_iter().map(|c| (c.extent, v.last_copy.get(&c.extent).map(|t| self.now.since(*t)))).collect();
+        let bytes = extents.iter().map(|(e, _)| g.blocks_in(*e).count() as u64 * g.block_bytes).sum();
+        Some(Exposure { extents, bytes, generation: 0 })
+    }
+
+    /// An operator takes over the extents the lost peer owns in `volume`:
+    /// they become ours at once (served from our data once the claims file
+    /// records them). With a witness, only the survivor may, once it acts
+    /// alone; without one, `peer_is_down` must say the peer is down (this
+    /// node then acts alone too). Returns what was taken.
+    pub fn take_over(&mut self, now: Time, volume: VolumeIndex, peer_is_down: bool) -> Result<Exposure, TakeoverRefused> {
+        self.now = self.now.max(now);
+        let vi = volume.0 as usize;
+        if vi >= self.volumes.len() {
+            return Err(TakeoverRefused::NoVolume(volume.0));
+        }
+        if let Serving::Stopped(p) | Serving::Mismatch(p) = &self.volumes[vi].serving {
+            return Err(TakeoverRefused::NotServing(p.clone()));
+        }
+        if self.session.is_some() {
+            return Err(TakeoverRefused::PeerReachable);
+        }
+        let generation = match (&self.standing.witness, self.standing.survivor) {
+            (Some(_), None) => return Err(TakeoverRefused::NotSurvivor(self.standing.reason.clone())),
+            (Some(_), Some(role)) if role.acting_at > self.now => return Err(TakeoverRefused::NotYet(role.acting_at.since(self.now))),
+            (Some(_), Some(role)) => role.generation,
+            (None, _) if !peer_is_down => return Err(TakeoverRefused::PeerMayBeAlive),
+            (None, _) => self.become_survivor_by_operator(),
+        };
+        let mut exposure = self.exposure(volume).expect("checked");
+        exposure.generation = generation;
+        let taken = self.volumes[vi].claims.take_over(self.now);
+        for e in &taken {
+            self.volumes[vi].last_copy.remove(e);
+        }
+        self.event(Event::TookOver { volume, extents: taken.len(), generation });
+        self.changed.insert(vi);
+        self.settle();
+        Ok(exposure)
     }
 
     /// Whether the runtime may hand in the next frame of `lane` (else it
@@ -418,6 +577,9 @@ impl NodeCore {
     /// it as [`Input::Host`] instead.
     pub fn try_write(&mut self, now: Time, volume: VolumeIndex, offset: u64, length: u64) -> Option<WriteTicket> {
         self.now = self.now.max(now);
+        if !self.may_serve() {
+            return None;
+        }
         let v = self.volumes.get_mut(volume.0 as usize)?;
         if v.serving != Serving::Yes || length == 0 || !v.claims.geometry().contains(offset, length) {
             return None;
@@ -447,7 +609,8 @@ impl NodeCore {
     /// common case): no extent of it is owned by the peer or being received.
     pub fn read_is_local(&self, volume: VolumeIndex, offset: u64, length: u64) -> bool {
         let Some(v) = self.volumes.get(volume.0 as usize) else { return false };
-        v.serving == Serving::Yes
+        self.may_serve()
+            && v.serving == Serving::Yes
             && length > 0
             && v.claims.geometry().contains(offset, length)
             && v.claims.geometry().extents_of(offset, length).all(|e| v.claims.read_source(Extent(e)) == ReadSource::Local)
@@ -481,10 +644,13 @@ impl NodeCore {
         self.session.as_ref().is_some_and(|s| s.id == sid)
     }
 
-    /// Whether a request to the peer can be sent now.
+    /// Whether a request to the peer can be sent now (or, with none, whether
+    /// this node acts alone).
     pub(crate) fn peer_access(&self) -> PeerAccess {
         match &self.session {
             Some(s) if s.ready && s.requests.len() < REQUESTS_INFLIGHT_MAX => PeerAccess::Ready,
+            Some(s) if s.ready => PeerAccess::Unavailable,
+            _ if self.acting_alone() => PeerAccess::Alone,
             _ => PeerAccess::Unavailable,
         }
     }
@@ -669,7 +835,12 @@ impl NodeCore {
         let done = |r: Result<IoOutcome, IoFault>| r.map(|_| ());
         let read = |r: Result<IoOutcome, IoFault>| match r {
             Ok(IoOutcome::Read(buffers)) => Ok(buffers),
-            Ok(IoOutcome::Done) => panic!("a read completed without buffers"),
+            Ok(other) => panic!("a read completed with {other:?}"),
+            Err(e) => Err(e),
+        };
+        let digest = |r: Result<IoOutcome, IoFault>| match r {
+            Ok(IoOutcome::Digest(crcs)) => Ok(crcs),
+            Ok(other) => panic!("a digest completed with {other:?}"),
             Err(e) => Err(e),
         };
         match purpose {
@@ -691,6 +862,13 @@ impl NodeCore {
                     self.stop_volume(volume, format!("fdatasync failed ({fault}); writes since the last successful one may be lost"));
                 }
             }
+            IoPurpose::ResyncDigest { volume, extent } => self.on_resync_digest(volume, extent, digest(result)),
+            IoPurpose::ConflictRead { volume, extent } => self.on_conflict_read(volume, extent, read(result)),
+            IoPurpose::ConflictSave { volume, extent } => self.on_conflict_saved(volume, extent, done(result)),
+            IoPurpose::DigestSyncForPeer { volume, session, place, id, range } => {
+                self.on_digest_sync_for_peer(volume, session, place, id, range, done(result))
+            }
+            IoPurpose::DigestForPeer { volume, session, place, id } => self.on_digest_for_peer(volume, session, place, id, digest(result)),
         }
     }
 
@@ -740,8 +918,10 @@ impl NodeCore {
         for _ in 0..64 {
             self.release_held_frames();
             self.start_syncs();
+            self.pump_standing();
             let changed = std::mem::take(&mut self.changed);
             for &vi in &changed {
+                self.pump_resync(vi);
                 self.pump_releases(vi);
                 self.pump_receiver(vi);
                 // Host requests before gives: a write that waited for an

@@ -8,7 +8,7 @@
 
 use geomirror_wire::peer::{BlockRun, ClaimOutcome, CopyItem, Epoch, Extent, Lane, Message, RequestId, VolumeIndex};
 
-use crate::claims::HandoverStep;
+use crate::claims::{HandoverStep, PeerView};
 use crate::ids::SessionGen;
 use crate::io::Event;
 use crate::limits::{CLAIM_EXTENTS_MAX, PULL_BYTES_MAX};
@@ -63,10 +63,23 @@ impl NodeCore {
         }
         match message {
             Message::Heartbeat { id } => self.send(Lane::Priority, Message::HeartbeatReply { id }),
-            Message::Sync { id, volume, counter, own, record, gives } => {
+            Message::Sync { id, volume, counter, own, record, gives, generation, taken } => {
                 let Some(vi) = self.volume_of(volume, "a sync") else { return };
                 if !self.refuse_if_not_serving(vi, id) {
-                    self.on_sync_request(vi, id, counter, &own, &record, &gives);
+                    let view = PeerView { counter, own: &own, record: &record, gives: &gives, generation, taken: &taken };
+                    self.on_sync_request(vi, id, &view);
+                }
+            }
+            Message::DigestRequest { id, volume, extent, span } => {
+                let Some(vi) = self.volume_of(volume, "a checksum request") else { return };
+                if !self.refuse_if_not_serving(vi, id) {
+                    self.on_digest_request(vi, id, extent, span);
+                }
+            }
+            Message::ResyncNeed { id, volume, extent, runs, .. } => {
+                let Some(vi) = self.volume_of(volume, "a resync request") else { return };
+                if !self.refuse_if_not_serving(vi, id) {
+                    self.on_resync_need_request(vi, id, extent, &runs);
                 }
             }
             Message::Claim { id, volume, counter, extents, releases } => {
@@ -105,6 +118,8 @@ impl NodeCore {
             | Message::HandoverReply { .. }
             | Message::PullReply { .. }
             | Message::HeartbeatReply { .. }
+            | Message::DigestReply { .. }
+            | Message::Ack { .. }
             | Message::Error { .. }) => self.on_reply(reply),
             other => self.close_session(format!("protocol violation: unexpected {} on the priority lane", other.kind())),
         }
@@ -279,8 +294,8 @@ impl NodeCore {
             return;
         };
         match (pending, reply) {
-            (Pending::Claim { volume, extents, releases }, Message::ClaimReply { outcomes, counter, .. }) => {
-                self.volumes[volume].claims.on_claim_reply(&extents, &outcomes, counter, self.now, &releases);
+            (Pending::Claim { volume, claim, extents, releases }, Message::ClaimReply { outcomes, counter, .. }) => {
+                self.volumes[volume].claims.on_claim_reply(claim, &extents, &outcomes, counter, self.now, &releases);
                 self.changed.insert(volume);
             }
             (Pending::Handover { volume, extent, releases }, Message::HandoverReply { granted, counter, blocks, .. }) => {
@@ -294,9 +309,14 @@ impl NodeCore {
                 }
             }
             (Pending::Pull { task, piece }, Message::PullReply { data, .. }) => self.on_pull_reply(task, piece, data),
-            (Pending::Sync { volume }, Message::SyncReply { counter, own, record, gives, .. }) => {
-                self.on_sync_reply(volume, counter, &own, &record, &gives)
+            (Pending::Sync { volume }, Message::SyncReply { counter, own, record, gives, generation, taken, .. }) => {
+                let view = PeerView { counter, own: &own, record: &record, gives: &gives, generation, taken: &taken };
+                self.on_sync_reply(volume, &view)
             }
+            (Pending::Digest { volume, extent, chunk }, Message::DigestReply { crcs, .. }) => {
+                self.on_digest_reply(volume, extent, chunk, crcs)
+            }
+            (Pending::ResyncNeed { volume, extent }, Message::Ack { .. }) => self.on_resync_acked(volume, extent),
             (Pending::Heartbeat, Message::HeartbeatReply { .. }) => {
                 if let Some(s) = &mut self.session {
                     s.heartbeat = None;
@@ -309,8 +329,8 @@ impl NodeCore {
 
     fn on_refused(&mut self, pending: Pending, message: String) {
         match pending {
-            Pending::Claim { volume, extents, .. } => {
-                self.volumes[volume].claims.on_claim_refused(&extents);
+            Pending::Claim { volume, claim, extents, .. } => {
+                self.volumes[volume].claims.on_claim_refused(claim, &extents);
                 self.event(Event::PeerRefused { volume: self.volumes[volume].index, request: "claim", message });
                 self.changed.insert(volume);
             }
@@ -325,6 +345,13 @@ impl NodeCore {
                 self.close_session(format!("the peer refused the sync of volume `{name}`: {message}"));
             }
             Pending::Heartbeat => self.close_session(format!("the peer refused a heartbeat: {message}")),
+            Pending::Digest { volume, extent, .. } => self.on_digest_refused(volume, extent, message),
+            Pending::ResyncNeed { volume, extent } => {
+                // The peer could not take our answer: the next session's
+                // sync starts the extent's resync again.
+                self.event(Event::PeerRefused { volume: self.volumes[volume].index, request: "resync", message });
+                let _ = extent;
+            }
         }
     }
 

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use geomirror_wire::peer::{Extent, Lane, Message, RequestId};
 
+use crate::claims::PeerView;
 use crate::config::CoreConfig;
 use crate::ids::{HostRequestId, SessionGen};
 use crate::io::{Event, Role};
@@ -17,11 +18,13 @@ use crate::time::Time;
 /// One of our requests awaiting its answer.
 #[derive(Clone, Debug)]
 pub(crate) enum Pending {
-    Claim { volume: usize, extents: Vec<Extent>, releases: Vec<geomirror_wire::peer::ExtentClaim> },
+    Claim { volume: usize, claim: u64, extents: Vec<Extent>, releases: Vec<geomirror_wire::peer::ExtentClaim> },
     Handover { volume: usize, extent: Extent, releases: Vec<geomirror_wire::peer::ExtentClaim> },
     Pull { task: HostRequestId, piece: usize },
     Sync { volume: usize },
     Heartbeat,
+    Digest { volume: usize, extent: Extent, chunk: usize },
+    ResyncNeed { volume: usize, extent: Extent },
 }
 
 /// The session-start sync of one volume.
@@ -92,7 +95,7 @@ impl Session {
 
     /// How long the peer may stay silent before the session is closed.
     fn idle_limit(config: &CoreConfig) -> std::time::Duration {
-        config.peer_timeout + config.heartbeat_interval
+        config.heartbeat_timeout
     }
 
     pub fn next_deadline(&self, config: &CoreConfig) -> Time {
@@ -101,7 +104,7 @@ impl Session {
             next = next.min(self.next_heartbeat);
         }
         if let Some((_, sent)) = self.heartbeat {
-            next = next.min(sent + config.peer_timeout);
+            next = next.min(sent + config.heartbeat_timeout);
         }
         next
     }
@@ -186,7 +189,7 @@ impl NodeCore {
                 Pending::Claim { volume, extents, .. } => self.volumes[volume].claims.on_claim_lost(&extents),
                 Pending::Handover { volume, extent, .. } => self.volumes[volume].claims.on_handover_failed(extent),
                 Pending::Pull { task, piece } => self.on_pull_lost(task, piece),
-                Pending::Sync { .. } | Pending::Heartbeat => {}
+                Pending::Sync { .. } | Pending::Heartbeat | Pending::Digest { .. } | Pending::ResyncNeed { .. } => {}
             }
         }
         for vi in 0..self.volumes.len() {
@@ -204,6 +207,7 @@ impl NodeCore {
             v.receiver.queue.retain(|job| !matches!(job, crate::node::ApplyJob::Copy { .. }));
             v.receiver.sync_at = None;
             v.sender.linger_until = None;
+            v.resync.reset();
             self.changed.insert(vi);
         }
         self.event(Event::SessionEnded { session: s.id, reason });
@@ -233,9 +237,11 @@ impl NodeCore {
             let (own, record) = v.claims.views();
             let gives = v.claims.gives();
             let counter = v.claims.counter();
+            let generation = v.claims.generation();
+            let taken = v.claims.taken_list();
             let volume = v.index;
             self.session.as_mut().expect("checked").syncs[vi].in_flight = true;
-            self.request(Pending::Sync { volume: vi }, |id| Message::Sync { id, volume, counter, own, record, gives });
+            self.request(Pending::Sync { volume: vi }, |id| Message::Sync { id, volume, counter, own, record, gives, generation, taken });
         }
     }
 
@@ -284,9 +290,9 @@ impl NodeCore {
             return;
         }
         if let Some((_, sent)) = s.heartbeat
-            && now >= sent + config.peer_timeout
+            && now >= sent + config.heartbeat_timeout
         {
-            let limit = config.peer_timeout;
+            let limit = config.heartbeat_timeout;
             self.close_session(format!("the peer did not answer a heartbeat within {limit:?}"));
             return;
         }
@@ -300,13 +306,18 @@ impl NodeCore {
     }
 
     /// Holds a `Sync` (accepter) or `SyncReply` (dialer) of a volume that is
-    /// receiving a handover, and everything after it on the lane, until the
-    /// handover is applied and our ownership of it is durable.
+    /// receiving a handover, or where the peer owns an extent we have writes
+    /// in flight to (an outage's takeover: our writes must land before our
+    /// blocks are compared and saved), and everything after it on the lane,
+    /// until that is done and our ownership is durable.
     pub(crate) fn must_hold(&self, message: &Message) -> bool {
+        let busy = |vi: usize, own: &[geomirror_wire::peer::ExtentClaim]| {
+            self.volumes.get(vi).is_some_and(|v| v.claims.is_receiving() || own.iter().any(|c| v.claims.writes_in_flight(c.extent)))
+        };
         match message {
-            Message::Sync { volume, .. } => self.volumes.get(volume.0 as usize).is_some_and(|v| v.claims.is_receiving()),
-            Message::SyncReply { id, .. } => match self.session.as_ref().and_then(|s| s.requests.get(id)) {
-                Some(Pending::Sync { volume }) => self.volumes[*volume].claims.is_receiving(),
+            Message::Sync { volume, own, .. } => busy(volume.0 as usize, own),
+            Message::SyncReply { id, own, .. } => match self.session.as_ref().and_then(|s| s.requests.get(id)) {
+                Some(Pending::Sync { volume }) => busy(*volume, own),
                 _ => false,
             },
             _ => false,
@@ -328,25 +339,26 @@ impl NodeCore {
 
     /// Answers the dialer's sync (accepter): merge, then reply once the
     /// merge is durable.
-    pub(crate) fn on_sync_request(
-        &mut self,
-        vi: usize,
-        id: RequestId,
-        counter: geomirror_wire::peer::Epoch,
-        own: &[geomirror_wire::peer::ExtentClaim],
-        record: &[geomirror_wire::peer::ExtentClaim],
-        gives: &[geomirror_wire::peer::ExtentClaim],
-    ) {
+    pub(crate) fn on_sync_request(&mut self, vi: usize, id: RequestId, peer: &PeerView<'_>) {
         if self.session.as_ref().is_some_and(|s| s.role == Role::Dialer) {
             self.close_session("protocol violation: the accepter sent a sync".into());
             return;
         }
         let now = self.now;
-        let revoked = self.volumes[vi].claims.on_sync(counter, own, record, gives, now);
+        let revoked = self.volumes[vi].claims.on_sync(peer, now);
         self.report_revoked(vi, revoked);
+        self.learn_generation(peer.generation);
         let v = &self.volumes[vi];
         let (own, record) = v.claims.views();
-        let reply = Message::SyncReply { id, counter: v.claims.counter(), own, record, gives: v.claims.gives() };
+        let reply = Message::SyncReply {
+            id,
+            counter: v.claims.counter(),
+            own,
+            record,
+            gives: v.claims.gives(),
+            generation: v.claims.generation(),
+            taken: v.claims.taken_list(),
+        };
         let failure = Message::Error { id, message: format!("volume `{}` stopped: its claims file could not be written", v.settings.name) };
         let Some((session, place)) = self.reserve(Lane::Priority) else { return };
         let s = self.session.as_mut().expect("reserved");
@@ -358,17 +370,11 @@ impl NodeCore {
     }
 
     /// The accepter's answer to our sync (dialer).
-    pub(crate) fn on_sync_reply(
-        &mut self,
-        vi: usize,
-        counter: geomirror_wire::peer::Epoch,
-        own: &[geomirror_wire::peer::ExtentClaim],
-        record: &[geomirror_wire::peer::ExtentClaim],
-        gives: &[geomirror_wire::peer::ExtentClaim],
-    ) {
+    pub(crate) fn on_sync_reply(&mut self, vi: usize, peer: &PeerView<'_>) {
         let now = self.now;
-        let revoked = self.volumes[vi].claims.on_sync(counter, own, record, gives, now);
+        let revoked = self.volumes[vi].claims.on_sync(peer, now);
         self.report_revoked(vi, revoked);
+        self.learn_generation(peer.generation);
         let session = self.session.as_ref().expect("replies arrive on a session").id;
         self.when_durable(vi, DurableWaiter::SyncRound { session });
         self.changed.insert(vi);

@@ -11,7 +11,7 @@ use geomirror_wire::peer::{
     BlockIndex, ClaimOutcome, CopyItem, CopySeq, Epoch, Extent, ExtentClaim, Lane, Message, RequestId, VolumeIndex,
 };
 
-use crate::claims::{Claims, ExtentState, PeerAccess, ReadSource, WaitReason, WriteAccess};
+use crate::claims::{Claims, ExtentState, PeerAccess, PeerView, ReadSource, WaitReason, WriteAccess};
 use crate::claims_file::ClaimsFileContents;
 use crate::config::{CoreConfig, Knobs, VolumeSettings};
 use crate::geometry::Geometry;
@@ -37,7 +37,13 @@ fn t(ms: u64) -> Time {
 
 fn granted(c: &mut Claims, extents: &[Extent], first_epoch: u64, now: Time) {
     let outcomes: Vec<_> = (0..extents.len()).map(|i| ClaimOutcome::Granted(Epoch(first_epoch + i as u64))).collect();
-    c.on_claim_reply(extents, &outcomes, Epoch(first_epoch + extents.len() as u64), now, &[]);
+    let claim = c.last_claim();
+    c.on_claim_reply(claim, extents, &outcomes, Epoch(first_epoch + extents.len() as u64), now, &[]);
+}
+
+/// A peer's sync view without outage news.
+fn view<'a>(counter: u64, own: &'a [ExtentClaim], record: &'a [ExtentClaim], gives: &'a [ExtentClaim]) -> PeerView<'a> {
+    PeerView { counter: Epoch(counter), own, record, gives, generation: 0, taken: &[] }
 }
 
 fn own(c: &mut Claims, e: u64, now: Time) {
@@ -277,6 +283,27 @@ fn concurrent_claims_are_resolved_by_the_tie_breaker() {
 }
 
 #[test]
+fn the_answer_to_an_older_claim_does_not_settle_a_newer_claim_of_the_same_extent() {
+    // Found by the simulator (seed 961 of the outage batch): a stale
+    // "declined" freed the extent while a newer claim of it was on its way,
+    // a third claim followed, and the peer recorded an epoch we never owned.
+    let mut a = Claims::new(&settings(16, 8, 0), false);
+    assert_eq!(a.begin_write(2..=2, t(0), PeerAccess::Ready), WriteAccess::Claim(vec![Extent(2)]));
+    let first = a.last_claim();
+    // The peer's crossing claim wins the tie; then the peer releases it.
+    assert!(matches!(a.on_claim_request(&[Extent(2)], Epoch(0))[0], ClaimOutcome::Granted(_)));
+    let Some(ExtentState::PeerOwned { epoch }) = a.extent(Extent(2)).cloned() else { panic!() };
+    a.on_release(&[ExtentClaim { extent: Extent(2), epoch }]);
+    assert_eq!(a.begin_write(2..=2, t(1), PeerAccess::Ready), WriteAccess::Claim(vec![Extent(2)]));
+    let second = a.last_claim();
+    a.on_claim_reply(first, &[Extent(2)], &[ClaimOutcome::Declined], Epoch(3), t(2), &[]);
+    assert!(matches!(a.extent(Extent(2)), Some(ExtentState::Claiming)), "the newer claim is still pending");
+    a.on_claim_reply(second, &[Extent(2)], &[ClaimOutcome::Granted(Epoch(4))], Epoch(4), t(3), &[]);
+    assert!(matches!(a.extent(Extent(2)), Some(ExtentState::Owned(o)) if o.epoch == Epoch(4)));
+    a.check();
+}
+
+#[test]
 fn a_claim_lost_with_the_link_keeps_its_budget_until_the_sync_says() {
     let mut a = Claims::new(&settings(16, 1, 0), true);
     assert!(matches!(a.begin_write(2..=2, t(0), PeerAccess::Ready), WriteAccess::Claim(_)));
@@ -288,18 +315,21 @@ fn a_claim_lost_with_the_link_keeps_its_budget_until_the_sync_says() {
         "the lost claim still takes the budget"
     );
     // The peer granted it before the link dropped: adopted, nothing to resend.
-    a.on_sync(Epoch(3), &[], &[ExtentClaim { extent: Extent(2), epoch: Epoch(3) }], &[], t(1));
+    a.on_sync(&view(3, &[], &[ExtentClaim { extent: Extent(2), epoch: Epoch(3) }], &[]), t(1));
     assert!(matches!(a.extent(Extent(2)), Some(ExtentState::Owned(_))));
     assert_eq!(a.figures().unsent_blocks, 0, "never written under it: nothing to send");
     a.check();
 }
 
 #[test]
-fn a_sync_adopts_what_the_peer_records_as_ours_and_resends_it() {
+fn a_sync_adopts_what_the_peer_records_as_ours_to_be_compared() {
     let mut a = Claims::new(&settings(16, 8, 0), true);
-    a.on_sync(Epoch(9), &[], &[ExtentClaim { extent: Extent(5), epoch: Epoch(9) }], &[], t(0));
-    assert!(matches!(a.extent(Extent(5)), Some(ExtentState::Owned(o)) if o.epoch == Epoch(9)));
-    assert_eq!(a.figures().unsent_blocks, 4, "every block of an adopted extent is sent again");
+    a.on_sync(&view(9, &[], &[ExtentClaim { extent: Extent(5), epoch: Epoch(9) }], &[]), t(0));
+    assert!(matches!(a.extent(Extent(5)), Some(ExtentState::Owned(o)) if o.epoch == Epoch(9) && o.suspect));
+    assert_eq!(a.suspects(), vec![Extent(5)], "which blocks the peer lacks is found by comparing checksums");
+    assert_eq!(a.release_idle(t(60_000)), 0, "not released before the comparison");
+    a.resolve_suspect(Extent(5), &[(21, 2)]);
+    assert_eq!(a.figures().unsent_blocks, 2, "only the blocks that differ are sent");
     a.check();
 }
 
@@ -309,7 +339,7 @@ fn a_sync_revokes_a_give_never_applied_and_the_giver_takes_it_back() {
     requester.on_claim_request(&[Extent(2)], Epoch(0));
     assert_eq!(requester.begin_write(2..=2, t(0), PeerAccess::Ready), WriteAccess::Handover(Extent(2)));
     requester.on_handover_failed(Extent(2));
-    let revoked = requester.on_sync(Epoch(2), &[], &[], &[ExtentClaim { extent: Extent(2), epoch: Epoch(2) }], t(0));
+    let revoked = requester.on_sync(&view(2, &[], &[], &[ExtentClaim { extent: Extent(2), epoch: Epoch(2) }]), t(0));
     assert_eq!(revoked, vec![Extent(2)]);
     let Some(ExtentState::PeerOwned { epoch }) = requester.extent(Extent(2)).cloned() else { panic!() };
     assert!(epoch > Epoch(2), "revoked at a fresh epoch, which the giver adopts from our record");
@@ -319,13 +349,18 @@ fn a_sync_revokes_a_give_never_applied_and_the_giver_takes_it_back() {
 fn restore_marks_own_claims_suspect_and_keeps_the_record() {
     let file = ClaimsFileContents {
         counter: Epoch(7),
+        generation: 2,
         own: vec![ExtentClaim { extent: Extent(1), epoch: Epoch(5) }],
         record: vec![ExtentClaim { extent: Extent(3), epoch: Epoch(6) }],
         gives: vec![],
         released: vec![ExtentClaim { extent: Extent(9), epoch: Epoch(4) }],
+        taken: vec![ExtentClaim { extent: Extent(1), epoch: Epoch(5) }],
+        detached: false,
     };
     let a = Claims::restore(&settings(16, 8, 0), true, &file, t(0));
-    assert_eq!(a.figures().unsent_blocks, 4, "own claims are resent whole");
+    assert_eq!(a.suspects(), vec![Extent(1)], "own claims are compared with the peer before anything is released");
+    assert_eq!(a.figures().unsent_blocks, 0);
+    assert!(a.has_taken() && a.resync_pending());
     assert_eq!(a.read_source(Extent(3)), ReadSource::Peer);
     assert_eq!(a.unconfirmed_releases(), vec![ExtentClaim { extent: Extent(9), epoch: Epoch(4) }]);
     assert_eq!(a.file_contents(), file, "the state's file is the file it came from");
@@ -340,6 +375,8 @@ fn config(wins_ties: bool) -> CoreConfig {
         wins_ties,
         peer_timeout: Duration::from_secs(1),
         heartbeat_interval: Duration::from_millis(100),
+        heartbeat_timeout: Duration::from_millis(300),
+        witness: None,
         volumes: vec![settings(16, 8, 0)],
     }
 }
@@ -361,7 +398,16 @@ fn ready_accepter() -> NodeCore {
     b.handle(t(0), Input::LinkUp { session: S, role: Role::Accepter, volume_errors: vec![None] });
     b.handle(t(0), Input::BulkUp { session: S });
     for id in 1..=2 {
-        let sync = Message::Sync { id: RequestId(id), volume: V, counter: Epoch(0), own: vec![], record: vec![], gives: vec![] };
+        let sync = Message::Sync {
+            id: RequestId(id),
+            volume: V,
+            counter: Epoch(0),
+            own: vec![],
+            record: vec![],
+            gives: vec![],
+            generation: 0,
+            taken: vec![],
+        };
         b.handle(t(0), Input::Frame { session: S, lane: Lane::Priority, message: sync });
     }
     drain(&mut b);

@@ -14,6 +14,7 @@
 //! tokio's paused clock drives every timer in tests.
 
 pub mod claims_file;
+pub mod conflict_file;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,14 +26,16 @@ use dashmap::DashMap;
 use geomirror_core::claims_file::ClaimsFileContents;
 use geomirror_core::{
     CoreConfig, CoreStatus, Event, HostError, HostRequest, HostRequestId, Input, IoFault, IoFaultKind, IoOp, IoOutcome, IoToken, NodeCore,
-    Output, Role, SessionGen, StoreWrite, Time, ZeroMode,
+    Output, Role, SessionGen, StoreWrite, Time, WitnessLinkGen, ZeroMode,
 };
 use geomirror_wire::peer::{Lane, Message, VolumeIndex};
+use geomirror_wire::witness::WitnessMessage;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use self::claims_file::ClaimsFile;
+use self::conflict_file::ConflictFile;
 use crate::metrics::ReplicationMetrics;
 use crate::store::{BlockStore, StoreError};
 use crate::tasks::blocking;
@@ -61,7 +64,7 @@ impl SessionIo {
     }
 }
 
-/// One replicated volume's store and claims file.
+/// One replicated volume's store, claims file and conflict file.
 pub struct EngineVolume {
     /// Export name.
     pub name: String,
@@ -69,6 +72,18 @@ pub struct EngineVolume {
     pub store: Arc<dyn BlockStore>,
     /// Its claims file.
     pub file: ClaimsFile,
+    /// Where its blocks replaced after an outage are saved first.
+    pub conflicts: ConflictFile,
+}
+
+/// The witness connection's writer, as the core's sends need it.
+pub struct WitnessIo {
+    /// The connection.
+    pub link: WitnessLinkGen,
+    /// Cancelled to close it (the core found a protocol violation).
+    pub cancel: CancellationToken,
+    /// Its writer.
+    pub tx: mpsc::Sender<WitnessMessage>,
 }
 
 /// The runtime of one two-site node.
@@ -86,6 +101,8 @@ pub struct Engine {
     timer: Notify,
     /// Readers waiting for the core to accept frames again.
     room: Notify,
+    /// The witness connection, while up.
+    witness: Mutex<Option<WitnessIo>>,
     handle: tokio::runtime::Handle,
     /// The node's span (the caller's at [`Engine::new`]): the parent of
     /// every line the engine logs and of its blocking I/O, whichever task
@@ -111,6 +128,7 @@ impl Engine {
             timer_at: AtomicU64::new(u64::MAX),
             timer: Notify::new(),
             room: Notify::new(),
+            witness: Mutex::new(None),
             handle: tokio::runtime::Handle::current(),
             span: tracing::Span::current(),
         })
@@ -199,8 +217,73 @@ impl Engine {
                     }
                 }
                 Output::Event(event) => self.log_event(event),
+                Output::SendWitness { link, message } => {
+                    let witness = self.witness.lock().expect("witness lock");
+                    if let Some(w) = witness.as_ref().filter(|w| w.link == link)
+                        && w.tx.try_send(message).is_err()
+                    {
+                        // The witness does not read: drop the connection, it reconnects.
+                        w.cancel.cancel();
+                    }
+                }
+                Output::CloseWitness { link, reason } => {
+                    warn!(parent: &self.span, reason, "closing the witness link");
+                    if let Some(w) = self.witness.lock().expect("witness lock").as_ref().filter(|w| w.link == link) {
+                        w.cancel.cancel();
+                    }
+                }
             }
         }
+    }
+
+    // ------------------------------------------------------------ witness link
+
+    /// The witness link is up (hello done).
+    pub fn witness_up(self: &Arc<Self>, io: WitnessIo) {
+        let link = io.link;
+        *self.witness.lock().expect("witness lock") = Some(io);
+        self.with_core(|core, now| core.handle(now, Input::WitnessUp { link }));
+    }
+
+    /// A frame from the witness.
+    pub fn witness_frame(self: &Arc<Self>, link: WitnessLinkGen, message: WitnessMessage) {
+        self.with_core(|core, now| core.handle(now, Input::WitnessFrame { link, message }));
+    }
+
+    /// The witness link ended.
+    pub fn witness_down(self: &Arc<Self>, link: WitnessLinkGen, reason: String) {
+        {
+            let mut w = self.witness.lock().expect("witness lock");
+            if w.as_ref().is_some_and(|w| w.link == link) {
+                *w = None;
+            }
+        }
+        self.with_core(|core, now| core.handle(now, Input::WitnessDown { link, reason }));
+    }
+
+    /// The lease length this node counts with (for the witness hello).
+    pub fn lease(&self) -> Option<Duration> {
+        self.core.lock().expect("core lock").config().witness.map(|w| w.lease)
+    }
+
+    /// What an operator's takeover of `volume` would take now.
+    pub fn exposure(self: &Arc<Self>, volume: VolumeIndex) -> Option<geomirror_core::Exposure> {
+        self.with_core(|core, _| core.exposure(volume))
+    }
+
+    /// An operator's takeover of `volume` (see `NodeCore::take_over`).
+    pub fn take_over(
+        self: &Arc<Self>,
+        volume: VolumeIndex,
+        peer_is_down: bool,
+    ) -> Result<geomirror_core::Exposure, geomirror_core::TakeoverRefused> {
+        self.with_core(|core, now| core.take_over(now, volume, peer_is_down))
+    }
+
+    /// Whether the node may answer hosts now (fast paths check it again
+    /// after their store I/O: a lease may have ended meanwhile).
+    pub fn may_serve(&self) -> bool {
+        self.core.lock().expect("core lock").may_serve()
     }
 
     fn send(&self, session: SessionGen, lane: Lane, message: Message) {
@@ -228,8 +311,9 @@ impl Engine {
         let v = volume.0 as usize;
         let store = self.volumes[v].store.clone();
         let file = self.volumes[v].file.clone();
+        let conflicts = self.volumes[v].conflicts.clone();
         crate::tasks::spawn_blocking_in(&self.handle, self.span.clone(), move || {
-            let result = run_io(&*store, &file, op);
+            let result = run_io(&*store, &file, &conflicts, op);
             tracing::trace!(token = token.0, ok = result.is_ok(), "I/O done");
             me.with_core(|core, now| core.handle(now, Input::IoDone { token, result }));
         });
@@ -263,6 +347,27 @@ impl Engine {
                     "a handover never applied here was revoked; the peer owns the extent again"
                 )
             }
+            Event::HealthChanged { health, reason } => match health {
+                geomirror_core::Health::Fenced => {
+                    warn!(parent: parent, health = health.as_str(), reason, "health changed: hosts are not served")
+                }
+                geomirror_core::Health::Survivor => warn!(parent: parent, health = health.as_str(), reason, "health changed"),
+                _ => info!(parent: parent, health = health.as_str(), reason, "health changed"),
+            },
+            Event::WitnessProblem { message } => warn!(parent: parent, message, "the witness refused a request"),
+            Event::ActingAlone { generation } => {
+                warn!(parent: parent, generation, "acting alone: clean extents are claimed without the peer until it is back")
+            }
+            Event::TookOver { volume, extents, generation } => {
+                warn!(parent: parent, volume = name(volume), extents, generation, "took over the extents the lost peer owned")
+            }
+            Event::ConflictsSaved { volume, extent, blocks, kind } => {
+                warn!(parent: parent, volume = name(volume), extent = extent.0, blocks, kind = ?kind, "blocks the peer's data replaces were saved to the conflict file")
+            }
+            Event::ResyncDone { volume, extents, blocks_differing } => {
+                info!(parent: parent, volume = name(volume), extents, blocks_differing, "resync with the peer done")
+            }
+            Event::OutageResolved { generation } => info!(parent: parent, generation, "the outage is over"),
         }
     }
 
@@ -420,7 +525,7 @@ pub fn fault_of(e: &StoreError) -> IoFault {
 }
 
 /// Carries out one I/O of the core (on the blocking pool).
-fn run_io(store: &dyn BlockStore, file: &ClaimsFile, op: IoOp) -> Result<IoOutcome, IoFault> {
+fn run_io(store: &dyn BlockStore, file: &ClaimsFile, conflicts: &ConflictFile, op: IoOp) -> Result<IoOutcome, IoFault> {
     match op {
         IoOp::Read { ranges } => ranges
             .into_iter()
@@ -446,6 +551,22 @@ fn run_io(store: &dyn BlockStore, file: &ClaimsFile, op: IoOp) -> Result<IoOutco
         IoOp::Persist { contents } => {
             file.store(&contents).map(|()| IoOutcome::Done).map_err(|e| IoFault { kind: IoFaultKind::Io, message: e.to_string() })
         }
+        IoOp::Digest { ranges, block } => {
+            let mut crcs = Vec::new();
+            for (offset, length) in ranges {
+                let mut buf = BytesMut::zeroed(length as usize);
+                store.read_at(&mut buf, offset).map_err(|e| fault_of(&e))?;
+                crcs.extend(buf.chunks(block as usize).map(crc32c::crc32c));
+            }
+            Ok(IoOutcome::Digest(crcs))
+        }
+        IoOp::SaveConflicts { records } => {
+            let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            conflicts
+                .append(&records, now_ms)
+                .map(|()| IoOutcome::Done)
+                .map_err(|e| IoFault { kind: IoFaultKind::Io, message: e.to_string() })
+        }
     }
 }
 
@@ -463,9 +584,16 @@ mod tests {
             wins_ties: true,
             peer_timeout,
             heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(3),
+            witness: None,
             volumes: vec![VolumeSettings { name: "vol0".into(), geometry, knobs }],
         };
-        let volume = EngineVolume { name: "vol0".into(), store: Arc::new(MemoryStore::new(geometry.size)), file: ClaimsFile::new(dir) };
+        let volume = EngineVolume {
+            name: "vol0".into(),
+            store: Arc::new(MemoryStore::new(geometry.size)),
+            file: ClaimsFile::new(dir),
+            conflicts: ConflictFile::new(dir, "vol0", [0; 16]),
+        };
         Engine::new("site-a", config, vec![volume], vec![ClaimsFileContents::default()])
     }
 

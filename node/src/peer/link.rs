@@ -411,6 +411,18 @@ pub fn compare_volumes(ours: &[VolumeInfo], theirs: &[VolumeInfo]) -> Vec<String
                 "volume `{}` differs: here size {} block {} extent {}, at the peer size {} block {} extent {}",
                 o.name, o.size, o.block_bytes, o.extent_bytes, t.size, t.block_bytes, t.extent_bytes
             ),
+            Some(o) if o.detached || t.detached => format!(
+                "volume `{}` was taken over offline and served without its peer at {}: its contents may differ anywhere, so it is \
+                 not mirrored again automatically (serve it from one site only, or recreate it at the other)",
+                o.name,
+                if o.detached && t.detached {
+                    "both sites"
+                } else if o.detached {
+                    "this site"
+                } else {
+                    "the peer"
+                }
+            ),
             Some(_) => String::new(),
         })
         .collect()

@@ -330,6 +330,30 @@ impl PeerTls {
         Ok(tls)
     }
 
+    /// Runs the server handshake for a server that admits several nodes (the
+    /// witness): the client must present a certificate signed by the CA that
+    /// names one of `names`; returns which.
+    pub async fn accept_one_of<S>(&self, stream: S, names: &[String]) -> Result<(tokio_rustls::server::TlsStream<S>, String), TlsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let handshake = self.acceptor.accept(stream);
+        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| TlsError::HandshakeTimeout { after: HANDSHAKE_TIMEOUT })?
+            .map_err(|e| handshake_error(e, &names.join(" or ")))?;
+        let end_entity = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).ok_or(TlsError::NoPeerCertificate)?.clone();
+        let mut presented = Vec::new();
+        for name in names {
+            match check_names(&end_entity, name) {
+                Ok(()) => return Ok((tls, name.clone())),
+                Err(NameCheck::Mismatch(p)) => presented = p,
+                Err(NameCheck::Unparsable(source)) => return Err(TlsError::PeerCertificateInvalid { source }),
+            }
+        }
+        Err(TlsError::PeerNameMismatch { expected: names.join(" or "), presented })
+    }
+
     /// The peer's certificate chains to our CA (rustls checked); it must also be the
     /// configured peer's.
     fn check_peer(&self, certs: Option<&[CertificateDer<'static>]>) -> Result<(), TlsError> {

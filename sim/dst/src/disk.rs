@@ -30,6 +30,8 @@ pub struct Disk {
     pub durable: Vec<StoredBlock>,
     /// The claims file's bytes as durable.
     pub claims_file: Option<Vec<u8>>,
+    /// The conflict file as durable: (block, value) of each saved block.
+    pub conflicts: Vec<(u64, u64)>,
     wseq: u64,
 }
 
@@ -40,8 +42,15 @@ impl Disk {
             volatile: vec![StoredBlock::default(); blocks as usize],
             durable: vec![StoredBlock::default(); blocks as usize],
             claims_file: None,
+            conflicts: Vec::new(),
             wseq: 0,
         }
+    }
+
+    /// The checksum of a block as the store computes it (injective on the
+    /// values the simulation writes).
+    pub fn checksum(&self, block: u64) -> u32 {
+        self.volatile[block as usize].value as u32
     }
 
     /// The bytes of a block range.

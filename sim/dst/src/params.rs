@@ -10,6 +10,19 @@ use rand::{Rng, SeedableRng};
 /// small blocks keep a run cheap).
 pub const BLOCK_BYTES: u64 = 512;
 
+/// The witness of a run.
+#[derive(Clone, Debug)]
+pub struct WitnessParams {
+    /// Lease length.
+    pub lease: Duration,
+    /// The clock-drift bound the nodes count with.
+    pub max_clock_drift: Duration,
+    /// Mean time between crashes of the witness.
+    pub crash_every: Option<Duration>,
+    /// Mean time between cuts of one node from the witness.
+    pub cut_every: Option<Duration>,
+}
+
 /// The parameters of one run.
 #[derive(Clone, Debug)]
 pub struct Params {
@@ -27,6 +40,15 @@ pub struct Params {
     pub peer_timeout: Duration,
     /// Heartbeat period.
     pub heartbeat: Duration,
+    /// Silence after which a session ends.
+    pub heartbeat_timeout: Duration,
+    /// The witness, if the run has one.
+    pub witness: Option<WitnessParams>,
+    /// Each node's clock rate (within the witness's drift bound).
+    pub clock_rate: [f64; 2],
+    /// Mean time between an operator's attempts to take over the lost
+    /// peer's extents (None: never).
+    pub operator_every: Option<Duration>,
     /// One-way network latency, base and jitter.
     pub latency: (Duration, Duration),
     /// Bandwidth of the bulk lane in bytes per second (None: unlimited):
@@ -68,6 +90,27 @@ impl Params {
         let blocks = blocks_per_extent * extents;
         let hot_blocks = (0..rng.random_range(2..=6)).map(|_| rng.random_range(0..blocks)).collect();
         let faulty = rng.random_bool(0.7);
+        let heartbeat = Duration::from_millis(rng.random_range(50..=150));
+        let heartbeat_timeout = heartbeat * rng.random_range(3..=6);
+        let witness = rng.random_bool(0.6).then(|| {
+            let lease = heartbeat_timeout + Duration::from_millis(rng.random_range(100..=800));
+            let max_clock_drift = lease.mul_f64(rng.random_range(0.1..0.25));
+            WitnessParams {
+                lease,
+                max_clock_drift,
+                crash_every: (faulty && rng.random_bool(0.4)).then(|| Duration::from_millis(rng.random_range(500..=3_000))),
+                cut_every: (faulty && rng.random_bool(0.5)).then(|| Duration::from_millis(rng.random_range(300..=2_000))),
+            }
+        });
+        // Two clocks may disagree about one lease (plus the drift bound) by
+        // at most the drift bound.
+        let clock_rate = match &witness {
+            Some(w) => {
+                let eps = w.max_clock_drift.as_secs_f64() / (2.0 * (w.lease + w.max_clock_drift).as_secs_f64());
+                [1.0 + rng.random_range(-eps / 2.0..=eps / 2.0), 1.0 + rng.random_range(-eps / 2.0..=eps / 2.0)]
+            }
+            None => [1.0, 1.0],
+        };
         let mut p = Params {
             blocks_per_extent,
             extents,
@@ -75,12 +118,16 @@ impl Params {
             predict: rng.random_range(0..=3),
             release_after: Duration::from_millis(rng.random_range(20..=300)),
             peer_timeout: Duration::from_millis(rng.random_range(300..=1500)),
-            heartbeat: Duration::from_millis(rng.random_range(50..=150)),
+            heartbeat,
+            heartbeat_timeout,
+            operator_every: (faulty && rng.random_bool(0.6)).then(|| Duration::from_millis(rng.random_range(200..=1_500))),
+            clock_rate,
             latency: (Duration::from_micros(rng.random_range(50..=20_000)), Duration::from_micros(rng.random_range(0..=2_000))),
             bulk_bandwidth: rng.random_bool(0.5).then(|| rng.random_range(200_000..=20_000_000)),
             bulk_stall_every: rng.random_bool(0.3).then(|| Duration::from_millis(rng.random_range(100..=1_000))),
             clients: rng.random_range(1..=4),
-            fault_phase: Duration::from_millis(rng.random_range(1_500..=4_000)),
+            fault_phase: Duration::from_millis(rng.random_range(1_500..=4_000) * if witness.is_some() { 2 } else { 1 }),
+            witness,
             crash_every: (faulty && rng.random_bool(0.6)).then(|| Duration::from_millis(rng.random_range(400..=3_000))),
             link_fault_every: (faulty && rng.random_bool(0.7)).then(|| Duration::from_millis(rng.random_range(200..=2_000))),
             io_fault: if faulty && rng.random_bool(0.3) { rng.random_range(0.0005..0.01) } else { 0.0 },
@@ -106,7 +153,11 @@ impl Params {
     /// Whether the run injects no fault at all: then every host request
     /// must succeed (a failure is a liveness bug: a livelock, a lost wakeup).
     pub fn quiet(&self) -> bool {
-        self.crash_every.is_none() && self.link_fault_every.is_none() && self.io_fault == 0.0 && self.persist_fault == 0.0
+        self.crash_every.is_none()
+            && self.link_fault_every.is_none()
+            && self.io_fault == 0.0
+            && self.persist_fault == 0.0
+            && self.witness.as_ref().is_none_or(|w| w.crash_every.is_none() && w.cut_every.is_none())
     }
 
     /// Blocks in the volume.

@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use geomirror_core::claims::ExtentState;
+use geomirror_core::witness::{WitnessConn, WitnessCore, WitnessOutput, WitnessState};
 use geomirror_core::{
     CoreConfig, Geometry, HostError, HostRequest, HostRequestId, Input, IoFault, IoFaultKind, IoOp, IoOutcome, IoToken, Knobs, NodeCore,
-    Output, Role, SessionGen, Time, VolumeSettings, WriteTicket,
+    Output, Role, SessionGen, Time, VolumeSettings, WitnessLinkGen, WitnessSettings, WriteTicket,
 };
 use geomirror_wire::peer::{Extent, Lane, Message, VolumeIndex};
+use geomirror_wire::witness::WitnessMessage;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -72,6 +74,13 @@ pub struct Node {
     pub counter: u64,
     /// The core finished a session-start sync in this life.
     pub synced_once: bool,
+    /// It claimed or took extents alone since its budget was last within
+    /// the limit (bounded exposure does not hold while the peer is lost).
+    pub over_limit_allowed: bool,
+    /// An operator declared it down (no witness): it stays down until the
+    /// heal phase, and serves no host (the operator's promise) until its
+    /// first sync after that.
+    pub declared_down: bool,
     /// I/Os in flight (claims file writes, to decide their fate at a crash).
     io: BTreeMap<IoToken, IoOp>,
     clients_busy: Vec<bool>,
@@ -96,6 +105,34 @@ enum Ev {
     LinkFault,
     BulkStall,
     HealStart,
+    WitnessConnect { n: usize },
+    ToWitness { n: usize, link: u64, message: WitnessMessage },
+    FromWitness { n: usize, link: u64, message: WitnessMessage },
+    WitnessDown { n: usize, link: u64, reason: String },
+    WitnessPersisted { life: u64, version: u64, state: WitnessState },
+    WitnessCrash,
+    WitnessRestart,
+    WitnessCut,
+    Operator,
+}
+
+/// The simulated witness.
+#[derive(Debug, Default)]
+struct SimWitness {
+    core: Option<WitnessCore>,
+    durable: WitnessState,
+    life: u64,
+    next_link: u64,
+    /// Per node: the link it holds (its generation number is also the
+    /// witness's connection id).
+    link: [Option<u64>; 2],
+    /// A node is cut from the witness until then.
+    cut_until: [u64; 2],
+    connect_scheduled: [bool; 2],
+    /// Per direction (node n → witness, witness → node n): last delivery.
+    last: [[u64; 2]; 2],
+    /// State writes in flight: a crash lands each or not.
+    persisting: Vec<(u64, WitnessState)>,
 }
 
 /// The network between the two nodes.
@@ -149,6 +186,18 @@ pub struct Stats {
     pub too_large: u64,
     /// Block histories checked for linearizability.
     pub blocks_checked: u64,
+    /// Times a node started acting alone (survivor of an outage).
+    pub acting_alone: u64,
+    /// Operator takeovers.
+    pub takeovers: u64,
+    /// Blocks saved to conflict files.
+    pub conflict_blocks: u64,
+    /// Times a node became fenced.
+    pub fenced: u64,
+    /// Resyncs completed, and blocks they found different.
+    pub resyncs: u64,
+    /// Blocks found different by resyncs.
+    pub resync_blocks: u64,
 }
 
 /// The simulated world.
@@ -179,6 +228,10 @@ pub struct World {
     trace: bool,
     /// Per node, the time of its last tick and how many came at that time.
     last_tick: [(u64, u64); 2],
+    witness: SimWitness,
+    /// Blocks an operator's takeover may have discarded at a node, with
+    /// the values that node held: each must reach its conflict file.
+    pub expected_conflicts: Vec<(usize, u64, [u64; 2])>,
 }
 
 fn ns(d: Duration) -> u64 {
@@ -200,6 +253,8 @@ impl World {
             epochs: BTreeMap::new(),
             counter: 0,
             synced_once: false,
+            over_limit_allowed: false,
+            declared_down: false,
             io: BTreeMap::new(),
             clients_busy: vec![false; clients],
             cursors: vec![0; clients],
@@ -223,8 +278,13 @@ impl World {
             stats: Stats::default(),
             trace: std::env::var_os("GEOMIRROR_DST_TRACE").is_some(),
             last_tick: [(u64::MAX, 0); 2],
+            witness: SimWitness::default(),
+            expected_conflicts: Vec::new(),
             p,
         };
+        if w.p.witness.is_some() {
+            w.start_witness();
+        }
         for n in 0..2 {
             for c in 0..w.p.clients {
                 w.nodes[n].cursors[c] = w.rng.random_range(0..blocks);
@@ -246,7 +306,30 @@ impl World {
             let at = w.rng.random_range(0..2 * ns(every));
             w.schedule(at, Ev::BulkStall);
         }
+        let (crash, cut) = w.p.witness.as_ref().map_or((None, None), |x| (x.crash_every, x.cut_every));
+        if let Some(every) = crash {
+            let at = w.rng.random_range(0..2 * ns(every));
+            w.schedule(at, Ev::WitnessCrash);
+        }
+        if let Some(every) = cut {
+            let at = w.rng.random_range(0..2 * ns(every));
+            w.schedule(at, Ev::WitnessCut);
+        }
+        if let Some(every) = w.p.operator_every {
+            let at = w.rng.random_range(0..2 * ns(every));
+            w.schedule(at, Ev::Operator);
+        }
         w
+    }
+
+    /// Node `n`'s clock now (its rate differs a little from true time).
+    fn local(&self, n: usize) -> Time {
+        Time::from_nanos((self.now as f64 * self.p.clock_rate[n]) as u64)
+    }
+
+    /// The true time at which node `n`'s clock shows `t` (or a little after).
+    fn true_time(&self, n: usize, t: Time) -> u64 {
+        (t.as_nanos() as f64 / self.p.clock_rate[n]).ceil() as u64 + 1
     }
 
     /// The core configuration of node `n`.
@@ -257,6 +340,8 @@ impl World {
             wins_ties: n == 0,
             peer_timeout: p.peer_timeout,
             heartbeat_interval: p.heartbeat,
+            heartbeat_timeout: p.heartbeat_timeout,
+            witness: p.witness.as_ref().map(|w| WitnessSettings { lease: w.lease, max_clock_drift: w.max_clock_drift }),
             volumes: vec![VolumeSettings {
                 name: "vol0".into(),
                 geometry: Geometry {
@@ -298,7 +383,8 @@ impl World {
         match op {
             IoOp::Read { .. } | IoOp::Write { .. } => self.rng.random_range(5_000..200_000),
             IoOp::Sync => self.rng.random_range(100_000..2_000_000),
-            IoOp::Persist { .. } => self.rng.random_range(200_000..3_000_000),
+            IoOp::Persist { .. } | IoOp::SaveConflicts { .. } => self.rng.random_range(200_000..3_000_000),
+            IoOp::Digest { .. } => self.rng.random_range(50_000..500_000),
         }
     }
 
@@ -371,11 +457,16 @@ impl World {
                 let cut = fail.then(|| self.rng.random_range(0..ticket.length / BLOCK_BYTES));
                 self.nodes[n].disk.write(&w, cut);
                 self.mix(&[3, n as u64, id, fail as u64]);
-                let now = Time::from_nanos(self.now);
+                let now = self.local(n);
                 self.nodes[n].core.as_mut().expect("alive").finish_write(now, ticket);
+                // As the runtime does: a node that may not serve any more
+                // (its lease ended meanwhile) does not acknowledge.
+                let may = self.nodes[n].core.as_ref().expect("alive").may_serve();
                 let result = if fail {
                     self.stats.io_faults += 1;
                     Err(HostError::Store(IoFault { kind: IoFaultKind::Io, message: "injected EIO".into() }))
+                } else if !may {
+                    Err(HostError::PeerUnavailable("fenced".into()))
                 } else {
                     Ok(None)
                 };
@@ -388,9 +479,12 @@ impl World {
                 }
                 let fail = self.faults_on() && self.rng.random_bool(self.p.io_fault);
                 self.mix(&[4, n as u64, id, fail as u64]);
+                let may = self.nodes[n].core.as_ref().is_some_and(|c| c.may_serve());
                 let result = if fail {
                     self.stats.io_faults += 1;
                     Err(HostError::Store(IoFault { kind: IoFaultKind::Io, message: "injected EIO".into() }))
+                } else if !may {
+                    Err(HostError::PeerUnavailable("fenced".into()))
                 } else {
                     Ok(Some(self.nodes[n].disk.read(offset, length)))
                 };
@@ -463,7 +557,7 @@ impl World {
                 }
             }
             Ev::Restart { n } => {
-                if self.nodes[n].core.is_none() {
+                if self.nodes[n].core.is_none() && !self.nodes[n].declared_down {
                     self.start_node(n);
                 }
             }
@@ -492,13 +586,231 @@ impl World {
                 }
             }
             Ev::HealStart => self.heal(),
+            Ev::WitnessConnect { n } => {
+                self.witness.connect_scheduled[n] = false;
+                self.witness_connect(n)?;
+            }
+            Ev::ToWitness { n, link, message } => {
+                if self.witness.link[n] != Some(link) || self.witness.core.is_none() {
+                    return Ok(());
+                }
+                self.mix(&[50, n as u64, link]);
+                let result = self.witness.core.as_mut().expect("checked").frame(WitnessConn(link), message);
+                if let Err(why) = result {
+                    return Err(format!("node {} broke the witness protocol: {why}", NAMES[n]));
+                }
+                self.drive_witness();
+            }
+            Ev::FromWitness { n, link, message } => {
+                if self.witness.link[n] != Some(link) || self.nodes[n].core.is_none() {
+                    return Ok(());
+                }
+                self.mix(&[51, n as u64, link]);
+                self.feed(n, Input::WitnessFrame { link: WitnessLinkGen(link), message })?;
+            }
+            Ev::WitnessDown { n, link, reason } => {
+                if self.nodes[n].core.is_some() {
+                    self.feed(n, Input::WitnessDown { link: WitnessLinkGen(link), reason })?;
+                }
+                self.maybe_connect_witness(n);
+            }
+            Ev::WitnessPersisted { life, version, state } => {
+                if self.witness.life != life || self.witness.core.is_none() {
+                    return Ok(());
+                }
+                self.witness.persisting.retain(|(v, _)| *v != version);
+                self.witness.durable = state;
+                self.witness.core.as_mut().expect("checked").persisted(version);
+                self.drive_witness();
+            }
+            Ev::WitnessCrash => {
+                if self.faults_on() {
+                    if self.witness.core.is_some() {
+                        self.crash_witness();
+                        let back = self.rng.random_range(20_000_000..1_000_000_000);
+                        self.schedule(self.now + back, Ev::WitnessRestart);
+                    }
+                    let every = ns(self.p.witness.as_ref().and_then(|w| w.crash_every).expect("configured"));
+                    let next = self.now + self.rng.random_range(every / 2..every * 3 / 2);
+                    self.schedule(next, Ev::WitnessCrash);
+                }
+            }
+            Ev::WitnessRestart => {
+                if self.witness.core.is_none() {
+                    self.start_witness();
+                }
+            }
+            Ev::WitnessCut => {
+                if self.faults_on() {
+                    let n = self.rng.random_range(0..2);
+                    let lease = ns(self.p.witness.as_ref().expect("configured").lease);
+                    let length = self.rng.random_range(lease / 4..4 * lease);
+                    self.witness.cut_until[n] = self.witness.cut_until[n].max(self.now + length);
+                    self.mix(&[52, n as u64, length]);
+                    self.drop_witness_link(n, "cut from the witness");
+                    let every = ns(self.p.witness.as_ref().and_then(|w| w.cut_every).expect("configured"));
+                    let next = self.now + self.rng.random_range(every / 2..every * 3 / 2);
+                    self.schedule(next, Ev::WitnessCut);
+                }
+            }
+            Ev::Operator => {
+                if self.faults_on() {
+                    self.operator()?;
+                    let every = ns(self.p.operator_every.expect("configured"));
+                    let next = self.now + self.rng.random_range(every / 2..every * 3 / 2);
+                    self.schedule(next, Ev::Operator);
+                }
+            }
         }
         Ok(())
     }
 
+    // ------------------------------------------------------------ the witness
+
+    fn start_witness(&mut self) {
+        self.witness.life += 1;
+        self.witness.core = Some(WitnessCore::new([NAMES[0].into(), NAMES[1].into()], self.witness.durable.clone()));
+        self.witness.persisting.clear();
+        self.mix(&[53, self.witness.life]);
+        for n in 0..2 {
+            self.maybe_connect_witness(n);
+        }
+    }
+
+    fn crash_witness(&mut self) {
+        self.mix(&[54]);
+        // A state write in flight lands or not (an atomic replace).
+        for (_, state) in std::mem::take(&mut self.witness.persisting) {
+            if self.rng.random_bool(0.5) {
+                self.witness.durable = state;
+            }
+        }
+        self.witness.core = None;
+        for n in 0..2 {
+            self.drop_witness_link(n, "the witness crashed");
+        }
+    }
+
+    /// Ends node `n`'s witness connection (both ends see it go).
+    fn drop_witness_link(&mut self, n: usize, reason: &str) {
+        if let Some(link) = self.witness.link[n].take() {
+            if let Some(core) = &mut self.witness.core {
+                core.closed(WitnessConn(link));
+            }
+            let at = self.now + self.latency();
+            self.schedule(at, Ev::WitnessDown { n, link, reason: reason.into() });
+        }
+    }
+
+    fn maybe_connect_witness(&mut self, n: usize) {
+        if self.p.witness.is_none() || self.witness.connect_scheduled[n] || self.witness.link[n].is_some() {
+            return;
+        }
+        self.witness.connect_scheduled[n] = true;
+        let at = self.now.max(self.witness.cut_until[n]) + self.rng.random_range(10_000_000..100_000_000);
+        self.schedule(at, Ev::WitnessConnect { n });
+    }
+
+    fn witness_connect(&mut self, n: usize) -> Result<(), String> {
+        if self.witness.link[n].is_some() || self.nodes[n].core.is_none() {
+            return Ok(());
+        }
+        if self.witness.core.is_none() || self.now < self.witness.cut_until[n] {
+            self.maybe_connect_witness(n);
+            return Ok(());
+        }
+        self.witness.next_link += 1;
+        let link = self.witness.next_link;
+        let lease_ms = self.p.witness.as_ref().expect("configured").lease.as_millis() as u64;
+        if let Some(refusal) = self.witness.core.as_mut().expect("checked").hello(WitnessConn(link), NAMES[n], lease_ms) {
+            return Err(format!("the witness refused node {}: {refusal}", NAMES[n]));
+        }
+        self.witness.link[n] = Some(link);
+        self.witness.last[n] = [self.now; 2];
+        self.mix(&[55, n as u64, link]);
+        self.feed(n, Input::WitnessUp { link: WitnessLinkGen(link) })
+    }
+
+    /// Carries out the witness's outputs.
+    fn drive_witness(&mut self) {
+        while let Some(out) = self.witness.core.as_mut().and_then(|c| c.poll_output()) {
+            if self.trace {
+                eprintln!("{:>12.6} ms    witness -> {}", self.now as f64 / 1e6, format!("{out:?}").chars().take(300).collect::<String>());
+            }
+            match out {
+                WitnessOutput::Send { conn, message } => {
+                    let Some(n) = (0..2).find(|&n| self.witness.link[n] == Some(conn.0)) else { continue };
+                    let at = (self.now + self.latency()).max(self.witness.last[n][1]);
+                    self.witness.last[n][1] = at;
+                    self.schedule(at, Ev::FromWitness { n, link: conn.0, message });
+                }
+                WitnessOutput::Persist { state, version } => {
+                    self.witness.persisting.push((version, state.clone()));
+                    let at = self.now + self.rng.random_range(200_000..3_000_000);
+                    let life = self.witness.life;
+                    self.schedule(at, Ev::WitnessPersisted { life, version, state });
+                }
+                WitnessOutput::Log(_) => {}
+            }
+        }
+    }
+
+    /// An operator tries to take over the lost peer's extents at a node
+    /// that acts alone (with a witness), or at a node whose peer is down
+    /// (without one: the operator declares it down, and it stays down).
+    fn operator(&mut self) -> Result<(), String> {
+        let n = self.rng.random_range(0..2);
+        let Some(core) = &self.nodes[n].core else { return Ok(()) };
+        let peer_down = self.nodes[1 - n].core.is_none();
+        let with_witness = self.p.witness.is_some();
+        if !with_witness && !peer_down {
+            return Ok(());
+        }
+        if core.exposure(VOLUME).is_none_or(|e| e.extents.is_empty()) {
+            return Ok(());
+        }
+        // What the peer holds of those extents now: what a takeover may
+        // discard there (saved to its conflict file when it returns).
+        let per = self.p.blocks_per_extent;
+        let taken: Vec<u64> = core.exposure(VOLUME).expect("checked").extents.iter().map(|(e, _)| e.0).collect();
+        let now = self.local(n);
+        let result = self.nodes[n].core.as_mut().expect("checked").take_over(now, VOLUME, peer_down);
+        self.mix(&[56, n as u64, result.is_ok() as u64]);
+        if result.is_err() {
+            return self.drive(n);
+        }
+        if self.trace {
+            eprintln!("{:>12.6} ms  operator: {} took over extents {taken:?}", self.now as f64 / 1e6, NAMES[n]);
+        }
+        if !with_witness {
+            self.nodes[1 - n].declared_down = true;
+        }
+        self.nodes[n].over_limit_allowed = true;
+        let t = self.now;
+        for e in taken {
+            for b in e * per..(e + 1) * per {
+                let mine = self.nodes[n].disk.volatile[b as usize];
+                let peer = &self.nodes[1 - n].disk;
+                let theirs = [peer.volatile[b as usize].value, peer.durable[b as usize].value];
+                if theirs.iter().any(|v| *v != mine.value) {
+                    self.expected_conflicts.push((1 - n, b, theirs));
+                }
+                // From now on the block holds what this node has: a write
+                // at this instant in the block's history. If this node's
+                // copy of it is not durable yet, a crash may take it back.
+                let r = self.history.write(b..b + 1, mine.value, t);
+                self.history.complete(&r, t, None);
+                if self.nodes[n].disk.durable[b as usize].value != mine.value {
+                    self.nodes[n].unflushed.insert(b, t);
+                }
+            }
+        }
+        self.drive(n)
+    }
+
     /// Hands an input to node `n`'s core and carries out its outputs.
     fn feed(&mut self, n: usize, input: Input) -> Result<(), String> {
-        let now = Time::from_nanos(self.now);
+        let now = self.local(n);
         self.nodes[n].core.as_mut().expect("alive").handle(now, input);
         self.drive(n)
     }
@@ -559,18 +871,49 @@ impl World {
                 }
                 Output::Reply { id, result } => {
                     self.mix(&[13, n as u64, id.0, result.is_ok() as u64]);
+                    if result.is_ok() && !self.nodes[n].core.as_ref().expect("alive").may_serve() {
+                        return Err(format!("node {} answered host request {} while it may not serve (fenced)", NAMES[n], id.0));
+                    }
                     self.host_reply(n, id.0, result)?;
                 }
                 Output::Event(e) => {
                     self.mix(&[14, n as u64]);
-                    let _ = e;
+                    match e {
+                        geomirror_core::Event::ActingAlone { .. } => {
+                            self.stats.acting_alone += 1;
+                            self.nodes[n].over_limit_allowed = true;
+                        }
+                        geomirror_core::Event::TookOver { .. } => {
+                            self.stats.takeovers += 1;
+                            self.nodes[n].over_limit_allowed = true;
+                        }
+                        geomirror_core::Event::ConflictsSaved { blocks, .. } => self.stats.conflict_blocks += blocks,
+                        geomirror_core::Event::HealthChanged { health: geomirror_core::Health::Fenced, .. } => self.stats.fenced += 1,
+                        geomirror_core::Event::ResyncDone { blocks_differing, .. } => {
+                            self.stats.resyncs += 1;
+                            self.stats.resync_blocks += blocks_differing;
+                        }
+                        _ => {}
+                    }
+                }
+                Output::SendWitness { link, message } => {
+                    self.mix(&[15, n as u64, link.0]);
+                    if self.witness.link[n] != Some(link.0) {
+                        continue;
+                    }
+                    let at = (self.now + self.latency()).max(self.witness.last[n][0]);
+                    self.witness.last[n][0] = at;
+                    self.schedule(at, Ev::ToWitness { n, link: link.0, message });
+                }
+                Output::CloseWitness { link, reason } => {
+                    return Err(format!("node {} closed its witness link {}: {reason}", NAMES[n], link.0));
                 }
             }
         }
         if let Some(core) = &self.nodes[n].core
             && let Some(t) = core.poll_timeout()
         {
-            let at = t.as_nanos().max(self.now);
+            let at = self.true_time(n, t).max(self.now);
             if self.nodes[n].tick_at.is_none_or(|cur| at < cur || cur < self.now) {
                 self.nodes[n].tick_at = Some(at);
                 let life = self.nodes[n].life;
@@ -622,6 +965,24 @@ impl World {
                 self.nodes[n].disk.store_claims(contents);
                 Ok(IoOutcome::Done)
             }
+            IoOp::Digest { ranges, block } => {
+                if faults && self.rng.random_bool(self.p.io_fault) {
+                    self.stats.io_faults += 1;
+                    return Err(fault("injected EIO computing checksums"));
+                }
+                let disk = &self.nodes[n].disk;
+                Ok(IoOutcome::Digest(ranges.iter().flat_map(|&(o, l)| (o / block..(o + l) / block).map(|b| disk.checksum(b))).collect()))
+            }
+            IoOp::SaveConflicts { records } => {
+                if faults && self.rng.random_bool(self.p.persist_fault) {
+                    self.stats.io_faults += 1;
+                    return Err(fault("injected failure writing the conflict file"));
+                }
+                for r in records {
+                    self.nodes[n].disk.conflicts.push((r.offset / BLOCK_BYTES, value_at(&r.data, 0)));
+                }
+                Ok(IoOutcome::Done)
+            }
         }
     }
 
@@ -629,7 +990,7 @@ impl World {
 
     fn start_node(&mut self, n: usize) {
         let file = self.nodes[n].disk.load_claims();
-        let core = NodeCore::new(self.config(n), vec![file], Time::from_nanos(self.now));
+        let core = NodeCore::new(self.config(n), vec![file], self.local(n));
         let node = &mut self.nodes[n];
         node.core = Some(core);
         node.life += 1;
@@ -648,6 +1009,7 @@ impl World {
         }
         let _ = self.drive(n);
         self.maybe_connect();
+        self.maybe_connect_witness(n);
     }
 
     fn crash(&mut self, n: usize) {
@@ -678,11 +1040,20 @@ impl World {
         // covered becomes durable).
         let inflight: Vec<IoOp> = std::mem::take(&mut self.nodes[n].io).into_values().collect();
         for op in inflight {
-            if let IoOp::Persist { contents } = op
-                && self.rng.random_bool(0.5)
-            {
-                self.nodes[n].disk.store_claims(&contents);
+            match op {
+                IoOp::Persist { contents } if self.rng.random_bool(0.5) => self.nodes[n].disk.store_claims(&contents),
+                IoOp::SaveConflicts { records } if self.rng.random_bool(0.5) => {
+                    for r in records {
+                        self.nodes[n].disk.conflicts.push((r.offset / BLOCK_BYTES, value_at(&r.data, 0)));
+                    }
+                }
+                _ => {}
             }
+        }
+        if let Some(link) = self.witness.link[n].take()
+            && let Some(core) = &mut self.witness.core
+        {
+            core.closed(WitnessConn(link));
         }
         self.nodes[n].disk.crash();
         self.nodes[n].life += 1;
@@ -744,6 +1115,10 @@ impl World {
         self.phase = Phase::Heal;
         self.heal_started = self.now;
         self.net.partition_until = self.now;
+        self.witness.cut_until = [self.now; 2];
+        if self.p.witness.is_some() && self.witness.core.is_none() {
+            self.start_witness();
+        }
         self.mix(&[30]);
         for n in 0..2 {
             let stopped = self.nodes[n].core.as_ref().is_some_and(|c| c.is_stopped(VOLUME));
@@ -770,6 +1145,8 @@ impl World {
                 && f.peer_owned_extents == 0
                 && f.not_durable_blocks == 0
                 && core.file_versions(VOLUME).0 == core.file_versions(VOLUME).1
+                && !core.outage_open()
+                && !core.claims(VOLUME).resync_pending()
         })
     }
 
@@ -787,6 +1164,7 @@ impl World {
 
     fn final_checks(&mut self) -> Result<(), String> {
         invariants::convergence::check(self)?;
+        invariants::conflicts::check(self)?;
         let summary = self.history.check()?;
         self.stats.too_large = summary.too_large;
         self.stats.blocks_checked = summary.blocks;
@@ -797,6 +1175,7 @@ impl World {
         for (node, name) in self.nodes.iter_mut().zip(NAMES) {
             if node.core.as_ref().is_some_and(|c| c.is_ready()) {
                 node.synced_once = true;
+                node.declared_down = false;
             }
             if let Some(core) = &node.core {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.check()))
@@ -890,8 +1269,8 @@ impl World {
         }
         self.nodes[n].ops.insert(id, HostOp { client, kind: kind.clone(), invoke: now, recorded });
         let life = self.nodes[n].life;
+        let t = self.local(n);
         let core = self.nodes[n].core.as_mut().expect("alive");
-        let t = Time::from_nanos(now);
         let request = match kind {
             OpKind::Read { first, blocks } => {
                 let (offset, length) = (first * BLOCK_BYTES, blocks * BLOCK_BYTES);

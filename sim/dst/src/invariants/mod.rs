@@ -11,6 +11,7 @@
 
 pub mod bounded_exposure;
 pub mod claim_before_ack;
+pub mod conflicts;
 pub mod convergence;
 pub mod epochs;
 pub mod release_after_data;
