@@ -2,6 +2,7 @@
 //! into a crate of the workspace.
 
 mod demo;
+mod ops;
 
 /// Threads of the blocking pool (store I/O); more requests queue for them.
 const BLOCKING_THREADS_MAX: usize = 64;
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use geomirror_config::NodeConfig;
+use geomirror_config::{NodeConfig, WitnessConfig};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -38,6 +39,19 @@ enum Command {
     /// The WAN link simulator (a TCP proxy with delay, bandwidth, partitions),
     /// or, with a subcommand, change a running one through its control API.
     Sim(geomirror_sim::cli::SimArgs),
+    /// Run a witness from a config file (the third site that decides
+    /// which node survives when the two lose each other).
+    Witness {
+        /// The witness's TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Take over the extents a lost peer owned (shows what it takes first).
+    Takeover(ops::TakeoverArgs),
+    /// The blocks a returning site saved before the survivor's data
+    /// replaced them.
+    #[command(subcommand)]
+    Conflicts(ops::ConflictsCommand),
     /// Write a CA and a certificate per node for the peer link.
     Certs {
         /// Output directory (an existing CA there is reused).
@@ -62,6 +76,9 @@ fn main() -> std::process::ExitCode {
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
         Command::Sim(args) => runtime().and_then(|rt| rt.block_on(geomirror_sim::cli::run(args))),
         Command::Certs { out, nodes } => certs(&out, &nodes),
+        Command::Witness { config } => runtime().and_then(|rt| rt.block_on(run_witness(config))),
+        Command::Takeover(args) => runtime().and_then(|rt| rt.block_on(ops::takeover(args))),
+        Command::Conflicts(cmd) => ops::conflicts(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -102,6 +119,13 @@ async fn run_node(path: PathBuf) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     geomirror_node::run(config, shutdown, None).await.context("run the node")
+}
+
+async fn run_witness(path: PathBuf) -> anyhow::Result<()> {
+    let config = WitnessConfig::load(&path).context("load the witness config")?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    geomirror_node::witness::server::run(config, shutdown, None).await.context("run the witness")
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.

@@ -40,40 +40,54 @@ pub struct NodeProcess {
     logs: Arc<Mutex<Vec<String>>>,
 }
 
+/// A `geomirror` process started and ready: the child, its log lines, and
+/// the line that said it was ready.
+pub struct Spawned {
+    pub child: Child,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    pub ready_line: String,
+}
+
+/// Starts `geomirror <command> --config PATH` and waits for a log line
+/// containing `marker`.
+pub fn spawn_ready(command_name: &str, config_path: &Path, marker: &'static str) -> Spawned {
+    let mut command = Command::new(geomirror_bin());
+    command
+        .args([command_name, "--config"])
+        .arg(config_path)
+        .env("RUST_LOG", std::env::var("GEOMIRROR_TEST_LOG").unwrap_or_else(|_| "info".into()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    die_with_parent(&mut command);
+    let mut child = command.spawn().expect("spawn geomirror");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        let mut ready_tx = Some(ready_tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(tx) = ready_tx.take_if(|_| line.contains(marker)) {
+                let _ = tx.send(line.clone());
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    match ready_rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(ready_line) => Spawned { child, logs, ready_line },
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("geomirror {command_name} did not become ready; log:\n{}", logs.lock().unwrap().join("\n"));
+        }
+    }
+}
+
 impl NodeProcess {
     /// Starts `geomirror node --config PATH` and waits for its "node ready" line.
     pub fn start(config_path: &Path) -> NodeProcess {
-        let mut command = Command::new(geomirror_bin());
-        command
-            .args(["node", "--config"])
-            .arg(config_path)
-            .env("RUST_LOG", std::env::var("GEOMIRROR_TEST_LOG").unwrap_or_else(|_| "info".into()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        die_with_parent(&mut command);
-        let mut child = command.spawn().expect("spawn geomirror node");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            let mut ready_tx = Some(ready_tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(tx) = ready_tx.take_if(|_| line.contains("node ready")) {
-                    let _ = tx.send(line.clone());
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let line = match ready_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("node did not become ready; log:\n{}", logs.lock().unwrap().join("\n"));
-            }
-        };
+        let Spawned { child, logs, ready_line: line } = spawn_ready("node", config_path, "node ready");
         let field = |name: &str| -> SocketAddr {
             let start = line.find(&format!("{name}=")).unwrap_or_else(|| panic!("no {name}= in {line}")) + name.len() + 1;
             line[start..].split_whitespace().next().unwrap().parse().unwrap()
@@ -81,6 +95,16 @@ impl NodeProcess {
         NodeProcess { nbd: field("nbd"), admin: field("admin"), child, logs }
     }
 
+    /// Starts `geomirror node --config PATH`, expecting it to fail at start;
+    /// returns its log.
+    pub fn start_fails(config_path: &Path) -> String {
+        let out = Command::new(geomirror_bin()).args(["node", "--config"]).arg(config_path).output().expect("run geomirror node");
+        assert!(!out.status.success(), "the node started: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).to_string()
+    }
+}
+
+impl NodeProcess {
     /// NBD URI of an export.
     pub fn uri(&self, export: &str) -> String {
         format!("nbd://{}/{export}", self.nbd)

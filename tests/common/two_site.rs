@@ -23,6 +23,9 @@ pub struct TwoSiteOptions {
     pub rtt: Option<&'static str>,
     /// Volume size at site B if it should differ (a misconfiguration).
     pub b_volume_size: Option<&'static str>,
+    /// Run a witness (each node reaches it through its own `geomirror sim`,
+    /// 2 ms RTT; lease 1.5 s, drift bound 200 ms, heartbeat timeout 1 s).
+    pub witness: bool,
 }
 
 impl Default for TwoSiteOptions {
@@ -37,6 +40,7 @@ impl Default for TwoSiteOptions {
             predict_extents: 4,
             rtt: None,
             b_volume_size: None,
+            witness: false,
         }
     }
 }
@@ -89,6 +93,53 @@ impl Drop for SimProcess {
     }
 }
 
+/// A `geomirror witness` process.
+pub struct WitnessProcess {
+    child: std::process::Child,
+    pub listen: SocketAddr,
+    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub config: PathBuf,
+}
+
+impl WitnessProcess {
+    pub fn start(config: &Path, listen: SocketAddr) -> WitnessProcess {
+        let s = super::spawn_ready("witness", config, "witness ready");
+        WitnessProcess { child: s.child, listen, logs: s.logs, config: config.to_path_buf() }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+}
+
+impl Drop for WitnessProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The witness of a [`TwoSites`] and the simulators on the nodes' links to it.
+pub struct WitnessSetup {
+    pub process: WitnessProcess,
+    /// Site A's link to the witness.
+    pub sim_a: SimProcess,
+    /// Site B's link to the witness.
+    pub sim_b: SimProcess,
+}
+
+impl WitnessSetup {
+    /// Restarts the witness from its config (after a kill).
+    pub fn restart(&mut self) {
+        let (config, listen) = (self.process.config.clone(), self.process.listen);
+        self.process = WitnessProcess::start(&config, listen);
+    }
+}
+
 /// Site A (dials) and site B (accepts), each with one volume `vol0`.
 pub struct TwoSites {
     pub dir: tempfile::TempDir,
@@ -97,12 +148,28 @@ pub struct TwoSites {
     pub sim: Option<SimProcess>,
     pub a_config: PathBuf,
     pub b_config: PathBuf,
+    pub witness: Option<WitnessSetup>,
 }
 
-fn site_config(dir: &Path, own: &str, peer: &str, listen: &str, connect: &str, size: &str, o: &TwoSiteOptions) -> String {
+/// One site's end of the pair, for its config file.
+struct SiteEnds<'a> {
+    own: &'a str,
+    peer: &'a str,
+    listen: &'a str,
+    connect: &'a str,
+    size: &'a str,
+    /// Where this site reaches the witness.
+    witness: Option<SocketAddr>,
+}
+
+fn site_config(dir: &Path, site: SiteEnds<'_>, o: &TwoSiteOptions) -> String {
+    let SiteEnds { own, peer, listen, connect, size, witness } = site;
+    let witness = witness.map_or(String::new(), |w| {
+        format!("[witness]\nname = \"witness\"\nconnect = \"{w}\"\nlease = \"1500ms\"\nmax_clock_drift = \"200ms\"\n")
+    });
     format!(
-        "[node]\nname = \"{own}\"\ndata_dir = \"{data}\"\n[nbd]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-         [peer]\nname = \"{peer}\"\nlisten = \"{listen}\"\nconnect = \"{connect}\"\npeer_timeout = \"{timeout}\"\nheartbeat_interval = \"250ms\"\n\
+        "[node]\nname = \"{own}\"\ndata_dir = \"{data}\"\n[nbd]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{witness}\
+         [peer]\nname = \"{peer}\"\nlisten = \"{listen}\"\nconnect = \"{connect}\"\npeer_timeout = \"{timeout}\"\nheartbeat_interval = \"250ms\"\nheartbeat_timeout = \"1s\"\n\
          [tls]\nca = \"{certs}/ca.pem\"\ncert = \"{certs}/{own}.pem\"\nkey = \"{certs}/{own}-key.pem\"\n\
          [[volume]]\nname = \"vol0\"\nsize = \"{size}\"\nblock_size = \"{block}\"\nextent_size = \"{extent}\"\nmax_owned_extents = {max}\npredict_extents = {predict}\nrelease_after = \"{release}\"\n",
         data = dir.join(format!("data-{own}")).display(),
@@ -120,18 +187,57 @@ impl TwoSites {
     pub fn start(o: TwoSiteOptions) -> TwoSites {
         let dir = tempfile::tempdir().unwrap();
         let certs = dir.path().join("certs");
-        run_ok(30, geomirror_bin().to_str().unwrap(), &["certs", "--out", certs.to_str().unwrap(), "--node", "site-a", "--node", "site-b"]);
+        let bin = geomirror_bin();
+        let mut cert_args = vec!["certs", "--out", certs.to_str().unwrap(), "--node", "site-a", "--node", "site-b"];
+        if o.witness {
+            cert_args.extend(["--node", "witness"]);
+        }
+        run_ok(30, bin.to_str().unwrap(), &cert_args);
+        let witness = o.witness.then(|| {
+            let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let config = dir.path().join("witness.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "[node]\nname = \"witness\"\ndata_dir = \"{}\"\n[witness]\nlisten = \"{listen}\"\nnodes = [\"site-a\", \"site-b\"]\n\
+                     [tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/witness.pem\"\nkey = \"{c}/witness-key.pem\"\n",
+                    dir.path().join("data-witness").display(),
+                    c = certs.display()
+                ),
+            )
+            .unwrap();
+            let process = WitnessProcess::start(&config, listen);
+            WitnessSetup { process, sim_a: SimProcess::start(listen, "2ms"), sim_b: SimProcess::start(listen, "2ms") }
+        });
         let b_peer = format!("127.0.0.1:{}", free_port());
         let b_config = dir.path().join("site-b.toml");
         let b_size = o.b_volume_size.unwrap_or(o.volume_size);
-        std::fs::write(&b_config, site_config(dir.path(), "site-b", "site-a", &b_peer, "127.0.0.1:9", b_size, &o)).unwrap();
+        let wb = witness.as_ref().map(|w| w.sim_b.listen);
+        std::fs::write(
+            &b_config,
+            site_config(
+                dir.path(),
+                SiteEnds { own: "site-b", peer: "site-a", listen: &b_peer, connect: "127.0.0.1:9", size: b_size, witness: wb },
+                &o,
+            ),
+        )
+        .unwrap();
         let b = NodeProcess::start(&b_config);
         let sim = o.rtt.map(|rtt| SimProcess::start(b_peer.parse().unwrap(), rtt));
         let connect = sim.as_ref().map(|s| s.listen.to_string()).unwrap_or(b_peer);
         let a_config = dir.path().join("site-a.toml");
-        std::fs::write(&a_config, site_config(dir.path(), "site-a", "site-b", "127.0.0.1:0", &connect, o.volume_size, &o)).unwrap();
+        let wa = witness.as_ref().map(|w| w.sim_a.listen);
+        std::fs::write(
+            &a_config,
+            site_config(
+                dir.path(),
+                SiteEnds { own: "site-a", peer: "site-b", listen: "127.0.0.1:0", connect: &connect, size: o.volume_size, witness: wa },
+                &o,
+            ),
+        )
+        .unwrap();
         let a = NodeProcess::start(&a_config);
-        let sites = TwoSites { dir, a, b, sim, a_config, b_config };
+        let sites = TwoSites { dir, a, b, sim, a_config, b_config, witness };
         if o.b_volume_size.is_none() {
             sites.wait_link_up(Duration::from_secs(15));
         }
@@ -154,6 +260,16 @@ impl TwoSites {
     pub fn restart_a(&mut self) {
         self.a = NodeProcess::start(&self.a_config);
     }
+
+    /// Restarts site B from its config (after a kill).
+    pub fn restart_b(&mut self) {
+        self.b = NodeProcess::start(&self.b_config);
+    }
+}
+
+/// The node's health from `/status` (`connected`, `survivor`, `fenced`, ...).
+pub fn health(node: &NodeProcess) -> String {
+    status(node)["standing"]["health"].as_str().unwrap_or("none").to_string()
 }
 
 /// The node's peer link state from `/status`.

@@ -18,6 +18,51 @@ pub struct NodeStatus {
     /// The peer link, for a two-site node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<PeerStatus>,
+    /// The node's standing when its peer may be gone, for a two-site node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standing: Option<StandingStatus>,
+}
+
+/// The node's health, lease and survivor role in [`NodeStatus`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StandingStatus {
+    /// `connected`, `catching-up`, `peer-lost`, `survivor`, `fenced` or `resyncing`.
+    pub health: String,
+    /// Why.
+    pub reason: String,
+    /// Whether host requests are answered now.
+    pub serving_hosts: bool,
+    /// The newest outage generation known.
+    pub generation: u64,
+    /// The outage this node is survivor of, if any.
+    #[serde(default)]
+    pub survivor_generation: Option<u64>,
+    /// Seconds until it acts alone (0 once it does), while survivor.
+    #[serde(default)]
+    pub acting_alone_in_seconds: Option<f64>,
+    /// Whether a witness is configured and, if so, connected.
+    #[serde(default)]
+    pub witness: Option<String>,
+    /// Seconds the lease from the witness still runs.
+    #[serde(default)]
+    pub lease_left_seconds: Option<f64>,
+}
+
+/// A resync in progress (after an outage or a restart) in [`ReplicationStatus`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResyncStatus {
+    /// Bytes of extents compared.
+    pub bytes_done: u64,
+    /// Bytes of extents to compare (done and to do): bounded by the records.
+    pub bytes_total: u64,
+    /// Blocks found different so far.
+    pub blocks_differing: u64,
+    /// Blocks of this node saved to the conflict file so far.
+    pub blocks_saved: u64,
+    /// Bytes compared per second since it started.
+    pub rate_bytes_per_second: f64,
+    /// Seconds left at that rate.
+    pub eta_seconds: Option<f64>,
 }
 
 /// The peer link in [`NodeStatus`].
@@ -65,6 +110,42 @@ pub struct ReplicationStatus {
     /// with unsent or in-flight blocks, and copies in flight).
     #[serde(default)]
     pub tracking_bytes: u64,
+    /// Extents this node claimed alone or took over in an outage and has not
+    /// resynced to the peer yet.
+    #[serde(default)]
+    pub taken_extents: u64,
+    /// The resync in progress, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync: Option<ResyncStatus>,
+}
+
+/// What `GET /takeover?volume=NAME` shows and `POST` did: the extents the
+/// lost peer owns here.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TakeoverStatus {
+    /// The volume.
+    pub volume: String,
+    /// Whether this answer took them over (POST) or only shows them (GET).
+    pub taken: bool,
+    /// Extents.
+    pub extents: Vec<ExposedExtent>,
+    /// Bytes of those extents.
+    pub bytes: u64,
+    /// The outage generation of the takeover (0 for GET).
+    pub generation: u64,
+    /// Why the takeover was refused, if it was.
+    #[serde(default)]
+    pub refused: Option<String>,
+}
+
+/// One extent a takeover takes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExposedExtent {
+    /// Its index.
+    pub extent: u64,
+    /// Seconds since a copy of it was last applied here (None: none since
+    /// this node started).
+    pub since_last_copy_seconds: Option<f64>,
 }
 
 /// One volume in [`NodeStatus`].

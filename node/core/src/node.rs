@@ -317,6 +317,8 @@ pub struct CoreStatus {
     pub lease_left: Option<std::time::Duration>,
     /// Whether the witness link is up (None: no witness configured).
     pub witness_up: Option<bool>,
+    /// The core's time when the snapshot was taken.
+    pub now: Time,
 }
 
 /// An operator's takeover could not be done.
@@ -514,6 +516,7 @@ impl NodeCore {
             serving_hosts: self.may_serve(),
             lease_left: self.lease_left(),
             witness_up: self.witness_up(),
+            now: self.now,
         }
     }
 

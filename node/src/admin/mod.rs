@@ -1,15 +1,20 @@
-//! The admin HTTP listener: `GET /metrics` (Prometheus text) and
-//! `GET /status` (JSON [`NodeStatus`]). Binds to loopback by default.
+//! The admin HTTP listener: `GET /metrics` (Prometheus text), `GET /status`
+//! (JSON [`NodeStatus`]), and for two-site nodes `GET /takeover?volume=NAME`
+//! (what an operator's takeover would take) and `POST
+//! /takeover?volume=NAME&confirm=yes[&peer_is_down=yes]` (take it). Binds to
+//! loopback by default.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::header;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
-use geomirror_wire::status::{NodeStatus, PeerStatus, ReplicationStatus, VolumeStatus};
+use geomirror_wire::status::{
+    ExposedExtent, NodeStatus, PeerStatus, ReplicationStatus, ResyncStatus, StandingStatus, TakeoverStatus, VolumeStatus,
+};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +67,21 @@ impl AdminState {
                             handovers: view.counters.handovers_received,
                             problem: view.problem.clone(),
                             tracking_bytes: f.tracking_bytes,
+                            taken_extents: view.taken_extents,
+                            resync: view.resync.started_at.map(|started| {
+                                let r = view.resync;
+                                let elapsed = core.as_ref().map_or(0.0, |c| c.now.since(started).as_secs_f64());
+                                let rate = if elapsed > 0.0 { r.bytes_done as f64 / elapsed } else { 0.0 };
+                                let left = r.bytes_total.saturating_sub(r.bytes_done) as f64;
+                                ResyncStatus {
+                                    bytes_done: r.bytes_done,
+                                    bytes_total: r.bytes_total,
+                                    blocks_differing: r.blocks_differing,
+                                    blocks_saved: r.blocks_saved,
+                                    rate_bytes_per_second: rate,
+                                    eta_seconds: (rate > 0.0).then(|| left / rate),
+                                }
+                            }),
                         }
                     });
                     VolumeStatus {
@@ -88,13 +108,93 @@ impl AdminState {
                     listen: link.config.listen.to_string(),
                 }
             }),
+            standing: core.as_ref().map(|c| StandingStatus {
+                health: c.health.as_str().to_string(),
+                reason: c.health_reason.clone(),
+                serving_hosts: c.serving_hosts,
+                generation: c.generation,
+                survivor_generation: c.survivor.map(|s| s.generation),
+                acting_alone_in_seconds: c.survivor.map(|s| if s.acting_at > c.now { s.acting_at.since(c.now).as_secs_f64() } else { 0.0 }),
+                witness: c.witness_up.map(|up| if up { "connected".into() } else { "unreachable".into() }),
+                lease_left_seconds: c.lease_left.map(|d| d.as_secs_f64()),
+            }),
         }
+    }
+}
+
+/// The query of `/takeover`.
+#[derive(Debug, serde::Deserialize)]
+pub struct TakeoverQuery {
+    /// The volume.
+    pub volume: String,
+    /// `yes` to take over (POST).
+    #[serde(default)]
+    pub confirm: Option<String>,
+    /// `yes`: the operator says the peer is down (needed without a witness).
+    #[serde(default)]
+    pub peer_is_down: Option<String>,
+}
+
+fn exposure_status(volume: &str, e: &geomirror_core::Exposure, taken: bool) -> TakeoverStatus {
+    TakeoverStatus {
+        volume: volume.to_string(),
+        taken,
+        extents: e
+            .extents
+            .iter()
+            .map(|(x, since)| ExposedExtent { extent: x.0, since_last_copy_seconds: since.map(|d| d.as_secs_f64()) })
+            .collect(),
+        bytes: e.bytes,
+        generation: e.generation,
+        refused: None,
+    }
+}
+
+async fn takeover_get(
+    State(state): State<Arc<AdminState>>,
+    Query(q): Query<TakeoverQuery>,
+) -> Result<Json<TakeoverStatus>, (StatusCode, String)> {
+    let (engine, index) = state.find(&q.volume)?;
+    let e = engine.exposure(index).ok_or((StatusCode::NOT_FOUND, format!("no volume `{}`", q.volume)))?;
+    Ok(Json(exposure_status(&q.volume, &e, false)))
+}
+
+async fn takeover_post(
+    State(state): State<Arc<AdminState>>,
+    Query(q): Query<TakeoverQuery>,
+) -> Result<Json<TakeoverStatus>, (StatusCode, String)> {
+    let (engine, index) = state.find(&q.volume)?;
+    if q.confirm.as_deref() != Some("yes") {
+        return Err((StatusCode::BAD_REQUEST, "a takeover needs confirm=yes (GET /takeover shows what it takes)".into()));
+    }
+    let peer_is_down = q.peer_is_down.as_deref() == Some("yes");
+    match engine.take_over(index, peer_is_down) {
+        Ok(e) => {
+            tracing::warn!(volume = %q.volume, extents = e.extents.len(), bytes = e.bytes, generation = e.generation, peer_is_down, "an operator took over the lost peer's extents");
+            Ok(Json(exposure_status(&q.volume, &e, true)))
+        }
+        Err(refused) => {
+            tracing::warn!(volume = %q.volume, reason = %refused, "takeover refused");
+            Err((StatusCode::CONFLICT, refused.to_string()))
+        }
+    }
+}
+
+impl AdminState {
+    fn find(&self, volume: &str) -> Result<(Arc<crate::engine::Engine>, geomirror_wire::peer::VolumeIndex), (StatusCode, String)> {
+        let engine = self.engine.clone().ok_or((StatusCode::BAD_REQUEST, "a single-site node has no peer to take over from".into()))?;
+        let index = engine.volume_index(volume).ok_or((StatusCode::NOT_FOUND, format!("no volume `{volume}`")))?;
+        Ok((engine, index))
     }
 }
 
 /// Serves the admin API on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) -> std::io::Result<()> {
-    let app = Router::new().route("/metrics", get(metrics_handler)).route("/status", get(status_handler)).with_state(state);
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/status", get(status_handler))
+        .route("/takeover", get(takeover_get).post(takeover_post))
+        .with_state(state);
     axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
 }
 

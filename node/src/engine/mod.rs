@@ -261,6 +261,11 @@ impl Engine {
         self.with_core(|core, now| core.handle(now, Input::WitnessDown { link, reason }));
     }
 
+    /// The index of the volume named `name`.
+    pub fn volume_index(&self, name: &str) -> Option<VolumeIndex> {
+        self.volumes.iter().position(|v| v.name == name).map(|i| VolumeIndex(i as u16))
+    }
+
     /// The lease length this node counts with (for the witness hello).
     pub fn lease(&self) -> Option<Duration> {
         self.core.lock().expect("core lock").config().witness.map(|w| w.lease)
