@@ -1,37 +1,121 @@
-//! The README's first command: `geomirror demo` brings up two sites and the
-//! WAN simulator, serves real clients, and stops cleanly on Ctrl-C.
+//! The README's first command: `geomirror demo` brings up two sites, a
+//! witness and the WAN simulator, serves real clients, survives the death of
+//! a site (killed through the demo's own `kill a`), rejoins it on `start a`,
+//! and stops cleanly on Ctrl-C.
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::two_site::free_port;
+use common::two_site::{eventually, free_port};
 use common::*;
+
+/// A running demo: the process, its stdin (commands), its printed lines,
+/// and the addresses it was given (NBD A, NBD B, admin A, admin B, control).
+struct Demo {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+    printed: String,
+    ports: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl Demo {
+    fn start() -> Demo {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<String> = (0..5).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let mut command = Command::new(geomirror_bin());
+        command
+            .args(["demo", "--dir", dir.path().to_str().unwrap(), "--volume", "vol0:64MiB", "--rtt", "10ms"])
+            .args(["--nbd-a", &ports[0], "--nbd-b", &ports[1], "--admin-a", &ports[2], "--admin-b", &ports[3], "--sim-control", &ports[4]])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        die_with_parent(&mut command);
+        let mut child = command.spawn().expect("spawn the demo");
+        let stdin = child.stdin.take().unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut demo = Demo { child, stdin, lines, printed: String::new(), ports, dir };
+        demo.wait_for("Ctrl-C stops the demo", Duration::from_secs(60));
+        demo
+    }
+
+    /// Waits until the demo prints a line containing `text`.
+    fn wait_for(&mut self, text: &str, limit: Duration) {
+        let until = Instant::now() + limit;
+        while !self.printed.contains(text) {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.printed.push_str(&line);
+                    self.printed.push('\n');
+                }
+                Err(_) => panic!("the demo did not print `{text}` within {limit:?}:\n{}", self.printed),
+            }
+        }
+    }
+
+    /// Types a command into the demo.
+    fn type_line(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").expect("write to the demo");
+    }
+
+    /// A node's health from its `/status` (`unreachable` while it is down).
+    fn health(&self, admin: &str) -> String {
+        use std::io::Read;
+        let Ok(mut s) = std::net::TcpStream::connect_timeout(&admin.parse().unwrap(), Duration::from_secs(2)) else {
+            return "unreachable".into();
+        };
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut response = String::new();
+        if write!(s, "GET /status HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").is_err()
+            || s.read_to_string(&mut response).is_err()
+        {
+            return "unreachable".into();
+        }
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let status: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        status["standing"]["health"].as_str().unwrap_or("unreachable").to_string()
+    }
+
+    /// Ctrl-C; the demo exits cleanly and its nodes log that they stopped.
+    fn stop(mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let until = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < until, "the demo did not stop on SIGINT");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "the demo exits cleanly: {status}");
+        for site in ["site-a", "site-b"] {
+            let log = std::fs::read_to_string(self.dir.path().join(format!("{site}.log"))).unwrap();
+            assert!(log.contains("stopped"), "{site} stopped cleanly:\n{log}");
+        }
+    }
+}
 
 #[test]
 fn the_demo_serves_both_sites_and_stops_on_ctrl_c() {
     require_tool("qemu-io");
-    let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<String> = (0..5).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-    let mut command = Command::new(geomirror_bin());
-    command
-        .args(["demo", "--dir", dir.path().to_str().unwrap(), "--volume", "vol0:64MiB", "--rtt", "10ms"])
-        .args(["--nbd-a", &ports[0], "--nbd-b", &ports[1], "--admin-a", &ports[2], "--admin-b", &ports[3], "--sim-control", &ports[4]])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    die_with_parent(&mut command);
-    let mut demo = command.spawn().expect("spawn the demo");
-    let mut out = BufReader::new(demo.stdout.take().unwrap());
-    let started = Instant::now();
-    let mut printed = String::new();
-    while !printed.contains("Ctrl-C stops the demo") {
-        let mut line = String::new();
-        assert!(out.read_line(&mut line).unwrap() > 0, "the demo ended early:\n{printed}");
-        printed.push_str(&line);
-        assert!(started.elapsed() < Duration::from_secs(60), "the demo did not come up");
-    }
+    let demo = Demo::start();
+    let (ports, printed) = (&demo.ports, &demo.printed);
     let (a, b) = (format!("nbd://{}/vol0", ports[0]), format!("nbd://{}/vol0", ports[1]));
     assert!(printed.contains(&a) && printed.contains(&b), "the demo prints both URIs:\n{printed}");
     qemu_io(&a, &["write -P 0x77 0 1M".into()]);
@@ -42,20 +126,49 @@ fn the_demo_serves_both_sites_and_stops_on_ctrl_c() {
     assert!(link.contains("15000") || link.contains("15ms"), "RTT 30 ms means 15 ms each way: {link}");
     qemu_io(&b, &["write -P 0x78 4M 64k".into()]);
     qemu_io(&a, &["read -P 0x78 4M 64k".into(), "read -P 0x77 0 1M".into()]);
-    // Ctrl-C: everything stops.
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(demo.id() as i32, libc::SIGINT) };
-    let until = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = demo.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < until, "the demo did not stop on SIGINT");
-        std::thread::sleep(Duration::from_millis(50));
+    demo.stop();
+}
+
+#[test]
+fn the_demo_survives_the_death_of_a_site_and_rejoins_it() {
+    require_tool("qemu-io");
+    let mut demo = Demo::start();
+    let (a, b) = (format!("nbd://{}/vol0", demo.ports[0]), format!("nbd://{}/vol0", demo.ports[1]));
+    let (admin_a, admin_b) = (demo.ports[2].clone(), demo.ports[3].clone());
+    assert!(demo.printed.contains("kill a") && demo.printed.contains("takeover --admin"), "{}", demo.printed);
+    qemu_io(&a, &["write -P 0x31 0 1M".into()]);
+    // The copy stream delivers A's write to B before A dies (what it had not
+    // would be lost to hosts by the takeover, as the takeover says).
+    let delivered = || {
+        let status: serde_json::Value = serde_json::from_str(&http_get(admin_a.parse().unwrap(), "/status")).unwrap();
+        status["volumes"][0]["replication"]["not_durable_at_peer_bytes"] == 0
     };
-    assert!(status.success(), "the demo exits cleanly: {status}");
-    for site in ["site-a", "site-b"] {
-        let log = std::fs::read_to_string(dir.path().join(format!("{site}.log"))).unwrap();
-        assert!(log.contains("stopped"), "{site} stopped cleanly:\n{log}");
-    }
+    assert!(eventually(Duration::from_secs(20), delivered), "A's copy stream did not catch up");
+    demo.type_line("kill a");
+    demo.wait_for("site-a killed", Duration::from_secs(10));
+    let died = Instant::now();
+    // B (and the simulator, and the witness) carry on: B becomes survivor
+    // and writes a clean extent; the printed commands take A's extents over.
+    let survived = || demo.health(&admin_b) == "survivor";
+    assert!(eventually(Duration::from_secs(15), survived), "B did not become survivor: {}", demo.health(&admin_b));
+    assert!(eventually(Duration::from_secs(10), || qemu_io_succeeds(&b, "write -P 0x32 16M 64k")), "B cannot write alone");
+    assert!(died.elapsed() < Duration::from_secs(8), "B wrote alone only after {:?}", died.elapsed());
+    let bin = geomirror_bin();
+    let shown = run_ok(30, bin.to_str().unwrap(), &["takeover", "--admin", &admin_b, "--volume", "vol0"]);
+    assert!(shown.contains("owned by the lost peer"), "{shown}");
+    run_ok(30, bin.to_str().unwrap(), &["takeover", "--admin", &admin_b, "--volume", "vol0", "--yes"]);
+    qemu_io(&b, &["read -P 0x31 0 1M".into()]);
+    // `start a`: A rejoins, resyncs, and serves B's writes.
+    demo.type_line("start a");
+    demo.wait_for("site-a started", Duration::from_secs(10));
+    let joined = || demo.health(&admin_a) == "connected" && demo.health(&admin_b) == "connected";
+    assert!(eventually(Duration::from_secs(30), joined), "A: {} B: {}", demo.health(&admin_a), demo.health(&admin_b));
+    qemu_io(&a, &["read -P 0x31 0 1M".into(), "read -P 0x32 16M 64k".into()]);
+    demo.stop();
+}
+
+fn qemu_io_succeeds(uri: &str, command: &str) -> bool {
+    let out = run_with_deadline(60, "qemu-io", &["-f", "raw", "-c", command, uri]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    out.status.success() && !text.contains("error")
 }

@@ -218,7 +218,7 @@ async fn serve(
         error!(error = %e, "admin listener failed");
     }
     for volume in exports.volumes() {
-        if let Err(e) = volume.flush().await {
+        if let Err(e) = volume.sync_at_shutdown().await {
             error!(volume = %volume.name(), error = %e, "failed to flush volume at shutdown");
         }
     }

@@ -212,6 +212,15 @@ impl Volume {
         Ok(())
     }
 
+    /// Makes the store's completed writes durable at shutdown, directly: a
+    /// host FLUSH goes through the engine (which a fenced node holds), but a
+    /// node stopping syncs its own disk whatever its standing.
+    pub async fn sync_at_shutdown(&self) -> Result<(), VolumeError> {
+        let store = self.store.clone();
+        blocking(move || store.sync()).await?;
+        Ok(())
+    }
+
     /// Discards a range (reads back as zeroes).
     pub async fn trim(&self, offset: u64, length: u64, fua: bool) -> Result<(), VolumeError> {
         if let Some((engine, index)) = &self.engine {
