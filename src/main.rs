@@ -55,7 +55,7 @@ enum Command {
     /// Write a CA and a certificate per node for the peer link.
     Certs {
         /// Output directory (an existing CA there is reused).
-        #[arg(long)]
+        #[arg(long, default_value = "certs")]
         out: PathBuf,
         /// A node name; repeat for each node.
         #[arg(long = "node", required = true)]

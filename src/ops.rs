@@ -118,15 +118,28 @@ pub async fn takeover(args: TakeoverArgs) -> anyhow::Result<()> {
 async fn online(admin: SocketAddr, args: &TakeoverArgs) -> anyhow::Result<()> {
     let client = geomirror_sim::client::ControlClient::new(admin);
     let volume = &args.volume;
-    let shown: TakeoverStatus = serde_json::from_value(client.request("GET", &format!("/takeover?volume={volume}"), None).await?)?;
+    let mut query = format!("/takeover?volume={volume}");
+    if args.peer_is_down {
+        query.push_str("&peer_is_down=yes");
+    }
+    let shown: TakeoverStatus = serde_json::from_value(client.request("GET", &query, None).await?)?;
     print_exposure(&shown);
     if !args.yes {
         println!(
-            "A takeover serves these extents from this site's data at once; writes the peer acknowledged and never copied here \
-             are lost to hosts (the peer saves its differing blocks to its conflict file when it returns). Run again with --yes \
-             to take over{}.",
-            if args.peer_is_down { "" } else { " (and --peer-is-down if no witness is configured)" }
+            "A takeover serves these extents from this site's data at once. Writes the peer acknowledged and had not copied here \
+             are lost to hosts; the peer saves its differing blocks to its conflict file when it returns."
         );
+        if !shown.witness {
+            println!(
+                "This node has no witness, so nothing proves the peer is down: take over only if you know it is (--peer-is-down). \
+                 If it is in fact alive and serving its hosts, both sites write the same extents and diverge until it returns, \
+                 when its differing blocks go to its conflict file."
+            );
+        }
+        match &shown.refused {
+            Some(reason) => println!("A takeover now would be refused: {reason}."),
+            None => println!("Run again with --yes to take over."),
+        }
         return Ok(());
     }
     let mut path = format!("/takeover?volume={volume}&confirm=yes");
@@ -189,11 +202,14 @@ pub fn conflicts(cmd: ConflictsCommand) -> anyhow::Result<()> {
             for v in volumes {
                 let meta = meta_of(&data_dir, &v)?;
                 let file = ConflictFile::new(&volume_dir(&data_dir, &v), &v, meta.volume_id);
-                let Some(records) = file.read()? else {
+                let Some((records, problem)) = file.read_intact()? else {
                     println!("volume {v}: no conflict file");
                     continue;
                 };
                 println!("volume {v}: {} saved blocks in {}", records.len(), file.path().display());
+                if let Some(problem) = problem {
+                    println!("  WARNING: {problem}; what follows it is not listed (`geomirror conflicts repair` cuts a torn last record)");
+                }
                 println!("  {:>14} {:>8} {:<14} {:>5} {:>5}  saved at (UTC)", "offset", "length", "kind", "ours", "theirs");
                 for r in &records {
                     let kind = match r.kind {
@@ -216,7 +232,10 @@ pub fn conflicts(cmd: ConflictsCommand) -> anyhow::Result<()> {
         ConflictsCommand::Extract { data_dir, volume, out, generation } => {
             let meta = meta_of(&data_dir, &volume)?;
             let file = ConflictFile::new(&volume_dir(&data_dir, &volume), &volume, meta.volume_id);
-            let records = file.read()?.unwrap_or_default();
+            let (records, problem) = file.read_intact()?.unwrap_or_default();
+            if let Some(problem) = problem {
+                eprintln!("warning: {problem}; only the records before it are extracted");
+            }
             let mut image = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)

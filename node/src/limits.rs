@@ -23,8 +23,10 @@ pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// it full drops the connection (it reconnects). The node sends at most
 /// one renewal, one claim and one outage report at a time.
 pub const WITNESS_QUEUE_MESSAGES: usize = 16;
-/// Longest pause between reconnection attempts (exponential back-off with jitter).
-pub const PEER_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Longest pause between reconnection attempts (exponential back-off with
+/// jitter): a link that comes back is used within about this long, so a
+/// resync after an outage starts within a second of the network's return.
+pub const PEER_BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// Messages queued for the priority lane's writer; a send that finds it full
 /// closes the session (the peer does not read; the core's own bounds keep a
 /// reading peer far below this).

@@ -31,6 +31,20 @@ pub const NBD_CONNECTIONS_OPEN: &str = "geomirror_nbd_connections_open";
 /// Handshakes or connections dropped for protocol violations.
 pub const NBD_PROTOCOL_ERRORS: &str = "geomirror_nbd_protocol_errors_total";
 
+/// The node's health: 1 for the state it is in, 0 for the others, by label
+/// `health` (`connected`, `catching-up`, `peer-lost`, `survivor`, `fenced`,
+/// `resyncing`).
+pub const NODE_HEALTH: &str = "geomirror_node_health";
+/// Every health the node can report (the label values of [`NODE_HEALTH`]).
+pub const HEALTH_STATES: [&str; 6] = ["connected", "catching-up", "peer-lost", "survivor", "fenced", "resyncing"];
+
+/// Sets [`NODE_HEALTH`] to `current`.
+pub fn set_health(current: &str) {
+    for state in HEALTH_STATES {
+        metrics::gauge!(NODE_HEALTH, "health" => state).set(if state == current { 1.0 } else { 0.0 });
+    }
+}
+
 /// Latency buckets (seconds): 10 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] =
     &[0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];

@@ -41,3 +41,10 @@ pub async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static)
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
+
+/// `backoff` plus a random quarter of it at most, so that two nodes retrying
+/// after the same event spread out.
+pub fn jittered(backoff: std::time::Duration) -> std::time::Duration {
+    let quarter = u64::try_from(backoff.as_micros() / 4).unwrap_or(u64::MAX).max(1);
+    backoff + std::time::Duration::from_micros(rand::random::<u64>() % quarter)
+}

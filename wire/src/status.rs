@@ -133,9 +133,13 @@ pub struct TakeoverStatus {
     pub bytes: u64,
     /// The outage generation of the takeover (0 for GET).
     pub generation: u64,
-    /// Why the takeover was refused, if it was.
+    /// Why the takeover was refused (POST), or would be now (GET), if so.
     #[serde(default)]
     pub refused: Option<String>,
+    /// Whether the node has a witness (without one, a takeover needs the
+    /// operator's word that the peer is down).
+    #[serde(default)]
+    pub witness: bool,
 }
 
 /// One extent a takeover takes.

@@ -1415,8 +1415,14 @@ impl Claims {
                 Some(ExtentState::Acquiring { epoch, regranted, .. }) if c.epoch > epoch => {
                     self.set(c.extent, Some(ExtentState::Acquiring { epoch: c.epoch, regranted, released: false }))
                 }
-                Some(ExtentState::Owned(o)) if c.epoch > o.epoch && o.writes_in_flight == 0 => {
-                    // Both sides own it (not expected): the newer grant wins.
+                Some(ExtentState::Owned(o))
+                    if o.writes_in_flight == 0 && (c.epoch > o.epoch || (c.epoch == o.epoch && !self.wins_ties)) =>
+                {
+                    // Both sides own it: only after both acted alone (two
+                    // operators each took over, no witness). The newer
+                    // epoch wins, and of equal epochs (claimed alone at
+                    // both sides from the same counter) the tie-breaker's;
+                    // the loser's blocks go to its conflict file below.
                     self.set(c.extent, Some(ExtentState::PeerOwned { epoch: c.epoch }));
                 }
                 _ => {}

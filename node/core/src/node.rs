@@ -530,6 +530,26 @@ impl NodeCore {
         Some(Exposure { extents, bytes, generation: 0 })
     }
 
+    /// Why a takeover of `volume` would be refused now (None: it would be
+    /// done), as [`NodeCore::take_over`] decides it.
+    pub fn takeover_refusal(&self, volume: VolumeIndex, peer_is_down: bool) -> Option<TakeoverRefused> {
+        let Some(v) = self.volumes.get(volume.0 as usize) else {
+            return Some(TakeoverRefused::NoVolume(volume.0));
+        };
+        if let Serving::Stopped(p) | Serving::Mismatch(p) = &v.serving {
+            return Some(TakeoverRefused::NotServing(p.clone()));
+        }
+        if self.session.is_some() {
+            return Some(TakeoverRefused::PeerReachable);
+        }
+        match (&self.standing.witness, self.standing.survivor) {
+            (Some(_), None) => Some(TakeoverRefused::NotSurvivor(self.standing.reason.clone())),
+            (Some(_), Some(role)) if role.acting_at > self.now => Some(TakeoverRefused::NotYet(role.acting_at.since(self.now))),
+            (None, None) if !peer_is_down => Some(TakeoverRefused::PeerMayBeAlive),
+            _ => None,
+        }
+    }
+
     /// An operator takes over the extents the lost peer owns in `volume`:
     /// they become ours at once (served from our data once the claims file
     /// records them). With a witness, only the survivor may, once it acts
@@ -538,21 +558,12 @@ impl NodeCore {
     pub fn take_over(&mut self, now: Time, volume: VolumeIndex, peer_is_down: bool) -> Result<Exposure, TakeoverRefused> {
         self.now = self.now.max(now);
         let vi = volume.0 as usize;
-        if vi >= self.volumes.len() {
-            return Err(TakeoverRefused::NoVolume(volume.0));
+        if let Some(refused) = self.takeover_refusal(volume, peer_is_down) {
+            return Err(refused);
         }
-        if let Serving::Stopped(p) | Serving::Mismatch(p) = &self.volumes[vi].serving {
-            return Err(TakeoverRefused::NotServing(p.clone()));
-        }
-        if self.session.is_some() {
-            return Err(TakeoverRefused::PeerReachable);
-        }
-        let generation = match (&self.standing.witness, self.standing.survivor) {
-            (Some(_), None) => return Err(TakeoverRefused::NotSurvivor(self.standing.reason.clone())),
-            (Some(_), Some(role)) if role.acting_at > self.now => return Err(TakeoverRefused::NotYet(role.acting_at.since(self.now))),
-            (Some(_), Some(role)) => role.generation,
-            (None, _) if !peer_is_down => return Err(TakeoverRefused::PeerMayBeAlive),
-            (None, _) => self.become_survivor_by_operator(),
+        let generation = match self.standing.survivor {
+            Some(role) => role.generation,
+            None => self.become_survivor_by_operator(),
         };
         let mut exposure = self.exposure(volume).expect("checked");
         exposure.generation = generation;

@@ -322,6 +322,31 @@ fn a_claim_lost_with_the_link_keeps_its_budget_until_the_sync_says() {
 }
 
 #[test]
+fn two_sites_that_both_claimed_alone_end_with_one_owner_and_the_other_saving_its_blocks() {
+    // No witness, and an operator at each site said the other was down:
+    // both claim extent 3 alone, from the same counter and generation.
+    let (mut a, mut b) = (Claims::new(&settings(16, 8, 0), true), Claims::new(&settings(16, 8, 0), false));
+    for c in [&mut a, &mut b] {
+        c.set_generation(1);
+        assert_eq!(c.begin_write(3..=3, t(0), PeerAccess::Alone), WriteAccess::Wait(WaitReason::File));
+    }
+    let (a_contents, b_contents) = (a.file_contents(), b.file_contents());
+    assert_eq!(a_contents.taken, b_contents.taken, "the same extent at the same epoch: a tie");
+    fn peer_view(c: &ClaimsFileContents) -> PeerView<'_> {
+        PeerView { counter: c.counter, own: &c.own, record: &c.record, gives: &c.gives, generation: c.generation, taken: &c.taken }
+    }
+    // The session-start sync, both ways.
+    a.on_sync(&peer_view(&b_contents), t(1));
+    b.on_sync(&peer_view(&a_contents), t(1));
+    assert!(matches!(a.extent(Extent(3)), Some(ExtentState::Owned(_))), "the tie-breaker keeps it");
+    assert!(matches!(b.extent(Extent(3)), Some(ExtentState::PeerOwned { .. })), "the other gives it up");
+    assert!(a.conflicts().is_empty());
+    assert_eq!(b.conflicts().keys().copied().collect::<Vec<_>>(), vec![Extent(3)], "its blocks are saved before A's data lands");
+    a.check();
+    b.check();
+}
+
+#[test]
 fn a_sync_adopts_what_the_peer_records_as_ours_to_be_compared() {
     let mut a = Claims::new(&settings(16, 8, 0), true);
     a.on_sync(&view(9, &[], &[ExtentClaim { extent: Extent(5), epoch: Epoch(9) }], &[]), t(0));

@@ -135,7 +135,7 @@ pub struct TakeoverQuery {
     pub peer_is_down: Option<String>,
 }
 
-fn exposure_status(volume: &str, e: &geomirror_core::Exposure, taken: bool) -> TakeoverStatus {
+fn exposure_status(volume: &str, e: &geomirror_core::Exposure, taken: bool, witness: bool) -> TakeoverStatus {
     TakeoverStatus {
         volume: volume.to_string(),
         taken,
@@ -147,6 +147,7 @@ fn exposure_status(volume: &str, e: &geomirror_core::Exposure, taken: bool) -> T
         bytes: e.bytes,
         generation: e.generation,
         refused: None,
+        witness,
     }
 }
 
@@ -156,7 +157,10 @@ async fn takeover_get(
 ) -> Result<Json<TakeoverStatus>, (StatusCode, String)> {
     let (engine, index) = state.find(&q.volume)?;
     let e = engine.exposure(index).ok_or((StatusCode::NOT_FOUND, format!("no volume `{}`", q.volume)))?;
-    Ok(Json(exposure_status(&q.volume, &e, false)))
+    let mut shown = exposure_status(&q.volume, &e, false, engine.has_witness());
+    let peer_is_down = q.peer_is_down.as_deref() == Some("yes");
+    shown.refused = engine.takeover_refusal(index, peer_is_down).map(|r| r.to_string());
+    Ok(Json(shown))
 }
 
 async fn takeover_post(
@@ -171,7 +175,7 @@ async fn takeover_post(
     match engine.take_over(index, peer_is_down) {
         Ok(e) => {
             tracing::warn!(volume = %q.volume, extents = e.extents.len(), bytes = e.bytes, generation = e.generation, peer_is_down, "an operator took over the lost peer's extents");
-            Ok(Json(exposure_status(&q.volume, &e, true)))
+            Ok(Json(exposure_status(&q.volume, &e, true, engine.has_witness())))
         }
         Err(refused) => {
             tracing::warn!(volume = %q.volume, reason = %refused, "takeover refused");

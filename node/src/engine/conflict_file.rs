@@ -48,6 +48,10 @@ pub enum ConflictFileIoError {
     },
 }
 
+/// The records of a conflict file that check out, and what stopped the read
+/// (None: the end of the file).
+pub type IntactRecords = (Vec<SavedBlock>, Option<ConflictFileError>);
+
 /// The conflict file of one volume.
 #[derive(Clone, Debug)]
 pub struct ConflictFile {
@@ -89,6 +93,27 @@ impl ConflictFile {
             });
         }
         Ok(Some(records))
+    }
+
+    /// Reads the records that check out, for an operator: a damaged or cut
+    /// short file yields what precedes the damage, and what stopped the read.
+    pub fn read_intact(&self) -> Result<Option<IntactRecords>, ConflictFileIoError> {
+        let io = |source| ConflictFileIoError::Io { path: self.path.clone(), source };
+        let bytes = match std::fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        let damaged = |problem| ConflictFileIoError::Damaged { path: self.path.clone(), volume: self.header.volume.clone(), problem };
+        let (header, records, problem) = conflict_file::decode_prefix(&bytes).map_err(damaged)?;
+        if header.volume != self.header.volume {
+            return Err(ConflictFileIoError::WrongVolume {
+                path: self.path.clone(),
+                found: header.volume,
+                expected: self.header.volume.clone(),
+            });
+        }
+        Ok(Some((records, problem)))
     }
 
     /// Appends `records` (stamped with `saved_at_ms`) and syncs the file.

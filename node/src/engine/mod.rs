@@ -276,6 +276,17 @@ impl Engine {
         self.with_core(|core, _| core.exposure(volume))
     }
 
+    /// Why a takeover of `volume` would be refused now (see
+    /// `NodeCore::takeover_refusal`).
+    pub fn takeover_refusal(self: &Arc<Self>, volume: VolumeIndex, peer_is_down: bool) -> Option<geomirror_core::TakeoverRefused> {
+        self.with_core(|core, _| core.takeover_refusal(volume, peer_is_down))
+    }
+
+    /// Whether a witness is configured.
+    pub fn has_witness(&self) -> bool {
+        self.core.lock().expect("core lock").witness_up().is_some()
+    }
+
     /// An operator's takeover of `volume` (see `NodeCore::take_over`).
     pub fn take_over(
         self: &Arc<Self>,
@@ -352,13 +363,16 @@ impl Engine {
                     "a handover never applied here was revoked; the peer owns the extent again"
                 )
             }
-            Event::HealthChanged { health, reason } => match health {
-                geomirror_core::Health::Fenced => {
-                    warn!(parent: parent, health = health.as_str(), reason, "health changed: hosts are not served")
+            Event::HealthChanged { health, reason } => {
+                crate::metrics::set_health(health.as_str());
+                match health {
+                    geomirror_core::Health::Fenced => {
+                        warn!(parent: parent, health = health.as_str(), reason, "health changed: hosts are not served")
+                    }
+                    geomirror_core::Health::Survivor => warn!(parent: parent, health = health.as_str(), reason, "health changed"),
+                    _ => info!(parent: parent, health = health.as_str(), reason, "health changed"),
                 }
-                geomirror_core::Health::Survivor => warn!(parent: parent, health = health.as_str(), reason, "health changed"),
-                _ => info!(parent: parent, health = health.as_str(), reason, "health changed"),
-            },
+            }
             Event::WitnessProblem { message } => warn!(parent: parent, message, "the witness refused a request"),
             Event::ActingAlone { generation } => {
                 warn!(parent: parent, generation, "acting alone: clean extents are claimed without the peer until it is back")

@@ -153,8 +153,7 @@ impl PeerLink {
                     self.set_status("down", Some(text));
                 }
             }
-            let jitter = Duration::from_millis(rand::random::<u64>() % 20);
-            tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(backoff + jitter) => {} }
+            tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(crate::tasks::jittered(backoff)) => {} }
             backoff = (backoff * 2).min(PEER_BACKOFF_MAX);
         }
     }

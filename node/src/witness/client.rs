@@ -64,8 +64,7 @@ pub async fn run(config: WitnessClientConfig, tls: PeerTls, engine: Arc<Engine>,
                 }
             }
         }
-        let jitter = Duration::from_millis(rand::random::<u64>() % 50);
-        tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(backoff + jitter) => {} }
+        tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(crate::tasks::jittered(backoff)) => {} }
         backoff = (backoff * 2).min(PEER_BACKOFF_MAX);
     }
 }
