@@ -71,6 +71,12 @@
 //! geomirror p50 within 1.2× qemu-nbd, ≥ 100× below write-blocking at 20 ms,
 //! every geomirror read at B fresh.
 //!
+//! # `site-loss`
+//!
+//! The day a site dies: time to detect a silent peer loss, time to the
+//! survivor's first write in a clean extent, takeover time, and resync
+//! bytes and time after a crash by owned extents (see [`site_loss`]).
+//!
 //! Layout: [`fio`] builds and parses fio jobs, [`procs`] runs processes,
 //! [`systems`] starts single-site systems, [`pair`] two geomirror sites,
 //! [`qemu_mirror`] the QEMU mirrors, [`sim`] drives the WAN simulator,
@@ -93,6 +99,7 @@ mod qmp;
 mod side_by_side;
 mod sim;
 mod single_site;
+mod site_loss;
 mod stats;
 mod systems;
 mod table;
@@ -123,6 +130,10 @@ enum Command {
     /// qemu-nbd behind the same simulated WAN, per RTT: latency, MB/s and
     /// freshness of reads at site B.
     SideBySide(side_by_side::Args),
+    /// The day a site dies: time to detect peer loss, to the survivor's
+    /// first write in a clean extent, and to a takeover; resync bytes and
+    /// time after a crash by owned extents.
+    SiteLoss(site_loss::Args),
 }
 
 /// Options shared by every scenario.
@@ -175,6 +186,7 @@ fn main() -> ExitCode {
         Command::SingleSite(args) => single_site::run(&args),
         Command::TwoSite(args) => two_site::run(&args),
         Command::SideBySide(args) => side_by_side::run(&args),
+        Command::SiteLoss(args) => site_loss::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

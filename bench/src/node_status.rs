@@ -21,6 +21,16 @@ pub struct NodeStatus {
     /// The peer link, for a two-site node.
     #[serde(default)]
     pub peer: Option<PeerStatus>,
+    /// The node's standing (two-site nodes since the witness landed).
+    #[serde(default)]
+    pub standing: Option<Standing>,
+}
+
+/// The node's standing (subset).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+pub struct Standing {
+    /// `connected`, `catching-up`, `peer-lost`, `survivor`, `fenced`, `resyncing`.
+    pub health: String,
 }
 
 /// The peer link.
@@ -101,6 +111,11 @@ impl NodeStatus {
     /// The replication figures of volume `name` (zero for a single-site node).
     pub fn replication(&self, name: &str) -> Result<Replication> {
         Ok(self.volume(name)?.replication.clone().unwrap_or_default())
+    }
+
+    /// The node's health (`none` before the witness landed).
+    pub fn health(&self) -> &str {
+        self.standing.as_ref().map_or("none", |s| s.health.as_str())
     }
 
     /// Whether the peer link is up.

@@ -56,9 +56,32 @@ pub struct Node {
     pub admin: String,
     /// The process.
     pub server: Server,
+    /// Its config file (to start it again after a kill).
+    pub config: std::path::PathBuf,
 }
 
 impl Node {
+    /// Kills the node (SIGKILL: nothing is flushed, as when a site dies).
+    pub fn kill9(&mut self) {
+        self.server.kill();
+    }
+
+    /// Starts the node again from its config (after [`Node::kill9`]), its
+    /// log in `log`; returns once its admin endpoint answers.
+    pub fn restart(&mut self, binary: &Path, log: std::path::PathBuf) -> Result<()> {
+        let args = vec!["node".to_string(), "--config".to_string(), self.config.display().to_string()];
+        self.server = Server::start(&self.name, binary, &args, log)?;
+        let started = std::time::Instant::now();
+        while NodeStatus::fetch(&self.admin).is_err() {
+            self.server.check_alive()?;
+            if started.elapsed() > READY_TIMEOUT {
+                bail!("{}: the admin endpoint did not answer within {READY_TIMEOUT:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
     /// `nbd://…/export`.
     pub fn uri(&self, export: &str) -> String {
         format!("nbd://{}/{export}", self.nbd)
@@ -85,7 +108,8 @@ impl Node {
     }
 }
 
-/// Site A, site B and the simulator; all killed when dropped.
+/// Site A, site B and the simulator (and the witness, if any); all killed
+/// when dropped.
 pub struct Pair {
     /// Site A (dials the simulator).
     pub a: Node,
@@ -93,6 +117,8 @@ pub struct Pair {
     pub b: Node,
     /// The simulator between them; "ab" is A → B.
     pub sim: Sim,
+    /// The witness (both sites reach it directly, not through the simulator).
+    pub witness: Option<Server>,
 }
 
 impl Pair {
@@ -111,6 +137,8 @@ impl Pair {
 
 /// The ports and names of one site's config.
 pub struct SiteConfig<'a> {
+    /// Where this node reaches the witness (None: no witness).
+    pub witness: Option<&'a str>,
     /// This node's name.
     pub name: &'a str,
     /// The peer's name.
@@ -127,7 +155,7 @@ pub struct SiteConfig<'a> {
 
 /// The TOML of one site; certificates and data live under `dir`.
 pub fn node_config(site: &SiteConfig<'_>, dir: &Path, volumes: &[VolumeSpec]) -> String {
-    let SiteConfig { name, peer, nbd_port, admin_port, peer_listen, peer_connect } = site;
+    let SiteConfig { name, peer, nbd_port, admin_port, peer_listen, peer_connect, witness } = site;
     let d = dir.display();
     let mut toml = format!(
         r#"[node]
@@ -152,6 +180,10 @@ cert = "{d}/certs/{name}.pem"
 key = "{d}/certs/{name}-key.pem"
 "#
     );
+    if let Some(witness) = witness {
+        // The product's defaults for the lease and the drift bound.
+        toml.push_str(&format!("\n[witness]\nname = \"witness\"\nconnect = \"{witness}\"\n"));
+    }
     for v in volumes {
         toml.push_str(&format!(
             "\n[[volume]]\nname = \"{}\"\nsize = \"{}\"\nextent_size = \"{}\"\nmax_owned_extents = {}\npredict_extents = {}\nrelease_after = \"{}\"\n",
@@ -164,6 +196,12 @@ key = "{d}/certs/{name}-key.pem"
 /// Starts the pair in `dir` (created) with the simulator at `rtt` and
 /// `bandwidth` (bits/s, `None` unlimited) and waits until it is ready.
 pub fn start(binary: &Path, dir: &Path, volumes: &[VolumeSpec], rtt: Duration, bandwidth: Option<u64>) -> Result<Pair> {
+    start_with(binary, dir, volumes, rtt, bandwidth, false)
+}
+
+/// [`start`], with a witness (`geomirror witness`) when `witness`: both
+/// sites hold leases from it with the product's default settings.
+pub fn start_with(binary: &Path, dir: &Path, volumes: &[VolumeSpec], rtt: Duration, bandwidth: Option<u64>, witness: bool) -> Result<Pair> {
     if !binary.is_file() {
         bail!(
             "geomirror binary not found at {}; build it with `cargo build --release -p geomirror` or pass --geomirror PATH",
@@ -176,12 +214,34 @@ pub fn start(binary: &Path, dir: &Path, volumes: &[VolumeSpec], rtt: Duration, b
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let certs = dir.join("certs");
     let bin = binary.display().to_string();
-    let args: Vec<String> =
+    let mut args: Vec<String> =
         ["certs", "--out", &certs.display().to_string(), "--node", "site-a", "--node", "site-b"].iter().map(|s| s.to_string()).collect();
+    if witness {
+        args.extend(["--node".to_string(), "witness".to_string()]);
+    }
     let out = procs::run_to_completion(&bin, &args, dir, "certs", Duration::from_secs(60))?;
     if !out.status.success() {
         bail!("`geomirror certs` failed ({}): {}", out.status, procs::tail_lines(&out.stderr, 10));
     }
+    let witness_listen = format!("127.0.0.1:{}", procs::free_port()?);
+    let witness_server = match witness {
+        false => None,
+        true => {
+            let config = dir.join("witness.toml");
+            let d = dir.display();
+            std::fs::write(
+                &config,
+                format!(
+                    "[node]\nname = \"witness\"\ndata_dir = \"{d}/data-witness\"\n\n[witness]\nlisten = \"{witness_listen}\"\n\
+                     nodes = [\"site-a\", \"site-b\"]\n\n[tls]\nca = \"{d}/certs/ca.pem\"\ncert = \"{d}/certs/witness.pem\"\n\
+                     key = \"{d}/certs/witness-key.pem\"\n"
+                ),
+            )?;
+            let args = vec!["witness".to_string(), "--config".to_string(), config.display().to_string()];
+            Some(Server::start("witness", binary, &args, dir.join("witness.log"))?)
+        }
+    };
+    let witness_at = witness.then_some(witness_listen.as_str());
 
     let (b_nbd, b_admin, b_peer, b_unused) = (procs::free_port()?, procs::free_port()?, procs::free_port()?, procs::free_port()?);
     let b_config = dir.join("site-b.toml");
@@ -195,6 +255,7 @@ pub fn start(binary: &Path, dir: &Path, volumes: &[VolumeSpec], rtt: Duration, b
                 admin_port: b_admin,
                 peer_listen: b_peer,
                 peer_connect: &format!("127.0.0.1:{b_unused}"),
+                witness: witness_at,
             },
             dir,
             volumes,
@@ -219,6 +280,7 @@ pub fn start(binary: &Path, dir: &Path, volumes: &[VolumeSpec], rtt: Duration, b
                 admin_port: a_admin,
                 peer_listen: a_peer,
                 peer_connect: &sim.listen,
+                witness: witness_at,
             },
             dir,
             volumes,
@@ -227,8 +289,20 @@ pub fn start(binary: &Path, dir: &Path, volumes: &[VolumeSpec], rtt: Duration, b
     let mut a_server = Server::start("site-a", binary, &node_args(&a_config), dir.join("site-a.log"))?;
     a_server.wait_nbd_ready(&format!("nbd://127.0.0.1:{a_nbd}/{first}"), volumes[0].size_bytes, READY_TIMEOUT)?;
 
-    let a = Node { name: "site-a".into(), nbd: format!("127.0.0.1:{a_nbd}"), admin: format!("127.0.0.1:{a_admin}"), server: a_server };
-    let b = Node { name: "site-b".into(), nbd: format!("127.0.0.1:{b_nbd}"), admin: format!("127.0.0.1:{b_admin}"), server: b_server };
+    let a = Node {
+        name: "site-a".into(),
+        nbd: format!("127.0.0.1:{a_nbd}"),
+        admin: format!("127.0.0.1:{a_admin}"),
+        server: a_server,
+        config: a_config,
+    };
+    let b = Node {
+        name: "site-b".into(),
+        nbd: format!("127.0.0.1:{b_nbd}"),
+        admin: format!("127.0.0.1:{b_admin}"),
+        server: b_server,
+        config: b_config,
+    };
     for node in [&a, &b] {
         node_status::wait_for(&node.admin, &format!("{}: peer link up", node.name), Duration::from_millis(50), READY_TIMEOUT, |s| {
             for v in &s.volumes {
@@ -240,7 +314,7 @@ pub fn start(binary: &Path, dir: &Path, volumes: &[VolumeSpec], rtt: Duration, b
         })
         .with_context(|| format!("the last lines {} logged:\n{}", node.name, node.server.log_tail(15)))?;
     }
-    Ok(Pair { a, b, sim })
+    Ok(Pair { a, b, sim, witness: witness_server })
 }
 
 #[cfg(test)]
@@ -251,7 +325,15 @@ mod tests {
     fn config_has_peer_tls_and_every_volume() {
         let vols =
             [VolumeSpec::default_named("p0"), VolumeSpec { predict_extents: 64, release_after: "5m", ..VolumeSpec::default_named("p64") }];
-        let site = SiteConfig { name: "site-a", peer: "site-b", nbd_port: 1, admin_port: 2, peer_listen: 3, peer_connect: "127.0.0.1:9" };
+        let site = SiteConfig {
+            name: "site-a",
+            peer: "site-b",
+            nbd_port: 1,
+            admin_port: 2,
+            peer_listen: 3,
+            peer_connect: "127.0.0.1:9",
+            witness: None,
+        };
         let toml = node_config(&site, Path::new("/t"), &vols);
         for want in [
             "name = \"site-a\"",

@@ -233,6 +233,12 @@ impl Server {
         Ok(Server { name: name.to_string(), child, log })
     }
 
+    /// Kills it at once (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
