@@ -5,7 +5,9 @@ seed budget (the first failing seed, the invariant it broke, and the seeds
 it took). Prints a Markdown table (README, "Proof that the simulator can
 fail"). Restores every file afterwards, also when interrupted.
 
-Usage: scripts/mutants.sh [--seeds N]   (default 2000, the test command's batch)
+Usage: scripts/mutants.sh [--seeds N] [--match TEXT]
+  --seeds N     seeds per mutant (default 2000, the test command's batch)
+  --match TEXT  only the mutants whose name contains TEXT (repeatable)
 """
 import os, re, subprocess, sys, time
 
@@ -24,8 +26,8 @@ MUTANTS = [
      "            Some(ExtentState::PeerOwned { .. }) => ReadSource::Peer,"),
     ("release before durable (an extent with blocks not yet durable at the peer is releasable)",
      "claims.rs",
-     "        o.writes_in_flight == 0 && !o.handing_out && o.dirt.is_none() && !self.applying.contains_key(&e)",
-     "        o.writes_in_flight == 0 && !o.handing_out && !self.applying.contains_key(&e)"),
+     "            && o.dirt.is_none()\n            && !o.suspect",
+     "            && !o.suspect"),
     ("accept an older epoch's release",
      "claims.rs",
      "                Some(ExtentState::PeerOwned { epoch }) if epoch == c.epoch => self.set(c.extent, None),",
@@ -50,6 +52,22 @@ MUTANTS = [
      "copy.rs",
      "        self.issue_sync(vi, IoPurpose::StoreSync { volume: vi });\n        let version",
      "        let version"),
+    ("the survivor acts alone at once, without waiting out the other node's lease and the drift bound",
+     "standing.rs",
+     "                let wait = lease.max(Duration::from_millis(other_lease_ms)) + drift;",
+     "                let wait = Duration::ZERO.min(lease.max(Duration::from_millis(other_lease_ms)) + drift);"),
+    ("a node whose lease ended keeps answering hosts while the link is down (no self-fencing)",
+     "standing.rs",
+     "        self.acting_alone() || w.lease_until.is_some_and(|until| self.now < until)",
+     "        self.acting_alone() || w.lease_until.is_some() || true"),
+    ("the witness grants the survivor role of one outage to both nodes",
+     "witness.rs",
+     "                Some(s) if s != node => WitnessMessage::Denied { id, survivor: s, generation: self.state.generation },\n                held => {",
+     "                Some(s) if s != node && false => WitnessMessage::Denied { id, survivor: s, generation: self.state.generation },\n                held => {"),
+    ("a returning node lets the survivor's data overwrite its differing blocks without saving them to the conflict file",
+     "resync.rs",
+     "            JobKind::Conflict(_) if runs.is_empty() => {",
+     "            JobKind::Conflict(_) if true => {"),
 ]
 
 EXTRA = {}
@@ -63,8 +81,11 @@ def main():
     seeds = 2000
     if "--seeds" in sys.argv:
         seeds = int(sys.argv[sys.argv.index("--seeds") + 1])
+    wanted = [sys.argv[i + 1] for i, a in enumerate(sys.argv) if a == "--match"]
     rows = []
     for name, fname, old, new in MUTANTS:
+        if wanted and not any(w in name for w in wanted):
+            continue
         edits = [(fname, old, new)]
         if name in EXTRA:
             edits.append(EXTRA[name])

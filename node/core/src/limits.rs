@@ -73,8 +73,14 @@ pub const VOLUMES_MAX: usize = 1024;
 /// Blocks whose checksums one resync request asks for; an extent with more
 /// is compared in chunks.
 pub const DIGEST_BLOCKS_MAX: usize = 16 * 1024;
-/// Extents of one volume being compared with the peer at once.
-pub const RESYNC_EXTENTS_INFLIGHT_MAX: usize = 4;
+/// Extents of one volume being compared with the peer at once: a resync of
+/// N extents takes about N / this round trips (plus the checksum passes).
+pub const RESYNC_EXTENTS_INFLIGHT_MAX: usize = 32;
+/// Blocks of the extents being compared at once (their checksums, ours and
+/// the peer's, are held meanwhile: 4 bytes each, so 1 MiB per side at
+/// most); with large extents fewer than [`RESYNC_EXTENTS_INFLIGHT_MAX`]
+/// run at once, never fewer than one.
+pub const RESYNC_BLOCKS_INFLIGHT_MAX: u64 = 256 * 1024;
 /// Runs of differing blocks one `ResyncNeed` names; more are merged into
 /// one span (the peer then sends blocks that are equal too: harmless).
 pub const RESYNC_RUNS_MAX: usize = 64 * 1024;

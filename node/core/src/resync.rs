@@ -27,7 +27,7 @@ use geomirror_wire::peer::{BlockIndex, BlockSpan, Extent, Lane, Message, Request
 use crate::claims::ConflictEntry;
 use crate::ids::SessionGen;
 use crate::io::{ConflictRecord, Event, IoFault, IoOp};
-use crate::limits::{DIGEST_BLOCKS_MAX, RESYNC_EXTENTS_INFLIGHT_MAX};
+use crate::limits::{DIGEST_BLOCKS_MAX, RESYNC_BLOCKS_INFLIGHT_MAX, RESYNC_EXTENTS_INFLIGHT_MAX};
 use crate::node::{IoPurpose, NodeCore, Serving};
 use crate::outbox::Place;
 use crate::session::Pending;
@@ -91,6 +91,11 @@ impl Resync {
     }
 }
 
+/// How many extents of `blocks_per_extent` blocks are compared at once.
+fn jobs_inflight_max(blocks_per_extent: u64) -> usize {
+    (RESYNC_BLOCKS_INFLIGHT_MAX / blocks_per_extent.max(1)).clamp(1, RESYNC_EXTENTS_INFLIGHT_MAX as u64) as usize
+}
+
 fn chunks(blocks: u64) -> usize {
     blocks.div_ceil(DIGEST_BLOCKS_MAX as u64) as usize
 }
@@ -120,6 +125,7 @@ impl NodeCore {
         let mut wanted: Vec<(Extent, JobKind)> = v.claims.suspects().into_iter().map(|e| (e, JobKind::Suspect)).collect();
         wanted.extend(v.claims.conflicts().iter().map(|(&e, &c)| (e, JobKind::Conflict(c))));
         let extent_bytes = v.claims.geometry().extent_bytes;
+        let jobs_max = jobs_inflight_max(extent_bytes / v.claims.geometry().block_bytes);
         let r = &mut self.volumes[vi].resync;
         if wanted.is_empty() {
             if let Some(started) = r.figures.started_at.take() {
@@ -137,7 +143,7 @@ impl NodeCore {
         r.figures.extents_total = r.figures.extents_done + outstanding;
         r.figures.bytes_total = r.figures.extents_total * extent_bytes;
         for (e, kind) in wanted {
-            if self.volumes[vi].resync.jobs.len() >= RESYNC_EXTENTS_INFLIGHT_MAX {
+            if self.volumes[vi].resync.jobs.len() >= jobs_max {
                 break;
             }
             if self.volumes[vi].resync.jobs.contains_key(&e) {
@@ -404,6 +410,13 @@ mod tests {
     fn differing_blocks_form_runs() {
         assert_eq!(differing_runs(100, &[1, 2, 3, 4, 5], &[1, 0, 0, 4, 0]), vec![(101, 2), (104, 1)]);
         assert_eq!(differing_runs(0, &[7, 7], &[7, 7]), vec![]);
+    }
+
+    #[test]
+    fn large_extents_are_compared_fewer_at_a_time() {
+        assert_eq!(jobs_inflight_max(256), RESYNC_EXTENTS_INFLIGHT_MAX, "1 MiB extents of 4 KiB blocks");
+        assert_eq!(jobs_inflight_max(RESYNC_BLOCKS_INFLIGHT_MAX / 2), 2);
+        assert_eq!(jobs_inflight_max(1 << 30), 1, "never fewer than one");
     }
 
     #[test]

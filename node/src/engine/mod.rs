@@ -543,6 +543,9 @@ pub fn fault_of(e: &StoreError) -> IoFault {
     IoFault { kind, message: e.to_string() }
 }
 
+/// Largest read of one piece of a checksum pass (one buffer per pass).
+const DIGEST_READ_BYTES: u64 = 1 << 20;
+
 /// Carries out one I/O of the core (on the blocking pool).
 fn run_io(store: &dyn BlockStore, file: &ClaimsFile, conflicts: &ConflictFile, op: IoOp) -> Result<IoOutcome, IoFault> {
     match op {
@@ -571,11 +574,20 @@ fn run_io(store: &dyn BlockStore, file: &ClaimsFile, conflicts: &ConflictFile, o
             file.store(&contents).map(|()| IoOutcome::Done).map_err(|e| IoFault { kind: IoFaultKind::Io, message: e.to_string() })
         }
         IoOp::Digest { ranges, block } => {
+            // In pieces of at most DIGEST_READ_BYTES (whole blocks): an
+            // extent may be up to 1 GiB.
+            let piece_max = (DIGEST_READ_BYTES / block).max(1) * block;
             let mut crcs = Vec::new();
+            let mut buf = BytesMut::new();
             for (offset, length) in ranges {
-                let mut buf = BytesMut::zeroed(length as usize);
-                store.read_at(&mut buf, offset).map_err(|e| fault_of(&e))?;
-                crcs.extend(buf.chunks(block as usize).map(crc32c::crc32c));
+                let mut at = 0;
+                while at < length {
+                    let n = (length - at).min(piece_max) as usize;
+                    buf.resize(n, 0);
+                    store.read_at(&mut buf[..n], offset + at).map_err(|e| fault_of(&e))?;
+                    crcs.extend(buf[..n].chunks(block as usize).map(crc32c::crc32c));
+                    at += n as u64;
+                }
             }
             Ok(IoOutcome::Digest(crcs))
         }
