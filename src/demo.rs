@@ -72,14 +72,18 @@ impl Site {
             .append(true)
             .open(&self.log)
             .with_context(|| format!("open {}", self.log.display()))?;
-        let child = Command::new(std::env::current_exe().context("find the geomirror binary")?)
-            .args([self.command, "--config"])
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .with_context(|| format!("start {}", self.name))?;
+        let mut command = Command::new(std::env::current_exe().context("find the geomirror binary")?);
+        command.args([self.command, "--config"]).arg(&self.config).stdin(Stdio::null()).stdout(Stdio::null()).stderr(file);
+        // The demo's processes end with it, even if it is killed.
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = command.spawn().with_context(|| format!("start {}", self.name))?;
         self.child = Some(child);
         Ok(())
     }
@@ -105,6 +109,16 @@ impl Site {
             self.child = None;
         }
         Ok(status)
+    }
+}
+
+impl Site {
+    /// Asks the process to stop (SIGTERM); [`Drop`] waits for it.
+    fn terminate(&self) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
     }
 }
 
@@ -272,17 +286,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("The day a site dies (type these here, then Enter):");
     println!("  kill a      # kill -9 site A; B becomes the survivor within ~5 s and writes anywhere but A's extents");
     println!("  start a     # restart site A: it rejoins, resyncs, and keeps what B replaced in its conflict file");
-    println!("  (or from another shell: kill -9 <pid>; a killed site is restarted here by `start`)");
-    println!("  {bin} takeover --admin {} --volume {volume}         # at the survivor: what A's extents expose", args.admin_b);
-    println!("  {bin} takeover --admin {} --volume {volume} --yes   # take them over", args.admin_b);
-    println!("  {bin} conflicts list --data-dir {}", dir.join("site-a").display());
+    println!("  kill w      # the witness: nothing stops; but a site lost meanwhile fences the other (no lease to act on)");
+    println!("  (or from another shell: kill -9 <pid>; a killed process is restarted here by `start`)");
+    println!("At the survivor (B's admin when A died, A's when B died):");
+    println!("  {bin} takeover --admin {} --volume {volume}         # what the lost site's extents expose", args.admin_b);
+    println!("  {bin} takeover --admin {} --volume {volume} --yes   # take them over: served from B's data at once", args.admin_b);
+    println!("  {bin} conflicts list --data-dir {}   # after A's return: what B's data replaced", dir.join("site-a").display());
     println!();
     println!("Logs: {}/{{site-a,site-b,witness}}.log. Ctrl-C stops the demo.", dir.display());
 
     let shutdown = CancellationToken::new();
     tokio::spawn(crate::cancel_on_signal(shutdown.clone()));
     // Commands typed into the demo, read on a thread of their own (tokio's
-    // stdin would hold the runtime's shutdown until the next line).
+    // stdin would hold the runtime's shutdown until the next line). Run in
+    // the background (`geomirror demo &`), a read of the terminal fails
+    // instead of stopping the demo (SIGTTIN ignored), and commands end.
+    // SAFETY: setting a signal's disposition to SIG_IGN.
+    unsafe { libc::signal(libc::SIGTTIN, libc::SIG_IGN) };
     let (command_tx, mut commands) = tokio::sync::mpsc::channel::<String>(16);
     std::thread::spawn(move || {
         for line in std::io::stdin().lines() {
@@ -313,6 +333,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     }
     println!("stopping the demo");
+    // All at once, then wait for each.
+    for site in &sites {
+        site.terminate();
+    }
     drop(sites);
     proxy.shutdown().await;
     Ok(())

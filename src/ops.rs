@@ -12,6 +12,7 @@ use clap::{Args, Subcommand};
 use geomirror_core::ConflictKind;
 use geomirror_node::engine::claims_file::ClaimsFile;
 use geomirror_node::engine::conflict_file::ConflictFile;
+use geomirror_node::store::file::DataDirLock;
 use geomirror_node::store::meta::VolumeMeta;
 use geomirror_wire::status::TakeoverStatus;
 
@@ -62,7 +63,8 @@ pub enum ConflictsCommand {
         /// The image to write (must not exist).
         #[arg(long)]
         out: PathBuf,
-        /// Only blocks saved after the outage of this generation.
+        /// Only the blocks saved when returning from the outage of this
+        /// generation (the `theirs` column of `list`).
         #[arg(long)]
         generation: Option<u64>,
     },
@@ -154,6 +156,11 @@ async fn online(admin: SocketAddr, args: &TakeoverArgs) -> anyhow::Result<()> {
 
 fn offline(data_dir: &Path, args: &TakeoverArgs) -> anyhow::Result<()> {
     let volume = &args.volume;
+    if args.yes && !args.peer_is_down {
+        bail!("an offline takeover needs --peer-is-down too: nothing but you can tell that the peer is down");
+    }
+    // Not while the node runs: it would rewrite the claims file after us.
+    let _lock = DataDirLock::acquire(data_dir).context("lock the data directory (is the node still running?)")?;
     let meta = meta_of(data_dir, volume)?;
     let file = ClaimsFile::new(&volume_dir(data_dir, volume));
     let mut contents = file.load()?;
@@ -168,7 +175,7 @@ fn offline(data_dir: &Path, args: &TakeoverArgs) -> anyhow::Result<()> {
         println!("it was already taken over offline: nothing to do");
         return Ok(());
     }
-    if !args.yes || !args.peer_is_down {
+    if !args.yes {
         println!(
             "An offline takeover serves the whole volume from this site's data without its peer (start the node without [peer]); \
              the volume is then never mirrored again automatically. Run again with --yes --peer-is-down to take over."
@@ -236,6 +243,13 @@ pub fn conflicts(cmd: ConflictsCommand) -> anyhow::Result<()> {
             if let Some(problem) = problem {
                 eprintln!("warning: {problem}; only the records before it are extracted");
             }
+            if let Some(r) = records.iter().find(|r| r.offset.checked_add(r.data.len() as u64).is_none_or(|end| end > meta.size)) {
+                bail!(
+                    "a saved block at {} lies outside the volume ({} bytes): the conflict file does not belong to it",
+                    r.offset,
+                    meta.size
+                );
+            }
             let mut image = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -245,9 +259,6 @@ pub fn conflicts(cmd: ConflictsCommand) -> anyhow::Result<()> {
             let mut written = 0;
             // In file order: a block saved again later (a newer outage) wins.
             for r in records.iter().filter(|r| generation.is_none_or(|g| r.their_generation == g)) {
-                if r.offset + r.data.len() as u64 > meta.size {
-                    bail!("a saved block at {} lies outside the volume ({} bytes)", r.offset, meta.size);
-                }
                 image.seek(SeekFrom::Start(r.offset))?;
                 image.write_all(&r.data)?;
                 written += 1;
@@ -257,6 +268,8 @@ pub fn conflicts(cmd: ConflictsCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ConflictsCommand::Repair { data_dir, volume } => {
+            // Not while the node runs: an append in progress looks torn.
+            let _lock = DataDirLock::acquire(&data_dir).context("lock the data directory (is the node still running?)")?;
             let meta = meta_of(&data_dir, &volume)?;
             let file = ConflictFile::new(&volume_dir(&data_dir, &volume), &volume, meta.volume_id);
             let cut = file.repair()?;

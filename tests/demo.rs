@@ -75,24 +75,21 @@ impl Demo {
 
     /// A node's health from its `/status` (`unreachable` while it is down).
     fn health(&self, admin: &str) -> String {
-        use std::io::Read;
-        let Ok(mut s) = std::net::TcpStream::connect_timeout(&admin.parse().unwrap(), Duration::from_secs(2)) else {
-            return "unreachable".into();
-        };
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut response = String::new();
-        if write!(s, "GET /status HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").is_err()
-            || s.read_to_string(&mut response).is_err()
-        {
-            return "unreachable".into();
-        }
-        let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        let status: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        let Ok(body) = try_http_get(admin.parse().unwrap(), "/status") else { return "unreachable".into() };
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
         status["standing"]["health"].as_str().unwrap_or("unreachable").to_string()
     }
 
     /// Ctrl-C; the demo exits cleanly and its nodes log that they stopped.
     fn stop(mut self) {
+        self.stop_and_wait();
+        for site in ["site-a", "site-b"] {
+            let log = std::fs::read_to_string(self.dir.path().join(format!("{site}.log"))).unwrap();
+            assert!(log.contains("stopped"), "{site} stopped cleanly:\n{log}");
+        }
+    }
+
+    fn stop_and_wait(&mut self) {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let until = Instant::now() + Duration::from_secs(20);
@@ -104,9 +101,21 @@ impl Demo {
             std::thread::sleep(Duration::from_millis(50));
         };
         assert!(status.success(), "the demo exits cleanly: {status}");
-        for site in ["site-a", "site-b"] {
-            let log = std::fs::read_to_string(self.dir.path().join(format!("{site}.log"))).unwrap();
-            assert!(log.contains("stopped"), "{site} stopped cleanly:\n{log}");
+    }
+}
+
+impl Drop for Demo {
+    /// A failed test still stops the demo and everything it runs.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+            let until = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < until && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
@@ -168,7 +177,5 @@ fn the_demo_survives_the_death_of_a_site_and_rejoins_it() {
 }
 
 fn qemu_io_succeeds(uri: &str, command: &str) -> bool {
-    let out = run_with_deadline(60, "qemu-io", &["-f", "raw", "-c", command, uri]);
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    out.status.success() && !text.contains("error")
+    qemu_io_try(uri, &[command.to_string()]).0
 }

@@ -29,15 +29,7 @@ fn options() -> TwoSiteOptions {
 
 /// Runs qemu-io once; returns whether every command succeeded.
 fn qemu_io_ok(uri: &str, cmds: &[&str]) -> (bool, String) {
-    let mut args = vec!["-f", "raw"];
-    for c in cmds {
-        args.extend(["-c", c]);
-    }
-    args.push(uri);
-    let out = run_with_deadline(60, "qemu-io", &args);
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let failed = text.contains("error") || text.contains("Pattern verification failed") || !out.status.success();
-    (!failed, text)
+    qemu_io_try(uri, &cmds.iter().map(|c| c.to_string()).collect::<Vec<_>>())
 }
 
 /// Starts `fio --verify=crc32c` (writes verified as they go, for
@@ -90,15 +82,16 @@ fn a_site_lost_for_good_is_survived_taken_over_and_its_divergent_blocks_kept() {
     let fio_a = fio_verify(&uri(&s.a), "24m", "4m", 12);
     std::thread::sleep(Duration::from_secs(1));
     // The link to B stalls; A acknowledges writes B never receives, then dies.
+    // B hears nothing from A from here: its clocks run from the hold.
+    let silent = Instant::now();
     s.sim.as_ref().unwrap().control(&["partition", "--mode", "hold"]);
     qemu_io(&uri(&s.a), &["write -P 0xa2 -f 0 1M".into()]);
     s.a.kill9();
-    let died = Instant::now();
 
     // B becomes the survivor: a write to a clean extent succeeds once A's
     // lease has surely ended (heartbeat timeout + lease + drift bound).
     let (ok, text) = qemu_io_ok(&uri(&s.b), &["write -P 0xb1 32M 4k"]);
-    let first_write = died.elapsed();
+    let first_write = silent.elapsed();
     assert!(ok, "the survivor's first write in a clean extent failed: {text}");
     assert!(first_write < Duration::from_secs(5), "the survivor wrote after {first_write:?} (target: within 5 s)");
     assert!(first_write > Duration::from_millis(1700), "the survivor acted alone after {first_write:?}, before A's lease surely ended");
@@ -108,11 +101,11 @@ fn a_site_lost_for_good_is_survived_taken_over_and_its_divergent_blocks_kept() {
     assert!(report["jobs"][0]["write"]["io_bytes"].as_u64().unwrap_or(0) > 0, "fio at B wrote nothing");
     let _ = fio_a.join();
     // A's extents are not readable at B until an operator takes them over.
-    let (ok, _) = qemu_io_ok(&uri(&s.b), &["read -P 0xa1 0 4k"]);
-    assert!(!ok, "a read of the lost peer's extent must fail (EIO) before a takeover");
+    let (ok, text) = qemu_io_ok(&uri(&s.b), &["read -P 0xa1 0 4k"]);
+    assert!(!ok && text.contains("Input/output error"), "a read of the lost peer's extent must fail with EIO before a takeover: {text}");
 
     // The takeover shows what it takes, then takes it.
-    // A owns 0..4 and the extents its sequential stream predicted after them.
+    // A owns 0..4 and 24..28 (its fio's region).
     let peer_owned = figure(&s.b, "peer_owned_extents");
     assert!(peer_owned >= 4, "{}", status(&s.b));
     let admin = s.b.admin.to_string();
@@ -166,8 +159,8 @@ fn a_partition_with_the_witness_reachable_by_both_makes_exactly_one_survivor() {
     assert!(decided, "A: {}\nB: {}", status(&s.a), status(&s.b));
     let (survivor, fenced) = if health(&s.a) == "survivor" { (&s.a, &s.b) } else { (&s.b, &s.a) };
     // The fenced node answers nothing, not even its own extents.
-    let (ok, _) = qemu_io_ok(&uri(fenced), &["read 0 4k"]);
-    assert!(!ok, "the fenced node answered a read");
+    let (ok, text) = qemu_io_ok(&uri(fenced), &["read 0 4k"]);
+    assert!(!ok && text.contains("Input/output error"), "the fenced node answered a read: {text}");
     // The survivor carries on in a clean extent once it acts alone.
     assert!(eventually(Duration::from_secs(10), || qemu_io_ok(&uri(survivor), &["write -P 0x33 20M 4k"]).0));
     s.sim.as_ref().unwrap().control(&["heal"]);
@@ -194,8 +187,8 @@ fn a_node_cut_from_its_peer_and_the_witness_fences_itself_and_the_other_survives
         status(&s.b)
     );
     // A owns extent 0 but answers nothing from it: B may act on it soon.
-    let (ok, _) = qemu_io_ok(&uri(&s.a), &["read -P 0x44 0 4k"]);
-    assert!(!ok, "a node whose lease ended answered a read");
+    let (ok, text) = qemu_io_ok(&uri(&s.a), &["read -P 0x44 0 4k"]);
+    assert!(!ok && text.contains("Input/output error"), "a node whose lease ended answered a read: {text}");
     w.sim_a.control(&["heal"]);
     s.sim.as_ref().unwrap().control(&["heal"]);
     s.wait_link_up(Duration::from_secs(20));
@@ -231,4 +224,58 @@ fn losing_only_the_witness_stops_no_io_and_every_process_restarts_in_turn() {
     s.wait_link_up(Duration::from_secs(20));
     qemu_io(&uri(&s.a), &["read -P 0x61 16M 1M".into(), "read -P 0x53 12M 1M".into()]);
     assert!(eventually(Duration::from_secs(20), || health(&s.a) == "connected" && health(&s.b) == "connected"));
+}
+
+/// The config of `path` without its `[peer]`, `[tls]` and `[witness]`
+/// sections: the same node, started alone.
+fn alone_config(path: &std::path::Path) -> String {
+    let mut keep = true;
+    let mut out = String::new();
+    for line in std::fs::read_to_string(path).unwrap().lines() {
+        if line.starts_with('[') {
+            keep = !matches!(line, "[peer]" | "[tls]" | "[witness]");
+        }
+        if keep {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn a_volume_with_a_claims_record_is_not_served_alone_until_taken_over_and_then_never_mirrored_silently() {
+    require_tool("qemu-io");
+    let mut s = TwoSites::start(TwoSiteOptions { rtt: Some("2ms"), predict_extents: 0, ..Default::default() });
+    qemu_io(&uri(&s.a), &["write -P 0xa1 0 1M".into()]);
+    assert!(eventually(Duration::from_secs(20), || figure(&s.a, "not_durable_at_peer_bytes") == 0), "{}", status(&s.a));
+    s.a.kill9();
+    s.b.kill9();
+    // B alone: its record says A owns extent 0, so it refuses to start.
+    let alone = s.dir.path().join("site-b-alone.toml");
+    std::fs::write(&alone, alone_config(&s.b_config)).unwrap();
+    let log = NodeProcess::start_fails(&alone);
+    assert!(log.contains("is not served without its peer") && log.contains("takeover --data-dir"), "{log}");
+    // The offline takeover shows, refuses without --peer-is-down, then takes.
+    let data_b = s.dir.path().join("data-site-b");
+    let data = data_b.to_str().unwrap();
+    let shown = geomirror(&["takeover", "--data-dir", data, "--volume", "vol0"]);
+    assert!(shown.contains("1 extents (1.0 MiB) owned by the peer") && shown.contains("--yes --peer-is-down"), "{shown}");
+    let out = run_with_deadline(60, geomirror_bin().to_str().unwrap(), &["takeover", "--data-dir", data, "--volume", "vol0", "--yes"]);
+    assert!(!out.status.success(), "an offline takeover without --peer-is-down must fail");
+    geomirror(&["takeover", "--data-dir", data, "--volume", "vol0", "--yes", "--peer-is-down"]);
+    let b_alone = NodeProcess::start(&alone);
+    qemu_io(&b_alone.uri("vol0"), &["read -P 0xa1 0 1M".into(), "write -P 0xb2 0 4k".into()]);
+    drop(b_alone);
+    // Back with its peer, the volume taken over offline is not mirrored as
+    // if nothing happened: neither site serves it, and both say why.
+    s.restart_b();
+    s.restart_a();
+    s.wait_link_up(Duration::from_secs(20));
+    for node in [&s.a, &s.b] {
+        let problem = status(node)["volumes"][0]["replication"]["problem"].as_str().unwrap_or("").to_string();
+        assert!(problem.contains("taken over offline"), "{}", status(node));
+        let (ok, text) = qemu_io_ok(&uri(node), &["read 0 4k"]);
+        assert!(!ok, "a volume taken over offline was served by a mirrored node: {text}");
+    }
 }

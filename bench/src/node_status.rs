@@ -31,6 +31,9 @@ pub struct NodeStatus {
 pub struct Standing {
     /// `connected`, `catching-up`, `peer-lost`, `survivor`, `fenced`, `resyncing`.
     pub health: String,
+    /// `connected` or `unreachable` (None: no witness configured).
+    #[serde(default)]
+    pub witness: Option<String>,
 }
 
 /// The peer link.
@@ -116,6 +119,11 @@ impl NodeStatus {
     /// The node's health (`none` before the witness landed).
     pub fn health(&self) -> &str {
         self.standing.as_ref().map_or("none", |s| s.health.as_str())
+    }
+
+    /// Whether the node's witness link is up.
+    pub fn witness_connected(&self) -> bool {
+        self.standing.as_ref().and_then(|s| s.witness.as_deref()) == Some("connected")
     }
 
     /// Whether the peer link is up.

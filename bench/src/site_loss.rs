@@ -105,7 +105,10 @@ fn until(node: &Node, what: &str, since: Instant, mut done: impl FnMut(&NodeStat
 fn loss_once(binary: &Path, dir: &Path, rtt: Duration) -> Result<Loss> {
     let steal = crate::load::Probe::start(&[]);
     let mut pair = pair::start_with(binary, dir, &[spec()], rtt, None, true)?;
-    node_status::wait_for(&pair.a.admin, "site-a: witness lease", Duration::from_millis(20), WAIT_MAX, |s| Ok(s.health() == "connected"))?;
+    for node in [&pair.a, &pair.b] {
+        let what = format!("{}: witness connected", node.name);
+        node_status::wait_for(&node.admin, &what, Duration::from_millis(20), WAIT_MAX, |s| Ok(s.witness_connected()))?;
+    }
     let mut a = Client::connect(&pair.a.nbd, VOLUME)?;
     for i in 0..256u64 {
         a.write(i * BLOCK as u64, &pattern(0xa1))?;

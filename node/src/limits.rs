@@ -23,6 +23,11 @@ pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// it full drops the connection (it reconnects). The node sends at most
 /// one renewal, one claim and one outage report at a time.
 pub const WITNESS_QUEUE_MESSAGES: usize = 16;
+/// Connections the witness serves at once (two nodes, each reconnecting,
+/// need a handful); more are closed at accept with a WARN line, so that
+/// unauthenticated connections cannot pile up (each has the TLS handshake
+/// deadline too).
+pub const WITNESS_CONNECTIONS_MAX: usize = 16;
 /// Longest pause between reconnection attempts (exponential back-off with
 /// jitter): a link that comes back is used within about this long, so a
 /// resync after an outage starts within a second of the network's return.

@@ -35,13 +35,11 @@ pub const NBD_PROTOCOL_ERRORS: &str = "geomirror_nbd_protocol_errors_total";
 /// `health` (`connected`, `catching-up`, `peer-lost`, `survivor`, `fenced`,
 /// `resyncing`).
 pub const NODE_HEALTH: &str = "geomirror_node_health";
-/// Every health the node can report (the label values of [`NODE_HEALTH`]).
-pub const HEALTH_STATES: [&str; 6] = ["connected", "catching-up", "peer-lost", "survivor", "fenced", "resyncing"];
 
 /// Sets [`NODE_HEALTH`] to `current`.
-pub fn set_health(current: &str) {
-    for state in HEALTH_STATES {
-        metrics::gauge!(NODE_HEALTH, "health" => state).set(if state == current { 1.0 } else { 0.0 });
+pub fn set_health(current: geomirror_core::Health) {
+    for state in geomirror_core::Health::ALL {
+        metrics::gauge!(NODE_HEALTH, "health" => state.as_str()).set(if state == current { 1.0 } else { 0.0 });
     }
 }
 

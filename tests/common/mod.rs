@@ -173,17 +173,22 @@ pub fn die_with_parent(command: &mut Command) {
 
 /// A minimal HTTP/1.1 GET (loopback, `Connection: close`); returns the body.
 pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    try_http_get(addr, path).unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"))
+}
+
+/// `GET path` from `addr`: the body of a 200 answer, or why there is none
+/// (a node that is down, another status).
+pub fn try_http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to admin");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").map_err(|e| format!("send: {e}"))?;
     let mut response = String::new();
-    s.read_to_string(&mut response).expect("read admin response");
-    assert!(response.starts_with("HTTP/1.1 200"), "GET {path}: {}", response.lines().next().unwrap_or(""));
-    match response.find("\r\n\r\n") {
-        Some(i) => response[i + 4..].to_string(),
-        None => String::new(),
+    s.read_to_string(&mut response).map_err(|e| format!("read: {e}"))?;
+    if !response.starts_with("HTTP/1.1 200") {
+        return Err(response.lines().next().unwrap_or("").to_string());
     }
+    Ok(response.split_once("\r\n\r\n").map_or(String::new(), |(_, body)| body.to_string()))
 }
 
 /// Runs a program with a deadline (coreutils `timeout`), capturing output.
@@ -214,6 +219,14 @@ pub fn run_ok(seconds: u32, program: &str, args: &[&str]) -> String {
 /// (qemu-io prints "Pattern verification failed" and errors but exits 0, so
 /// the output is checked too).
 pub fn qemu_io(uri: &str, commands: &[String]) -> String {
+    let (ok, text) = qemu_io_try(uri, commands);
+    assert!(ok, "qemu-io {commands:?} reported a failure:\n{text}");
+    text
+}
+
+/// Runs `qemu-io` commands against an NBD URI; returns whether every one
+/// succeeded (exit status and output checked) and the output.
+pub fn qemu_io_try(uri: &str, commands: &[String]) -> (bool, String) {
     let mut args = vec!["-f", "raw"];
     for c in commands {
         args.push("-c");
@@ -222,12 +235,8 @@ pub fn qemu_io(uri: &str, commands: &[String]) -> String {
     args.push(uri);
     let out = run_with_deadline(60, "qemu-io", &args);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success() && !text.contains("failed") && !text.contains("error") && !text.contains("Error"),
-        "qemu-io {commands:?} reported a failure ({}):\n{text}",
-        out.status
-    );
-    text
+    let ok = out.status.success() && !text.contains("failed") && !text.contains("error") && !text.contains("Error");
+    (ok, format!("({}) {text}", out.status))
 }
 
 /// A node with one volume in a fresh temp dir.

@@ -241,6 +241,10 @@ impl TwoSites {
         if o.b_volume_size.is_none() {
             sites.wait_link_up(Duration::from_secs(15));
         }
+        if sites.witness.is_some() {
+            let connected = |n: &NodeProcess| status(n)["standing"]["witness"] == "connected";
+            assert!(eventually(Duration::from_secs(15), || connected(&sites.a) && connected(&sites.b)), "the witness link did not come up");
+        }
         sites
     }
 

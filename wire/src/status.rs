@@ -133,7 +133,8 @@ pub struct TakeoverStatus {
     pub bytes: u64,
     /// The outage generation of the takeover (0 for GET).
     pub generation: u64,
-    /// Why the takeover was refused (POST), or would be now (GET), if so.
+    /// Why a takeover would be refused now (GET; a refused POST answers 409
+    /// with the reason as its body).
     #[serde(default)]
     pub refused: Option<String>,
     /// Whether the node has a witness (without one, a takeover needs the

@@ -532,7 +532,8 @@ impl NodeCore {
 
     /// Why a takeover of `volume` would be refused now (None: it would be
     /// done), as [`NodeCore::take_over`] decides it.
-    pub fn takeover_refusal(&self, volume: VolumeIndex, peer_is_down: bool) -> Option<TakeoverRefused> {
+    pub fn takeover_refusal(&self, now: Time, volume: VolumeIndex, peer_is_down: bool) -> Option<TakeoverRefused> {
+        let now = self.now.max(now);
         let Some(v) = self.volumes.get(volume.0 as usize) else {
             return Some(TakeoverRefused::NoVolume(volume.0));
         };
@@ -544,8 +545,8 @@ impl NodeCore {
         }
         match (&self.standing.witness, self.standing.survivor) {
             (Some(_), None) => Some(TakeoverRefused::NotSurvivor(self.standing.reason.clone())),
-            (Some(_), Some(role)) if role.acting_at > self.now => Some(TakeoverRefused::NotYet(role.acting_at.since(self.now))),
-            (None, None) if !peer_is_down => Some(TakeoverRefused::PeerMayBeAlive),
+            (Some(_), Some(role)) if role.acting_at > now => Some(TakeoverRefused::NotYet(role.acting_at.since(now))),
+            (None, _) if !peer_is_down => Some(TakeoverRefused::PeerMayBeAlive),
             _ => None,
         }
     }
@@ -558,7 +559,7 @@ impl NodeCore {
     pub fn take_over(&mut self, now: Time, volume: VolumeIndex, peer_is_down: bool) -> Result<Exposure, TakeoverRefused> {
         self.now = self.now.max(now);
         let vi = volume.0 as usize;
-        if let Some(refused) = self.takeover_refusal(volume, peer_is_down) {
+        if let Some(refused) = self.takeover_refusal(now, volume, peer_is_down) {
             return Err(refused);
         }
         let generation = match self.standing.survivor {

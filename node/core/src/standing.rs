@@ -53,6 +53,11 @@ pub enum Health {
 }
 
 impl Health {
+    /// Every health, in the order of the enum (the label values of the
+    /// health metric).
+    pub const ALL: [Health; 6] =
+        [Health::Connected, Health::CatchingUp, Health::PeerLost, Health::Survivor, Health::Fenced, Health::Resyncing];
+
     /// The name `/status` uses.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -379,7 +384,13 @@ impl NodeCore {
             self.event(Event::ActingAlone { generation });
             self.touch_all_volumes();
         }
-        if self.standing.catching_up && ready && self.volumes.iter().all(|v| v.claims.figures().not_durable_blocks == 0) {
+        // Caught up once nothing is left to compare and everything the
+        // comparison found (and every write of the outage) is durable at
+        // the peer.
+        if self.standing.catching_up
+            && ready
+            && self.volumes.iter().all(|v| !v.claims.resync_pending() && v.claims.figures().not_durable_blocks == 0)
+        {
             self.standing.catching_up = false;
         }
         self.report_health();

@@ -116,6 +116,7 @@ impl Engine {
         let origin = tokio::time::Instant::now();
         let metrics = volumes.iter().map(|v| ReplicationMetrics::new(&v.name)).collect();
         let core = NodeCore::new(config, files, Time::ZERO);
+        crate::metrics::set_health(core.health().0);
         Arc::new(Engine {
             node: node.to_string(),
             core: Mutex::new(core),
@@ -279,7 +280,7 @@ impl Engine {
     /// Why a takeover of `volume` would be refused now (see
     /// `NodeCore::takeover_refusal`).
     pub fn takeover_refusal(self: &Arc<Self>, volume: VolumeIndex, peer_is_down: bool) -> Option<geomirror_core::TakeoverRefused> {
-        self.with_core(|core, _| core.takeover_refusal(volume, peer_is_down))
+        self.with_core(|core, now| core.takeover_refusal(now, volume, peer_is_down))
     }
 
     /// Whether a witness is configured.
@@ -364,7 +365,7 @@ impl Engine {
                 )
             }
             Event::HealthChanged { health, reason } => {
-                crate::metrics::set_health(health.as_str());
+                crate::metrics::set_health(health);
                 match health {
                     geomirror_core::Health::Fenced => {
                         warn!(parent: parent, health = health.as_str(), reason, "health changed: hosts are not served")

@@ -24,7 +24,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, warn};
 
-use crate::limits::{PEER_CONNECT_TIMEOUT, WITNESS_QUEUE_MESSAGES};
+use crate::limits::{PEER_CONNECT_TIMEOUT, WITNESS_CONNECTIONS_MAX, WITNESS_QUEUE_MESSAGES};
 use crate::peer::codec::witness_codec;
 use crate::peer::tls::PeerTls;
 use crate::store::file::DataDirLock;
@@ -79,7 +79,9 @@ fn load_state(path: &Path) -> anyhow::Result<WitnessState> {
 struct Shared {
     core: Mutex<WitnessCore>,
     conns: Mutex<BTreeMap<WitnessConn, mpsc::Sender<WitnessMessage>>>,
-    persist: mpsc::UnboundedSender<(WitnessState, u64)>,
+    /// The newest state to write and its version: a write covers every
+    /// version before it, so only the newest waits (one slot, never more).
+    persist: tokio::sync::watch::Sender<Option<(WitnessState, u64)>>,
 }
 
 impl Shared {
@@ -97,7 +99,7 @@ impl Shared {
                     }
                 }
                 WitnessOutput::Persist { state, version } => {
-                    let _ = self.persist.send((state, version));
+                    self.persist.send_replace(Some((state, version)));
                 }
                 WitnessOutput::Log(line) => info!("{line}"),
             }
@@ -127,19 +129,21 @@ async fn serve(
     let nodes = config.witness.nodes.clone();
     let tls = PeerTls::load(&config.tls.ca, &config.tls.cert, &config.tls.key, &config.node.name, &nodes[0])
         .context("load the witness's TLS files")?;
-    let (persist_tx, mut persist_rx) = mpsc::unbounded_channel::<(WitnessState, u64)>();
+    let (persist_tx, mut persist_rx) = tokio::sync::watch::channel::<Option<(WitnessState, u64)>>(None);
     let shared = Arc::new(Shared {
         core: Mutex::new(WitnessCore::new(nodes.clone(), state)),
         conns: Mutex::new(BTreeMap::new()),
         persist: persist_tx,
     });
-    // One writer, in order: each write is the state of its version.
+    // One writer: each write is the newest state, and makes its version
+    // (and every one before it) durable.
     let writer = {
         let shared = shared.clone();
         let path = state_path.clone();
         let stop = shutdown.clone();
         crate::tasks::spawn(async move {
-            while let Some((state, version)) = persist_rx.recv().await {
+            while persist_rx.changed().await.is_ok() {
+                let Some((state, version)) = persist_rx.borrow_and_update().clone() else { continue };
                 let bytes = encode_state(&state);
                 let path = path.clone();
                 match crate::tasks::blocking(move || write_atomically(&path, &bytes)).await {
@@ -166,6 +170,7 @@ async fn serve(
         let _ = ready.send(addr);
     }
     let mut next_conn = 1u64;
+    let connections = Arc::new(tokio::sync::Semaphore::new(WITNESS_CONNECTIONS_MAX));
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -174,6 +179,10 @@ async fn serve(
                 Err(e) => { warn!(error = %e, "witness accept failed"); tokio::time::sleep(std::time::Duration::from_millis(50)).await; continue }
             },
         };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            warn!(%peer, max = WITNESS_CONNECTIONS_MAX, "too many connections to the witness; refused this one");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let conn = WitnessConn(next_conn);
         next_conn += 1;
@@ -181,6 +190,7 @@ async fn serve(
         crate::tasks::spawn(
             async move {
                 let reason = serve_conn(conn, tcp, &shared, &tls, &nodes, &name, &stop).await;
+                drop(permit);
                 shared.conns.lock().expect("conns lock").remove(&conn);
                 shared.core.lock().expect("core lock").closed(conn);
                 info!(reason = %reason, "node connection ended");
