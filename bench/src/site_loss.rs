@@ -17,8 +17,8 @@
 //! Phase 2, *resync by owned extents* (a 4 GiB volume, no witness): A owns N
 //! extents (one 4 KiB write each, every 4th extent so prediction claims
 //! nothing more), its copies durable at B; then, with the link held, A
-//! rewrites one block of each (B lacks them), A is killed, the link heals,
-//! A restarts. Measured: the resync A reports (extents compared, blocks that
+//! rewrites one block of each (B lacks them), A is killed, B notices, the
+//! link heals, A restarts. Measured: the resync A reports (extents compared, blocks that
 //! differed), bytes through the simulator each way from A's restart until
 //! both nodes are `connected`, and that time; the bound is N × 1 MiB, the
 //! volume 4 GiB. Every rewritten block is read back at B and checked.
@@ -195,6 +195,10 @@ fn resync_once(binary: &Path, dir: &Path, rtt: Duration, owned: u64) -> Result<R
     pair.sim.partition_hold()?;
     write_extents(&pair.a.nbd, &extents, 0x52)?;
     pair.a.kill9();
+    // B notices first (its end of the held connection closes), so that no
+    // copy held in the simulator reaches B after the heal: the resync alone
+    // moves what B lacks.
+    until(&pair.b, "site-b: peer link down", Instant::now(), |s| !s.link_up())?;
     pair.sim.heal()?;
     let before = pair.sim.status()?.counters;
     let restarted = Instant::now();
