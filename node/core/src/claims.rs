@@ -17,12 +17,12 @@
 //!   limit, except extents adopted at session start (the peer already
 //!   records them as ours, so refusing them would not reduce exposure).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::RangeInclusive;
 
 use geomirror_wire::peer::{BlockIndex, ClaimOutcome, CopySeq, Epoch, Extent, ExtentClaim};
 
-use crate::claims_file::ClaimsFileContents;
+use crate::claims_file::{self, ClaimsDelta, ClaimsFileContents, ClaimsState, ClaimsWrite, ExtentEntry, JOURNAL_BYTES_MIN};
 use crate::config::VolumeSettings;
 use crate::geometry::Geometry;
 use crate::limits::CLAIM_EXTENTS_MAX;
@@ -335,6 +335,25 @@ pub struct Claims {
     /// claim of the same extent must not settle a newer one).
     claim_of: BTreeMap<Extent, u64>,
     last_claim: u64,
+    /// Extents whose entry in the claims file may have changed since the
+    /// last write was taken ([`Claims::take_file_write`]).
+    touched: BTreeSet<Extent>,
+    /// The file as last written: the snapshot's size and the journal's
+    /// since (None until the first write after start, which is whole).
+    file_layout: Option<FileLayout>,
+    /// With checks on ([`Claims::check_file_writes`]: tests and the
+    /// simulator), what the writes taken so far add up to, compared with
+    /// the whole state at each write (O(extents) per write).
+    file_shadow: Option<ClaimsState>,
+    check_file_writes: bool,
+}
+
+/// The sizes of the claims file as written, to decide when the journal is
+/// folded into a new snapshot.
+#[derive(Clone, Copy, Debug)]
+struct FileLayout {
+    snapshot_bytes: usize,
+    journal_bytes: usize,
 }
 
 /// The epochs of one outage generation: claims made alone under generation
@@ -410,6 +429,10 @@ impl Claims {
             detached: false,
             claim_of: BTreeMap::new(),
             last_claim: 0,
+            touched: BTreeSet::new(),
+            file_layout: None,
+            file_shadow: None,
+            check_file_writes: cfg!(test),
         }
     }
 
@@ -511,6 +534,76 @@ impl Claims {
         }
     }
 
+    /// What the claims file says of extent `e` now.
+    fn file_entry_of(&self, e: Extent) -> ExtentEntry {
+        let (own, record) = match self.extents.get(&e).and_then(ExtentState::file_entry) {
+            Some((0, epoch)) => (Some(epoch), None),
+            Some((_, epoch)) => (None, Some(epoch)),
+            None => (None, None),
+        };
+        ExtentEntry {
+            own,
+            record,
+            give: self.gives.get(&e).copied(),
+            released: self.released.get(&e).map(|r| r.claim.epoch),
+            taken: self.taken.get(&e).copied(),
+        }
+    }
+
+    /// The next write of the claims file, bringing it to the current
+    /// state: one journal record of the extents changed since the last
+    /// write (O(changes)), or the whole file when it is the first write
+    /// since start or the journal has outgrown the snapshot.
+    pub fn take_file_write(&mut self) -> ClaimsWrite {
+        let touched = std::mem::take(&mut self.touched);
+        let write = match self.file_layout {
+            Some(layout) if layout.journal_bytes < layout.snapshot_bytes.max(JOURNAL_BYTES_MIN) => {
+                let entries: Vec<(Extent, ExtentEntry)> = touched.into_iter().map(|e| (e, self.file_entry_of(e))).collect();
+                let delta = ClaimsDelta { counter: self.counter, generation: self.generation, detached: self.detached, entries };
+                let bytes = delta.encoded_len();
+                if bytes < layout.snapshot_bytes.max(JOURNAL_BYTES_MIN) {
+                    self.file_layout = Some(FileLayout { journal_bytes: layout.journal_bytes + bytes, ..layout });
+                    ClaimsWrite::Delta(delta)
+                } else {
+                    self.full_file_write()
+                }
+            }
+            _ => self.full_file_write(),
+        };
+        if self.check_file_writes {
+            let shadow = match (&write, self.file_shadow.take()) {
+                (ClaimsWrite::Full(c), _) => ClaimsState::from_contents(c),
+                (ClaimsWrite::Delta(d), Some(mut s)) => {
+                    s.apply(d);
+                    s
+                }
+                (ClaimsWrite::Delta(_), None) => panic!("checks were turned on after the file's first whole write"),
+            };
+            assert_eq!(shadow.to_contents(), self.file_contents(), "the claims file's journal lost a change");
+            self.file_shadow = Some(shadow);
+        }
+        write
+    }
+
+    /// Turns on (or off) checking, at every write of the claims file, that
+    /// the writes so far add up to the whole state: a journal record that
+    /// missed a change fails the check (O(extents) per write; tests and the
+    /// simulator). Takes effect from the next whole write.
+    pub fn check_file_writes(&mut self, on: bool) {
+        self.check_file_writes = on;
+        self.file_shadow = None;
+        if on {
+            self.file_layout = None;
+        }
+    }
+
+    fn full_file_write(&mut self) -> ClaimsWrite {
+        let contents = self.file_contents();
+        let snapshot_bytes = claims_file::encoded_len(&contents);
+        self.file_layout = Some(FileLayout { snapshot_bytes, journal_bytes: 0 });
+        ClaimsWrite::Full(contents)
+    }
+
     /// Our extents taken alone and not yet resynced, as the sync tells them.
     pub fn taken_list(&self) -> Vec<ExtentClaim> {
         self.taken.iter().map(|(&extent, &epoch)| ExtentClaim { extent, epoch }).collect()
@@ -597,9 +690,11 @@ impl Claims {
     /// Changes an extent's state, keeping the counts, the gives and the
     /// claims file version right.
     fn set(&mut self, e: Extent, new: Option<ExtentState>) {
+        self.touched.insert(e);
         if let Some(&given) = self.gives.get(&e) {
             let still_given = matches!(&new, Some(ExtentState::PeerOwned { epoch }) | Some(ExtentState::Acquiring { epoch, released: false, .. }) if *epoch == given);
             if !still_given {
+                self.touched.insert(e);
                 self.gives.remove(&e);
                 self.file_version += 1;
             }
@@ -612,6 +707,7 @@ impl Claims {
         if let Some(&epoch) = self.taken.get(&e)
             && !matches!(new, Some(ExtentState::Owned(o)) if o.epoch >= epoch)
         {
+            self.touched.insert(e);
             self.taken.remove(&e);
             self.file_version += 1;
         }
@@ -777,6 +873,7 @@ impl Claims {
         for &e in extents {
             let epoch = self.next_alone_epoch();
             self.set(e, Some(ExtentState::Owned(Owned::new(epoch, now))));
+            self.touched.insert(e);
             self.taken.insert(e, epoch);
         }
         self.file_version += 1;
@@ -819,6 +916,7 @@ impl Claims {
             }
         }
         if self.taken.remove(&e).is_some() {
+            self.touched.insert(e);
             self.file_version += 1;
         }
         true
@@ -942,6 +1040,7 @@ impl Claims {
             self.set(e, None);
             self.file_version += 1;
             let r = PendingRelease { claim, file_version: self.file_version };
+            self.touched.insert(e);
             self.released.insert(e, r);
             self.releases.push(r);
         }
@@ -999,6 +1098,7 @@ impl Claims {
     pub fn confirm_releases(&mut self, carried: &[ExtentClaim]) {
         for c in carried {
             if self.released.get(&c.extent).is_some_and(|r| r.claim.epoch == c.epoch) {
+                self.touched.insert(c.extent);
                 self.released.remove(&c.extent);
                 self.file_version += 1;
             }
@@ -1282,6 +1382,7 @@ impl Claims {
         }
         let epoch = self.next_epoch();
         self.set(e, Some(ExtentState::PeerOwned { epoch }));
+        self.touched.insert(e);
         self.gives.insert(e, epoch);
         self.file_version += 1;
         Some(epoch)
@@ -1299,6 +1400,7 @@ impl Claims {
     /// The new owner confirms it applied our handover of `e` at `epoch`.
     pub fn on_handover_ack(&mut self, e: Extent, epoch: Epoch) {
         if self.gives.get(&e) == Some(&epoch) {
+            self.touched.insert(e);
             self.gives.remove(&e);
             self.file_version += 1;
         }
@@ -1402,6 +1504,7 @@ impl Claims {
             self.observe_counter(c.epoch);
             if self.gives.get(&c.extent).is_some_and(|g| c.epoch >= *g) {
                 // The peer owns what we gave it: the handover was applied.
+                self.touched.insert(c.extent);
                 self.gives.remove(&c.extent);
                 self.file_version += 1;
             }
@@ -1459,6 +1562,7 @@ impl Claims {
         let forgotten: Vec<Extent> =
             self.gives.keys().copied().filter(|e| !peer_own.iter().chain(peer_record).any(|c| c.extent == *e)).collect();
         for e in forgotten {
+            self.touched.insert(e);
             self.gives.remove(&e);
             self.file_version += 1;
         }

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use geomirror_wire::peer::{Extent, Lane, Message};
 use geomirror_wire::witness::WitnessMessage;
 
-use crate::claims_file::ClaimsFileContents;
+use crate::claims_file::ClaimsWrite;
 use crate::ids::{HostRequestId, IoToken, SessionGen, VolumeIndex, WitnessLinkGen};
 use crate::standing::Health;
 
@@ -287,10 +287,11 @@ pub enum IoOp {
     },
     /// Make every completed write to the store durable (fdatasync).
     Sync,
-    /// Replace the volume's claims file durably and atomically.
+    /// Bring the volume's claims file to a new state durably: replace it
+    /// whole and atomically, or append one journal record and sync it.
     Persist {
-        /// The new contents.
-        contents: ClaimsFileContents,
+        /// The write.
+        write: ClaimsWrite,
     },
     /// The CRC-32C of every block of these `(offset, length)` ranges of the
     /// store (each a whole number of `block` bytes), in order.

@@ -530,6 +530,14 @@ impl NodeCore {
         Some(Exposure { extents, bytes, generation: 0 })
     }
 
+    /// Turns on (or off) checking each claims file write against the whole
+    /// state (see `Claims::check_file_writes`; tests and the simulator).
+    pub fn check_file_writes(&mut self, on: bool) {
+        for v in &mut self.volumes {
+            v.claims.check_file_writes(on);
+        }
+    }
+
     /// Why a takeover of `volume` would be refused now (None: it would be
     /// done), as [`NodeCore::take_over`] decides it.
     pub fn takeover_refusal(&self, now: Time, volume: VolumeIndex, peer_is_down: bool) -> Option<TakeoverRefused> {
@@ -761,9 +769,9 @@ impl NodeCore {
             return;
         }
         let version = v.claims.file_version();
-        let contents = v.claims.file_contents();
+        let write = self.volumes[vi].claims.take_file_write();
         self.volumes[vi].file.writing = Some(version);
-        self.io(vi, IoOp::Persist { contents }, IoPurpose::Persist { volume: vi, version });
+        self.io(vi, IoOp::Persist { write }, IoPurpose::Persist { volume: vi, version });
     }
 
     /// Runs `waiter` once the claims file is durable at the current version.

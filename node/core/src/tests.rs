@@ -12,7 +12,7 @@ use geomirror_wire::peer::{
 };
 
 use crate::claims::{Claims, ExtentState, PeerAccess, PeerView, ReadSource, WaitReason, WriteAccess};
-use crate::claims_file::ClaimsFileContents;
+use crate::claims_file::{ClaimsFileContents, ClaimsWrite};
 use crate::config::{CoreConfig, Knobs, VolumeSettings};
 use crate::geometry::Geometry;
 use crate::ids::{HostRequestId, SessionGen};
@@ -450,8 +450,16 @@ fn a_grant_leaves_only_after_the_claims_file_that_records_it_is_durable() {
     let token = out
         .iter()
         .find_map(|o| {
-            if let Output::Io { token, op: IoOp::Persist { contents }, .. } = o {
-                assert_eq!(contents.record, vec![ExtentClaim { extent: Extent(1), epoch: Epoch(1) }], "the file records the grant");
+            if let Output::Io { token, op: IoOp::Persist { write }, .. } = o {
+                let recorded = match write {
+                    ClaimsWrite::Full(contents) => contents.record.clone(),
+                    ClaimsWrite::Delta(delta) => delta
+                        .entries
+                        .iter()
+                        .filter_map(|(extent, e)| e.record.map(|epoch| ExtentClaim { extent: *extent, epoch }))
+                        .collect(),
+                };
+                assert_eq!(recorded, vec![ExtentClaim { extent: Extent(1), epoch: Epoch(1) }], "the file records the grant");
                 Some(*token)
             } else {
                 None

@@ -1,10 +1,12 @@
-//! A volume's claims file on disk: `volumes/<name>/claims`, replaced
-//! atomically (write a temporary file, fsync, rename, fsync the directory).
-//! The byte format is the core's (`geomirror_core::claims_file`).
+//! A volume's claims file on disk: `volumes/<name>/claims`, a snapshot and
+//! a journal. A whole write replaces it atomically (write a temporary file,
+//! fsync, rename, fsync the directory); a change appends one journal record
+//! and fdatasyncs. The byte format, and when to write whole, are the core's
+//! (`geomirror_core::claims_file`, `Claims::take_file_write`).
 
 use std::path::{Path, PathBuf};
 
-use geomirror_core::claims_file::{self, CLAIMS_FILE_BYTES_MAX, ClaimsFileContents, ClaimsFileCorrupt};
+use geomirror_core::claims_file::{self, CLAIMS_FILE_BYTES_MAX, ClaimsDelta, ClaimsFileContents, ClaimsFileCorrupt};
 
 use crate::store::meta::write_atomically;
 
@@ -56,7 +58,23 @@ impl ClaimsFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ClaimsFileContents::default()),
             Err(e) => return Err(io(e)),
         }
-        claims_file::decode(&bytes).map_err(|reason| ClaimsFileError::Corrupt { path: self.path.clone(), reason })
+        let (contents, torn) =
+            claims_file::decode_with_tail(&bytes).map_err(|reason| ClaimsFileError::Corrupt { path: self.path.clone(), reason })?;
+        if let Some(at) = torn {
+            // The append a crash cut short; it was never reported durable,
+            // and the first write after start rewrites the file whole.
+            tracing::warn!(path = %self.path.display(), at, bytes = bytes.len() - at, "the claims file's last journal record was cut short by a crash; ignored");
+        }
+        Ok(contents)
+    }
+
+    /// Appends one journal record and makes it durable (fdatasync).
+    pub fn append(&self, delta: &ClaimsDelta) -> Result<(), ClaimsFileError> {
+        use std::io::Write;
+        let io = |source| ClaimsFileError::Io { path: self.path.clone(), source };
+        let mut f = std::fs::OpenOptions::new().append(true).open(&self.path).map_err(io)?;
+        f.write_all(&claims_file::encode_delta(delta)).map_err(io)?;
+        f.sync_data().map_err(io)
     }
 
     /// Replaces the file atomically and durably.
@@ -83,6 +101,21 @@ mod tests {
         };
         file.store(&c).unwrap();
         assert_eq!(file.load().unwrap(), c);
+        // A change appended to the journal reads back; a whole write folds it.
+        let delta = geomirror_core::claims_file::ClaimsDelta {
+            counter: Epoch(4),
+            entries: vec![(Extent(2), geomirror_core::claims_file::ExtentEntry { record: Some(Epoch(4)), ..Default::default() })],
+            ..Default::default()
+        };
+        file.append(&delta).unwrap();
+        let appended =
+            ClaimsFileContents { counter: Epoch(4), record: vec![ExtentClaim { extent: Extent(2), epoch: Epoch(4) }], ..c.clone() };
+        assert_eq!(file.load().unwrap(), appended);
+        file.store(&appended).unwrap();
+        assert_eq!(
+            std::fs::metadata(dir.path().join("claims")).unwrap().len() as usize,
+            geomirror_core::claims_file::encode(&appended).len()
+        );
         std::fs::write(dir.path().join("claims"), b"garbage").unwrap();
         assert!(matches!(file.load(), Err(ClaimsFileError::Corrupt { .. })));
     }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
-use geomirror_core::claims_file::ClaimsFileContents;
+use geomirror_core::claims_file::{ClaimsFileContents, ClaimsWrite};
 use geomirror_core::{
     CoreConfig, CoreStatus, Event, HostError, HostRequest, HostRequestId, Input, IoFault, IoFaultKind, IoOp, IoOutcome, IoToken, NodeCore,
     Output, Role, SessionGen, StoreWrite, Time, WitnessLinkGen, ZeroMode,
@@ -571,8 +571,12 @@ fn run_io(store: &dyn BlockStore, file: &ClaimsFile, conflicts: &ConflictFile, o
             Ok(IoOutcome::Done)
         }
         IoOp::Sync => store.sync().map(|()| IoOutcome::Done).map_err(|e| fault_of(&e)),
-        IoOp::Persist { contents } => {
-            file.store(&contents).map(|()| IoOutcome::Done).map_err(|e| IoFault { kind: IoFaultKind::Io, message: e.to_string() })
+        IoOp::Persist { write } => {
+            let written = match &write {
+                ClaimsWrite::Full(contents) => file.store(contents),
+                ClaimsWrite::Delta(delta) => file.append(delta),
+            };
+            written.map(|()| IoOutcome::Done).map_err(|e| IoFault { kind: IoFaultKind::Io, message: e.to_string() })
         }
         IoOp::Digest { ranges, block } => {
             // In pieces of at most DIGEST_READ_BYTES (whole blocks): an

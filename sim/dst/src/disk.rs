@@ -7,7 +7,7 @@
 
 use bytes::{Bytes, BytesMut};
 use geomirror_core::StoreWrite;
-use geomirror_core::claims_file::{self, ClaimsFileContents};
+use geomirror_core::claims_file::{self, ClaimsFileContents, ClaimsState, ClaimsWrite};
 
 use crate::params::BLOCK_BYTES;
 
@@ -30,6 +30,8 @@ pub struct Disk {
     pub durable: Vec<StoredBlock>,
     /// The claims file's bytes as durable.
     pub claims_file: Option<Vec<u8>>,
+    /// What those bytes say (the writes that landed, applied).
+    claims: ClaimsState,
     /// The conflict file as durable: (block, value) of each saved block.
     pub conflicts: Vec<(u64, u64)>,
     wseq: u64,
@@ -42,6 +44,7 @@ impl Disk {
             volatile: vec![StoredBlock::default(); blocks as usize],
             durable: vec![StoredBlock::default(); blocks as usize],
             claims_file: None,
+            claims: ClaimsState::default(),
             conflicts: Vec::new(),
             wseq: 0,
         }
@@ -101,17 +104,44 @@ impl Disk {
         self.volatile = self.durable.clone();
     }
 
-    /// Replaces the claims file (durable at once: an atomic rename).
-    pub fn store_claims(&mut self, contents: &ClaimsFileContents) {
-        self.claims_file = Some(claims_file::encode(contents));
+    /// Writes the claims file: a whole file replaces it (durable at once:
+    /// an atomic rename), a journal record is appended (`torn`: only its
+    /// first `torn` bytes, a crash during the append).
+    pub fn write_claims(&mut self, write: &ClaimsWrite, torn: Option<usize>) {
+        match write {
+            ClaimsWrite::Full(contents) => {
+                self.claims_file = Some(claims_file::encode(contents));
+                self.claims = ClaimsState::from_contents(contents);
+            }
+            ClaimsWrite::Delta(delta) => {
+                let file = self.claims_file.as_mut().expect("a journal record follows a whole file");
+                let record = claims_file::encode_delta(delta);
+                match torn {
+                    Some(len) if len < record.len() => file.extend_from_slice(&record[..len]),
+                    _ => {
+                        file.extend_from_slice(&record);
+                        self.claims.apply(delta);
+                    }
+                }
+            }
+        }
     }
 
-    /// The claims file as loaded at start.
+    /// What the durable claims file says (kept beside its bytes: the
+    /// invariants read it after every step).
+    pub fn claims(&self) -> ClaimsFileContents {
+        self.claims.to_contents()
+    }
+
+    /// The claims file as loaded at start, decoded from its bytes (a torn
+    /// last record ignored); it must say what the writes that landed say.
     pub fn load_claims(&self) -> ClaimsFileContents {
-        match &self.claims_file {
+        let decoded = match &self.claims_file {
             None => ClaimsFileContents::default(),
-            Some(bytes) => claims_file::decode(bytes).expect("the simulated claims file is never torn (atomic replace)"),
-        }
+            Some(bytes) => claims_file::decode(bytes).expect("a simulated claims file is whole but for a torn last record"),
+        };
+        assert_eq!(decoded, self.claims(), "the claims file's bytes decode to other contents than were written");
+        decoded
     }
 }
 

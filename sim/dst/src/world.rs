@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use geomirror_core::claims::ExtentState;
+use geomirror_core::claims_file::{self, ClaimsWrite};
 use geomirror_core::witness::{WitnessConn, WitnessCore, WitnessOutput, WitnessState};
 use geomirror_core::{
     CoreConfig, Geometry, HostError, HostRequest, HostRequestId, Input, IoFault, IoFaultKind, IoOp, IoOutcome, IoToken, Knobs, NodeCore,
@@ -957,12 +958,12 @@ impl World {
                 self.nodes[n].disk.sync(&snapshot.expect("a sync has its snapshot"));
                 Ok(IoOutcome::Done)
             }
-            IoOp::Persist { contents } => {
+            IoOp::Persist { write } => {
                 if faults && self.rng.random_bool(self.p.persist_fault) {
                     self.stats.io_faults += 1;
                     return Err(fault("injected failure writing the claims file"));
                 }
-                self.nodes[n].disk.store_claims(contents);
+                self.nodes[n].disk.write_claims(write, None);
                 Ok(IoOutcome::Done)
             }
             IoOp::Digest { ranges, block } => {
@@ -990,7 +991,10 @@ impl World {
 
     fn start_node(&mut self, n: usize) {
         let file = self.nodes[n].disk.load_claims();
-        let core = NodeCore::new(self.config(n), vec![file], self.local(n));
+        let mut core = NodeCore::new(self.config(n), vec![file], self.local(n));
+        // Every claims file write is checked against the whole state (the
+        // journal must not miss a change): cheap at the simulator's sizes.
+        core.check_file_writes(true);
         let node = &mut self.nodes[n];
         node.core = Some(core);
         node.life += 1;
@@ -1035,13 +1039,23 @@ impl World {
         for (b, _) in std::mem::take(&mut node.unflushed) {
             self.history.havoc(b, now);
         }
-        // A claims file write in flight may or may not have landed (the
-        // replace is atomic); a store sync in flight is lost (nothing it
-        // covered becomes durable).
+        // A claims file write in flight may or may not have landed (a
+        // replace is atomic; an append may be cut short); a store sync in
+        // flight is lost (nothing it covered becomes durable).
         let inflight: Vec<IoOp> = std::mem::take(&mut self.nodes[n].io).into_values().collect();
         for op in inflight {
             match op {
-                IoOp::Persist { contents } if self.rng.random_bool(0.5) => self.nodes[n].disk.store_claims(&contents),
+                IoOp::Persist { write } => match self.rng.random_range(0..3) {
+                    0 => {}
+                    1 => self.nodes[n].disk.write_claims(&write, None),
+                    _ => {
+                        let torn = match &write {
+                            ClaimsWrite::Delta(d) => Some(self.rng.random_range(0..claims_file::encode_delta(d).len())),
+                            ClaimsWrite::Full(_) => None,
+                        };
+                        self.nodes[n].disk.write_claims(&write, torn);
+                    }
+                },
                 IoOp::SaveConflicts { records } if self.rng.random_bool(0.5) => {
                     for r in records {
                         self.nodes[n].disk.conflicts.push((r.offset / BLOCK_BYTES, value_at(&r.data, 0)));

@@ -21,7 +21,7 @@ pub fn check(w: &mut World) -> Result<(), String> {
             w.nodes[n].over_limit_allowed = true;
         } else if w.nodes[n].over_limit_allowed
             && c.claims(VOLUME).figures().budget_used as usize <= w.p.max_owned
-            && w.nodes[n].disk.load_claims().own.len() <= w.p.max_owned
+            && w.nodes[n].disk.claims().own.len() <= w.p.max_owned
         {
             // Back within the limit, and so is what a restart would restore.
             w.nodes[n].over_limit_allowed = false;

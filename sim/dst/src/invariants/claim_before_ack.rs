@@ -16,7 +16,7 @@ use crate::world::{VOLUME, World};
 pub fn check(w: &World) -> Result<(), String> {
     for n in 0..2 {
         let Some(core) = &w.nodes[n].core else { continue };
-        let peer_file = w.nodes[1 - n].disk.load_claims();
+        let peer_file = w.nodes[1 - n].disk.claims();
         // Extents taken alone (the survivor of an outage) are recorded in
         // the owner's own claims file instead, before any write to them
         // (checked at each acknowledgement below).
@@ -51,8 +51,8 @@ pub fn check_ack(w: &World, n: usize, first: u64, blocks: u64) -> Result<(), Str
     let last = (first + blocks - 1) / per;
     match w.extent_state(n, last) {
         Some(Some(ExtentState::Owned(o))) => {
-            let at_peer = w.nodes[1 - n].disk.load_claims().record.iter().any(|c| c.extent.0 == last && c.epoch >= o.epoch);
-            let taken_here = w.nodes[n].disk.load_claims().taken.iter().any(|c| c.extent.0 == last && c.epoch <= o.epoch);
+            let at_peer = w.nodes[1 - n].disk.claims().record.iter().any(|c| c.extent.0 == last && c.epoch >= o.epoch);
+            let taken_here = w.nodes[n].disk.claims().taken.iter().any(|c| c.extent.0 == last && c.epoch <= o.epoch);
             if at_peer || taken_here {
                 Ok(())
             } else {
