@@ -86,6 +86,7 @@
 //! summarise; [`single_site`], [`two_site`] and [`side_by_side`] are the
 //! scenarios.
 
+mod claim_cost;
 mod fio;
 mod http;
 mod load;

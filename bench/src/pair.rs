@@ -27,6 +27,8 @@ pub struct VolumeSpec {
     pub name: &'static str,
     /// Size in bytes.
     pub size_bytes: u64,
+    /// Extent size in bytes.
+    pub extent_bytes: u64,
     /// `predict_extents`.
     pub predict_extents: u32,
     /// `max_owned_extents`.
@@ -39,11 +41,18 @@ impl VolumeSpec {
     /// A 1 GiB volume with the product defaults (1 MiB extents, limit 1024,
     /// predict 8, release after 30 s).
     pub const fn default_named(name: &'static str) -> VolumeSpec {
-        VolumeSpec { name, size_bytes: 1 << 30, predict_extents: 8, max_owned_extents: 1024, release_after: "30s" }
+        VolumeSpec {
+            name,
+            size_bytes: 1 << 30,
+            extent_bytes: EXTENT_BYTES,
+            predict_extents: 8,
+            max_owned_extents: 1024,
+            release_after: "30s",
+        }
     }
 }
 
-/// Extent size of every volume (the default).
+/// Extent size of a volume by default (the product's).
 pub const EXTENT_BYTES: u64 = 1 << 20;
 
 /// One node of the pair.
@@ -187,7 +196,7 @@ key = "{d}/certs/{name}-key.pem"
     for v in volumes {
         toml.push_str(&format!(
             "\n[[volume]]\nname = \"{}\"\nsize = \"{}\"\nextent_size = \"{}\"\nmax_owned_extents = {}\npredict_extents = {}\nrelease_after = \"{}\"\n",
-            v.name, v.size_bytes, EXTENT_BYTES, v.max_owned_extents, v.predict_extents, v.release_after
+            v.name, v.size_bytes, v.extent_bytes, v.max_owned_extents, v.predict_extents, v.release_after
         ));
     }
     toml

@@ -41,6 +41,13 @@ pub struct Args {
     /// Measured seconds per time-based fio job.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     runtime: u32,
+    /// Owned-extent steps of the claim-latency measurement (a pair of its
+    /// own at 0 ms; empty to skip), comma-separated.
+    #[arg(long, default_value = "0,16384,65536,131072", value_delimiter = ',')]
+    claim_steps: Vec<u64>,
+    /// Run only the claim-latency measurement and print its table.
+    #[arg(long)]
+    only_claims: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -195,6 +202,7 @@ struct Report {
     amplification: Vec<Amplification>,
     catch_up: Vec<CatchUp>,
     tracking: Tracking,
+    claim_cost: Vec<crate::claim_cost::ClaimCost>,
     first_write_claims: Option<u64>,
     pull_owner_extents: Option<u64>,
     idle_link_bytes_per_second: Option<f64>,
@@ -261,6 +269,15 @@ pub fn run(args: &Args) -> Result<()> {
     let dir = common.temp_dir()?;
     let work = dir.path();
     eprintln!("working in {}{}", work.display(), if common.keep { " (kept)" } else { "" });
+    if args.only_claims {
+        let steps = crate::claim_cost::run(&geomirror_bin, work, &args.claim_steps)?;
+        machine.print_header("two-site (claim latency only)", &machine::loadavg(), &tools, &std::env::args().collect::<Vec<_>>());
+        println!();
+        let mut checks = Vec::new();
+        crate::claim_cost::print(&steps, &mut checks);
+        crate::table::print_targets(&checks);
+        return Ok(());
+    }
     let vols = volumes();
     let mut pair = pair::start(&geomirror_bin, &work.join("pair"), &vols, rtt, None).context("start the two-site pair")?;
     let mut single = systems::start_geomirror(&geomirror_bin, work).context("start the single-site reference node")?;
@@ -299,6 +316,10 @@ pub fn run(args: &Args) -> Result<()> {
     // 7. Tracking memory with every owned extent dirty.
     let tracking = tracking(&mut pair, work)?;
     pair.check_alive()?;
+    drop(pair);
+    drop(single);
+    // 8. Claim latency by owned extents (a pair of its own).
+    let claim_cost = crate::claim_cost::run(&geomirror_bin, work, &args.claim_steps)?;
 
     let report = Report {
         benchmark: "two-site",
@@ -316,6 +337,7 @@ pub fn run(args: &Args) -> Result<()> {
         amplification,
         catch_up,
         tracking,
+        claim_cost,
         first_write_claims,
         pull_owner_extents,
         idle_link_bytes_per_second,
@@ -1107,6 +1129,7 @@ fn print_report(r: &Report) {
         checks.push(format!("{} copy tracking: {x:.0} bytes per fully dirty 1 MiB owned extent (target ≤ 1024)", verdict(x <= 1024.0)));
     }
 
+    crate::claim_cost::print(&r.claim_cost, &mut checks);
     crate::table::print_targets(&checks);
 }
 

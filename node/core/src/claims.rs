@@ -338,6 +338,12 @@ pub struct Claims {
     /// Extents whose entry in the claims file may have changed since the
     /// last write was taken ([`Claims::take_file_write`]).
     touched: BTreeSet<Extent>,
+    /// Owned extents still to be compared with the peer (`Owned::suspect`).
+    suspect_len: usize,
+    /// The newest claims file version something waits for: a release that
+    /// may leave once it is durable, or an extent writable once it is
+    /// (`Owned::writable_at`). Only grows; past durable, a write is due.
+    wait_version: u64,
     /// The file as last written: the snapshot's size and the journal's
     /// since (None until the first write after start, which is whole).
     file_layout: Option<FileLayout>,
@@ -430,6 +436,8 @@ impl Claims {
             claim_of: BTreeMap::new(),
             last_claim: 0,
             touched: BTreeSet::new(),
+            suspect_len: 0,
+            wait_version: 0,
             file_layout: None,
             file_shadow: None,
             check_file_writes: cfg!(test),
@@ -623,13 +631,14 @@ impl Claims {
     /// extents not yet compared, the peer's taken extents not yet saved, or
     /// ours not yet resynced to the peer.
     pub fn resync_pending(&self) -> bool {
-        !self.taken.is_empty()
-            || !self.conflicts.is_empty()
-            || self.extents.values().any(|s| matches!(s, ExtentState::Owned(o) if o.suspect))
+        !self.taken.is_empty() || !self.conflicts.is_empty() || self.suspect_len > 0
     }
 
     /// Own extents whose blocks must be compared with the peer's.
     pub fn suspects(&self) -> Vec<Extent> {
+        if self.suspect_len == 0 {
+            return Vec::new();
+        }
         self.extents.iter().filter(|(_, s)| matches!(s, ExtentState::Owned(o) if o.suspect)).map(|(&e, _)| e).collect()
     }
 
@@ -704,6 +713,8 @@ impl Claims {
             None => self.extents.remove(&e),
         };
         let new = self.extents.get(&e);
+        let suspect = |s: Option<&ExtentState>| matches!(s, Some(ExtentState::Owned(o)) if o.suspect) as usize;
+        self.suspect_len = self.suspect_len + suspect(new) - suspect(old.as_ref());
         if let Some(&epoch) = self.taken.get(&e)
             && !matches!(new, Some(ExtentState::Owned(o)) if o.epoch >= epoch)
         {
@@ -739,6 +750,7 @@ impl Claims {
             let version = self.file_version;
             if let Some(ExtentState::Owned(o)) = self.extents.get_mut(&e) {
                 o.writable_at = version;
+                self.wait_version = self.wait_version.max(version);
             }
         }
         // Tracking of an extent that stops being owned by us goes with it
@@ -881,6 +893,7 @@ impl Claims {
         for e in extents {
             if let Some(ExtentState::Owned(o)) = self.extents.get_mut(e) {
                 o.writable_at = version;
+                self.wait_version = self.wait_version.max(version);
             }
         }
     }
@@ -930,6 +943,7 @@ impl Claims {
             return;
         }
         o.suspect = false;
+        self.suspect_len -= 1;
         let blocks = self.geometry.blocks_in(e);
         for &(first, count) in runs {
             let (start, end) = (first.max(blocks.start), (first + count).min(blocks.end));
@@ -1019,8 +1033,14 @@ impl Claims {
             && !self.applying.contains_key(&e)
     }
 
-    /// Whether an extent waits for a store sync before it can be released
-    /// (idle long enough, or the limit is reached) and none is in flight.
+    /// Whether the owned-extent limit is reached.
+    pub fn at_limit(&self) -> bool {
+        self.budget() >= self.max_owned
+    }
+
+    /// Whether an owned extent waits for a store sync to become releasable
+    /// (idle long enough, or the limit is reached). O(extents): the node
+    /// asks at each housekeeping, and at once only at the limit.
     pub fn needs_sync_for_release(&self, now: Time) -> bool {
         let at_limit = self.budget() >= self.max_owned;
         self.extents.iter().any(|(&e, s)| match s {
@@ -1040,6 +1060,7 @@ impl Claims {
             self.set(e, None);
             self.file_version += 1;
             let r = PendingRelease { claim, file_version: self.file_version };
+            self.wait_version = self.wait_version.max(self.file_version);
             self.touched.insert(e);
             self.released.insert(e, r);
             self.releases.push(r);
@@ -1089,8 +1110,9 @@ impl Claims {
     /// Whether releases, or writes to an owned extent, wait for the claims
     /// file to be written.
     pub fn waits_for_file(&self, durable_version: u64) -> bool {
-        self.released.values().chain(&self.releases).any(|r| !r.ready(durable_version))
-            || self.extents.values().any(|s| matches!(s, ExtentState::Owned(o) if o.writable_at > durable_version))
+        // O(1): what waits was counted when it started waiting (an extent
+        // given away or released meanwhile only makes the write come early).
+        self.wait_version > durable_version
     }
 
     /// The peer applied these releases of ours (it answered the claim that
@@ -1780,6 +1802,14 @@ impl Claims {
         assert_eq!(budget, self.budget_used, "budget count drifted");
         let record = self.extents.values().filter(|s| s.in_record()).count();
         assert_eq!(record, self.record_len, "claims record count drifted");
+        let suspects = self.extents.values().filter(|s| matches!(s, ExtentState::Owned(o) if o.suspect)).count();
+        assert_eq!(suspects, self.suspect_len, "suspect count drifted");
+        let waiting = self.released.values().chain(&self.releases).map(|r| r.file_version);
+        let writable = self.extents.values().filter_map(|s| match s {
+            ExtentState::Owned(o) => Some(o.writable_at),
+            _ => None,
+        });
+        assert!(waiting.chain(writable).all(|v| v <= self.wait_version), "something waits for a claims file version past wait_version");
         let (mut unsent, mut not_durable) = (0, 0);
         for (e, s) in &self.extents {
             if let ExtentState::Owned(o) = s {

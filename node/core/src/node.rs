@@ -749,7 +749,9 @@ impl NodeCore {
         if v.claims.waits_for_file(v.file.durable) {
             self.want_durable(vi);
         }
-        if self.volumes[vi].claims.needs_sync_for_release(self.now) {
+        // Idle extents are found at housekeeping; at the limit a write may
+        // be waiting for room now.
+        if self.volumes[vi].claims.at_limit() && self.volumes[vi].claims.needs_sync_for_release(self.now) {
             self.issue_sync(vi, IoPurpose::StoreSync { volume: vi });
         }
         let v = &self.volumes[vi];
@@ -928,7 +930,11 @@ impl NodeCore {
             if self.volumes[vi].serving != Serving::Yes {
                 continue;
             }
-            if ready && (self.volumes[vi].claims.release_idle(self.now) > 0 || self.volumes[vi].claims.needs_sync_for_release(self.now)) {
+            if ready && self.volumes[vi].claims.release_idle(self.now) > 0 {
+                self.changed.insert(vi);
+            }
+            if ready && self.volumes[vi].claims.needs_sync_for_release(self.now) {
+                self.issue_sync(vi, IoPurpose::StoreSync { volume: vi });
                 self.changed.insert(vi);
             }
             self.want_durable(vi);
