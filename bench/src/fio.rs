@@ -96,6 +96,9 @@ impl Job {
             }
         }
         args.extend(self.extra.iter().cloned());
+        if let Some(cpu) = procs::pinned_cpu("fio") {
+            args.push(format!("--cpus_allowed={cpu}"));
+        }
         args
     }
 

@@ -205,6 +205,40 @@ pub fn run_to_completion(program: &str, args: &[String], work_dir: &Path, label:
     Ok(Finished { status, stdout, stderr })
 }
 
+/// Whether the systems under test are pinned (see [`pin_sites`]).
+static PINNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on, pins every process started: the remote site's (a name with
+/// `site-b`, any case) and the simulators (a name ending in `sim`) to CPU 1,
+/// everything else (site A, the local systems, the client) to CPU 0. So the
+/// replication work of a peer that would run elsewhere in a deployment does
+/// not compete with site A and its client for a CPU.
+pub fn pin_sites(on: bool) {
+    PINNED.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The CPU a process named `name` runs on, when pinned.
+pub fn pinned_cpu(name: &str) -> Option<usize> {
+    if !PINNED.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    let n = name.to_ascii_lowercase();
+    Some(if n.contains("site-b") || n.ends_with("sim") { 1 } else { 0 })
+}
+
+/// Restricts the calling process to `cpu` (between fork and exec).
+fn pin_self(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// A server process under test. Killed (SIGKILL) and reaped when dropped,
 /// including when the benchmark fails half-way.
 pub struct Server {
@@ -221,11 +255,16 @@ impl Server {
         command.args(args).stdin(Stdio::null()).stdout(file.try_clone().context("duplicate the log file handle")?).stderr(file);
         // If the benchmark itself is killed, its servers go too (the signal
         // follows the spawning thread, the benchmark's main thread).
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        let cpu = pinned_cpu(name);
+        // SAFETY: prctl and sched_setaffinity are async-signal-safe; nothing
+        // else runs between fork and exec.
         unsafe {
             use std::os::unix::process::CommandExt;
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if let Some(cpu) = cpu {
+                    pin_self(cpu)?;
+                }
                 Ok(())
             });
         }
