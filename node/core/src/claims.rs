@@ -289,7 +289,10 @@ pub struct Claims {
     extents: BTreeMap<Extent, ExtentState>,
     budget_used: usize,
     record_len: usize,
-    owned_len: usize,
+    /// The extents we own (`ExtentState::Owned`): what the release scans
+    /// walk, so that a node whose record holds many of the peer's extents
+    /// does not walk those.
+    owned: BTreeSet<Extent>,
     gives: BTreeMap<Extent, Epoch>,
     /// Releases to send on the bulk lane (once durable here).
     releases: Vec<PendingRelease>,
@@ -411,7 +414,7 @@ impl Claims {
             extents: BTreeMap::new(),
             budget_used: 0,
             record_len: 0,
-            owned_len: 0,
+            owned: BTreeSet::new(),
             gives: BTreeMap::new(),
             releases: Vec::new(),
             released: BTreeMap::new(),
@@ -686,7 +689,7 @@ impl Claims {
         let inflight_bytes: usize =
             self.inflight.iter().map(|f| std::mem::size_of::<InFlightCopy>() + f.extents.len() * std::mem::size_of::<Extent>()).sum();
         ClaimsFigures {
-            owned_extents: self.owned_len as u64,
+            owned_extents: self.owned.len() as u64,
             budget_used: self.budget() as u64,
             peer_owned_extents: self.record_len as u64,
             unsent_blocks: self.unsent_blocks,
@@ -737,7 +740,15 @@ impl Claims {
         let new_entry = new.and_then(ExtentState::file_entry);
         self.budget_used = self.budget_used + new_budget - count(old.as_ref(), ExtentState::takes_budget);
         self.record_len = self.record_len + new_record - count(old.as_ref(), ExtentState::in_record);
-        self.owned_len = self.owned_len + new_owned - count(old.as_ref(), owned);
+        match (count(old.as_ref(), owned), new_owned) {
+            (0, 1) => {
+                self.owned.insert(e);
+            }
+            (1, 0) => {
+                self.owned.remove(&e);
+            }
+            _ => {}
+        }
         if old.as_ref().and_then(ExtentState::file_entry) != new_entry {
             self.file_version += 1;
         }
@@ -995,14 +1006,8 @@ impl Claims {
     /// (back-pressure).
     fn make_room(&mut self, keep: &RangeInclusive<u64>) -> bool {
         while self.budget() >= self.max_owned {
-            let victim = self
-                .extents
-                .iter()
-                .filter_map(|(&e, s)| match s {
-                    ExtentState::Owned(o) if self.releasable(e, o) && !keep.contains(&e.0) => Some((o.last_write, e)),
-                    _ => None,
-                })
-                .min();
+            let victim =
+                self.owned_extents().filter(|(e, o)| self.releasable(*e, o) && !keep.contains(&e.0)).map(|(e, o)| (o.last_write, e)).min();
             match victim {
                 Some((_, e)) => self.release(e),
                 None => return false,
@@ -1043,14 +1048,19 @@ impl Claims {
     /// asks at each housekeeping, and at once only at the limit.
     pub fn needs_sync_for_release(&self, now: Time) -> bool {
         let at_limit = self.budget() >= self.max_owned;
-        self.extents.iter().any(|(&e, s)| match s {
-            ExtentState::Owned(o) => {
-                self.clean_here(e, o)
-                    && self.syncs_done <= o.write_mark
-                    && self.syncs_issued <= o.write_mark
-                    && (at_limit || now.since(o.last_write) >= self.release_after)
-            }
-            _ => false,
+        self.owned_extents().any(|(e, o)| {
+            self.clean_here(e, o)
+                && self.syncs_done <= o.write_mark
+                && self.syncs_issued <= o.write_mark
+                && (at_limit || now.since(o.last_write) >= self.release_after)
+        })
+    }
+
+    /// The extents we own, in order.
+    fn owned_extents(&self) -> impl Iterator<Item = (Extent, &Owned)> {
+        self.owned.iter().map(|e| match self.extents.get(e) {
+            Some(ExtentState::Owned(o)) => (*e, o),
+            other => panic!("extent {e:?} is in the owned index as {other:?}"),
         })
     }
 
@@ -1768,12 +1778,9 @@ impl Claims {
     /// at the peer. Returns how many.
     pub fn release_idle(&mut self, now: Time) -> usize {
         let idle: Vec<Extent> = self
-            .extents
-            .iter()
-            .filter_map(|(&e, s)| match s {
-                ExtentState::Owned(o) if self.releasable(e, o) && now.since(o.last_write) >= self.release_after => Some(e),
-                _ => None,
-            })
+            .owned_extents()
+            .filter(|(e, o)| self.releasable(*e, o) && now.since(o.last_write) >= self.release_after)
+            .map(|(e, _)| e)
             .collect();
         for &e in &idle {
             self.release(e);
@@ -1802,6 +1809,8 @@ impl Claims {
         assert_eq!(budget, self.budget_used, "budget count drifted");
         let record = self.extents.values().filter(|s| s.in_record()).count();
         assert_eq!(record, self.record_len, "claims record count drifted");
+        let owned: BTreeSet<Extent> = self.extents.iter().filter(|(_, s)| matches!(s, ExtentState::Owned(_))).map(|(&e, _)| e).collect();
+        assert_eq!(owned, self.owned, "the owned index drifted");
         let suspects = self.extents.values().filter(|s| matches!(s, ExtentState::Owned(o) if o.suspect)).count();
         assert_eq!(suspects, self.suspect_len, "suspect count drifted");
         let waiting = self.released.values().chain(&self.releases).map(|r| r.file_version);
