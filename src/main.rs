@@ -70,6 +70,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let logs = matches!(cli.command, Command::Node { .. } | Command::Witness { .. } | Command::Demo(_) | Command::Sim(_));
     let result = match cli.command {
         Command::CheckConfig { file } => check_config(&file),
         Command::Node { config } => runtime().and_then(|rt| rt.block_on(run_node(config))),
@@ -83,8 +84,13 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("failed to {e:#}");
-            eprintln!("error: {e:#}");
+            // Once: as a log line where the command logs (a node, a witness,
+            // the simulator, the demo), else as a plain message.
+            if logs {
+                tracing::error!("failed to {e:#}");
+            } else {
+                eprintln!("error: {e:#}");
+            }
             std::process::ExitCode::FAILURE
         }
     }
@@ -110,6 +116,11 @@ fn certs(out: &std::path::Path, nodes: &[String]) -> anyhow::Result<()> {
 
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     let config = NodeConfig::load(file).context("load the config")?;
+    // The files it names must be there and usable, as the node will need them.
+    if let (Some(peer), Some(tls)) = (&config.peer, &config.tls) {
+        geomirror_node::peer::tls::PeerTls::load(&tls.ca, &tls.cert, &tls.key, &config.node.name, &peer.name)
+            .context("load the TLS files named in [tls]")?;
+    }
     print!("{}", config.to_toml());
     Ok(())
 }

@@ -32,4 +32,8 @@ fn status_and_metrics_follow_client_traffic() {
     assert!(value("geomirror_host_reads_total{volume=\"vol0\"}") >= 1.0);
     assert_eq!(value("geomirror_nbd_request_seconds_count{volume=\"vol0\",op=\"write\"}"), 2.0);
     assert!(metrics.contains("geomirror_nbd_request_seconds_bucket{volume=\"vol0\",op=\"read\",le="));
+    // Every metric says what it is.
+    for name in ["geomirror_host_writes_total", "geomirror_host_write_bytes_total", "geomirror_nbd_request_seconds"] {
+        assert!(metrics.contains(&format!("# HELP {name} ")), "no HELP line for {name}:\n{metrics}");
+    }
 }

@@ -38,3 +38,20 @@ fn broken_configs_are_refused_with_file_and_key() {
     }
     assert!(!dir.path().join("d").exists(), "a refused config must create nothing");
 }
+
+#[test]
+fn check_config_refuses_tls_files_that_are_not_there_and_says_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two.toml");
+    std::fs::write(
+        &path,
+        "[node]\nname = \"site-a\"\ndata_dir = \"d\"\n[peer]\nname = \"site-b\"\nlisten = \"127.0.0.1:0\"\nconnect = \"127.0.0.1:9\"\n\
+         [tls]\nca = \"missing/ca.pem\"\ncert = \"missing/a.pem\"\nkey = \"missing/a-key.pem\"\n[[volume]]\nname = \"v\"\nsize = \"1MiB\"\n",
+    )
+    .unwrap();
+    let out = run_with_deadline(30, geomirror_bin().to_str().unwrap(), &["check-config", path.to_str().unwrap()]);
+    assert!(!out.status.success(), "a config naming missing TLS files was accepted");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ca.pem"), "the missing file is named: {stderr}");
+    assert_eq!(stderr.matches("ca.pem").count(), 1, "the error is printed once: {stderr}");
+}

@@ -142,7 +142,14 @@ fn a_site_lost_for_good_is_survived_taken_over_and_its_divergent_blocks_kept() {
     let image = s.dir.path().join("a-divergent.img");
     geomirror(&["conflicts", "extract", "--data-dir", data_a.to_str().unwrap(), "--volume", "vol0", "--out", image.to_str().unwrap()]);
     qemu_io(image.to_str().unwrap(), &["read -P 0xa2 0 1M".into(), "read -P 0 1M 1M".into()]);
-    s.b.assert_no_unexpected_warnings(&["health changed", "acting alone", "took over", "takeover", "host request failed"]);
+    s.b.assert_no_unexpected_warnings(&[
+        "health changed",
+        "acting alone",
+        "took over",
+        "takeover",
+        "host request failed",
+        "peer link down",
+    ]);
 }
 
 #[test]
@@ -158,6 +165,18 @@ fn a_partition_with_the_witness_reachable_by_both_makes_exactly_one_survivor() {
     });
     assert!(decided, "A: {}\nB: {}", status(&s.a), status(&s.b));
     let (survivor, fenced) = if health(&s.a) == "survivor" { (&s.a, &s.b) } else { (&s.b, &s.a) };
+    // The metrics say so too: the link is down, and each node's health.
+    for (node, peer, state) in [(survivor, "site-", "survivor"), (fenced, "site-", "fenced")] {
+        let metrics = http_get(node.admin, "/metrics");
+        let line = |prefix: &str| metrics.lines().find(|l| l.starts_with(prefix)).map(str::to_string);
+        let link = line(&format!("geomirror_peer_link_up{{peer=\"{peer}")).unwrap_or_default();
+        assert!(link.ends_with(" 0"), "the link gauge says up during the partition: {link:?}\n{metrics}");
+        let health = line(&format!("geomirror_node_health{{health=\"{state}\"}}")).unwrap_or_default();
+        assert!(health.ends_with(" 1"), "{state} is not 1 in the health gauge: {health:?}");
+    }
+    // The log says why the link went down, without a library's links.
+    let down: Vec<String> = fenced.logs().into_iter().filter(|l| l.contains("peer link down")).collect();
+    assert!(!down.is_empty() && down.iter().all(|l| l.contains("WARN") && !l.contains("https://")), "{down:?}");
     // The fenced node answers nothing, not even its own extents.
     let (ok, text) = qemu_io_ok(&uri(fenced), &["read 0 4k"]);
     assert!(!ok && text.contains("Input/output error"), "the fenced node answered a read: {text}");

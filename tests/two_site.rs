@@ -227,7 +227,7 @@ fn an_unreachable_peer_fails_claims_and_pulls_with_eio_after_the_timeout() {
     // export's spans).
     let line = logs.iter().find(|l| l.contains("host request failed")).unwrap();
     assert!(line.contains("node{node=site-a}") && line.contains("export{volume=vol0}"), "the failure line lacks node or volume: {line}");
-    s.a.assert_no_unexpected_warnings(&["host request failed"]);
+    s.a.assert_no_unexpected_warnings(&["host request failed", "peer link down"]);
     s.a.kill9();
 }
 

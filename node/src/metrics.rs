@@ -60,9 +60,57 @@ pub fn install_recorder() -> PrometheusHandle {
             // Another recorder may already be installed (tests embedding
             // several nodes); ours then still renders what it was given.
             let _ = metrics::set_global_recorder(recorder);
+            describe_all();
             handle
         })
         .clone()
+}
+
+/// Whether the peer link is up (1) or not (0), by label `peer`.
+pub const PEER_LINK_UP: &str = "geomirror_peer_link_up";
+
+/// Every metric's `# HELP` line (Prometheus), from its name's doc.
+fn describe_all() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    for (name, help) in [
+        (HOST_READS, "Host reads served"),
+        (HOST_WRITES, "Host writes acknowledged"),
+        (HOST_READ_BYTES, "Bytes read by hosts"),
+        (HOST_WRITE_BYTES, "Bytes written by hosts"),
+        (HOST_FLUSHES, "Host FLUSH requests"),
+        (HOST_DISCARDS, "Host TRIM and WRITE_ZEROES requests"),
+        (NBD_ERRORS, "Host requests answered with an error, by NBD error name"),
+        (NBD_CONNECTIONS, "Host connections accepted"),
+        (NBD_PROTOCOL_ERRORS, "Handshakes or connections dropped for protocol violations"),
+        (CLAIM_ROUND_TRIPS, "Host writes that waited for a claim or handover round trip"),
+        (PULLS, "Reads (pieces of reads) pulled from the peer"),
+        (HANDOVERS, "Extents handed over to this node by the peer"),
+        (COPY_SENT_BYTES, "Block bytes sent on the copy stream"),
+        (PEER_SENT_BYTES, "Frame bytes of one volume's copy-stream messages (without TLS), by lane"),
+        (COPIES_APPLIED, "Copy runs applied from the peer"),
+        (COPIES_STALE, "Copy runs from the peer dropped (an older epoch, or the volume not served)"),
+        (CLAIMS_GRANTED, "Claims granted to the peer"),
+        (RELEASES, "Extents released by this node"),
+    ] {
+        describe_counter!(name, help);
+    }
+    for (name, help) in [
+        (NBD_CONNECTIONS_OPEN, "Host connections open now"),
+        (NODE_HEALTH, "The node's health: 1 for the state it is in, 0 for the others, by label health"),
+        (PEER_LINK_UP, "Whether the peer link is up (1) or not (0)"),
+        (OWNED_EXTENTS, "Extents this node owns (exposed if this site dies)"),
+        (PEER_OWNED_EXTENTS, "Extents the peer owns (reads of them are pulled)"),
+        (UNSENT_BYTES, "Bytes written here and not yet sent to the peer"),
+        (NOT_DURABLE_AT_PEER_BYTES, "Bytes written here and not yet durable at the peer"),
+    ] {
+        describe_gauge!(name, help);
+    }
+    describe_histogram!(NBD_REQUEST_SECONDS, Unit::Seconds, "Host request latency from header received to reply queued, by op");
+}
+
+/// Sets [`PEER_LINK_UP`] for `peer`.
+pub fn set_peer_link_up(peer: &str, up: bool) {
+    metrics::gauge!(PEER_LINK_UP, "peer" => peer.to_string()).set(if up { 1.0 } else { 0.0 });
 }
 
 /// The operations timed per request.

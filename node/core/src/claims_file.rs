@@ -537,20 +537,25 @@ mod tests {
         out
     }
 
+    /// The first record of [`journaled`]: extent 1's entry removed, 20 taken alone.
+    fn first_delta() -> ClaimsDelta {
+        ClaimsDelta {
+            counter: Epoch(50),
+            generation: 3,
+            detached: true,
+            entries: vec![
+                (Extent(1), ExtentEntry::default()),
+                (Extent(20), ExtentEntry { own: Some(Epoch(50)), taken: Some(Epoch(50)), ..Default::default() }),
+            ],
+        }
+    }
+
     /// A journal of two records onto `sample()`.
     fn journaled() -> (Vec<u8>, ClaimsFileContents) {
         let mut state = ClaimsState::from_contents(&sample());
         let mut bytes = encode(&sample());
         let deltas = [
-            ClaimsDelta {
-                counter: Epoch(50),
-                generation: 3,
-                detached: true,
-                entries: vec![
-                    (Extent(1), ExtentEntry::default()),
-                    (Extent(20), ExtentEntry { own: Some(Epoch(50)), taken: Some(Epoch(50)), ..Default::default() }),
-                ],
-            },
+            first_delta(),
             ClaimsDelta {
                 counter: Epoch(51),
                 generation: 4,
@@ -581,17 +586,7 @@ mod tests {
     #[test]
     fn a_torn_last_record_is_ignored_and_damage_before_it_refused() {
         let (bytes, _) = journaled();
-        let first_record_end = encode(&sample()).len()
-            + encode_delta(&ClaimsDelta {
-                counter: Epoch(50),
-                generation: 3,
-                detached: true,
-                entries: vec![
-                    (Extent(1), ExtentEntry::default()),
-                    (Extent(20), ExtentEntry { own: Some(Epoch(50)), taken: Some(Epoch(50)), ..Default::default() }),
-                ],
-            })
-            .len();
+        let first_record_end = encode(&sample()).len() + encode_delta(&first_delta()).len();
         let mut after_first = ClaimsState::from_contents(&sample());
         after_first.apply(&decode_record_at(&bytes, encode(&sample()).len()));
         for cut in first_record_end + 1..bytes.len() {

@@ -57,6 +57,10 @@ pub type IntactRecords = (Vec<SavedBlock>, Option<ConflictFileError>);
 pub struct ConflictFile {
     path: PathBuf,
     header: ConflictFileHeader,
+    /// Appends run on the blocking pool, several extents' at once: one at a
+    /// time, so that exactly one writes the header of a new file and no
+    /// record lands inside another.
+    appending: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 /// Largest conflict file read whole (a larger one is read by the CLI in the
@@ -66,7 +70,11 @@ const CHECK_BYTES_MAX: u64 = 1 << 34;
 impl ConflictFile {
     /// The conflict file of volume `volume` (id `volume_id`) in `volume_dir`.
     pub fn new(volume_dir: &Path, volume: &str, volume_id: [u8; 16]) -> Self {
-        ConflictFile { path: volume_dir.join("conflicts"), header: ConflictFileHeader { volume: volume.into(), volume_id } }
+        ConflictFile {
+            path: volume_dir.join("conflicts"),
+            header: ConflictFileHeader { volume: volume.into(), volume_id },
+            appending: std::sync::Arc::new(std::sync::Mutex::new(())),
+        }
     }
 
     /// Its path.
@@ -119,6 +127,7 @@ impl ConflictFile {
     /// Appends `records` (stamped with `saved_at_ms`) and syncs the file.
     pub fn append(&self, records: &[ConflictRecord], saved_at_ms: u64) -> Result<(), ConflictFileIoError> {
         let io = |source| ConflictFileIoError::Io { path: self.path.clone(), source };
+        let _one_at_a_time = self.appending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let new = !self.path.exists();
         let mut bytes = if new { conflict_file::encode_header(&self.header) } else { Vec::new() };
         for r in records {
@@ -196,5 +205,26 @@ mod tests {
         assert_eq!(f.read().unwrap().unwrap().len(), 2);
         let other = ConflictFile::new(dir.path(), "vol1", [1; 16]);
         assert!(matches!(other.read(), Err(ConflictFileIoError::WrongVolume { .. })));
+    }
+
+    #[test]
+    fn concurrent_appends_to_a_new_file_keep_it_whole() {
+        // The engine saves several extents' blocks at once on the blocking
+        // pool; the first appends to a new file once wrote a header each.
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let f = ConflictFile::new(dir.path(), "vol0", [1; 16]);
+            let threads: Vec<_> = (0..8u64)
+                .map(|t| {
+                    let f = f.clone();
+                    std::thread::spawn(move || f.append(&[record(t * 4096), record(t * 4096 + 512)], 1000).unwrap())
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let records = f.read().unwrap_or_else(|e| panic!("round {round}: {e}")).unwrap();
+            assert_eq!(records.len(), 16, "round {round}");
+        }
     }
 }

@@ -96,6 +96,7 @@ impl PeerLink {
     }
 
     fn set_status(&self, state: &'static str, error: Option<String>) {
+        crate::metrics::set_peer_link_up(&self.config.peer_name, state == "up");
         let mut s = self.status.lock().expect("status lock");
         if s.state != state {
             s.state = state;
@@ -212,7 +213,8 @@ impl PeerLink {
     }
 
     fn end(&self, session: SessionGen, reason: String) {
-        info!(peer = %self.config.peer_name, session = session.0, reason, "peer link down");
+        let reason = plain_reason(&reason);
+        warn!(peer = %self.config.peer_name, session = session.0, reason, "peer link down");
         self.set_status("down", Some(reason.clone()));
         self.engine.session_down(session, reason);
     }
@@ -395,6 +397,17 @@ async fn wait_closed(h: &Handles) -> String {
     h.reason.lock().expect("reason lock").clone().unwrap_or_else(|| "replaced by a new connection".into())
 }
 
+/// A connection error as an operator reads it: library texts lose the
+/// documentation links some of them append (rustls: "...: https://docs.rs/..."),
+/// and an end of stream without TLS close_notify is said plainly.
+pub fn plain_reason(reason: &str) -> String {
+    let text = match reason.find(": https://").or_else(|| reason.find(" https://")) {
+        Some(at) => &reason[..at],
+        None => reason,
+    };
+    text.replace("peer closed connection without sending TLS close_notify", "the peer closed the connection")
+}
+
 /// Per volume of the dialer's list: empty when it matches ours at the same
 /// position, else what differs.
 pub fn compare_volumes(ours: &[VolumeInfo], theirs: &[VolumeInfo]) -> Vec<String> {
@@ -425,4 +438,14 @@ pub fn compare_volumes(ours: &[VolumeInfo], theirs: &[VolumeInfo]) -> Vec<String
             Some(_) => String::new(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn library_links_are_dropped_from_reasons() {
+        let raw = "Priority connection error: peer closed connection without sending TLS close_notify: https://docs.rs/rustls/latest/rustls/manual/_03_howto/index.html#unexpected-eof";
+        assert_eq!(super::plain_reason(raw), "Priority connection error: the peer closed the connection");
+        assert_eq!(super::plain_reason("heartbeat timeout"), "heartbeat timeout");
+    }
 }

@@ -52,7 +52,7 @@ pub async fn run(config: WitnessClientConfig, tls: PeerTls, engine: Arc<Engine>,
                 last_error = None;
                 let link = WitnessLinkGen(NEXT.fetch_add(1, Ordering::Relaxed));
                 info!(witness = %config.witness_name, link = link.0, "witness link up");
-                let reason = serve(link, framed, &engine, &shutdown).await;
+                let reason = crate::peer::link::plain_reason(&serve(link, framed, &engine, &shutdown).await);
                 info!(witness = %config.witness_name, link = link.0, reason, "witness link down");
                 engine.witness_down(link, reason);
             }
