@@ -174,10 +174,16 @@ fn a_peer_with_a_foreign_certificate_is_refused() {
     let rogue_certs = s.dir.path().join("rogue-certs");
     run_ok(30, geomirror_bin().to_str().unwrap(), &["certs", "--out", rogue_certs.to_str().unwrap(), "--node", "site-a"]);
     let rogue = start_rogue(&s, "site-a", &rogue_certs);
-    assert!(eventually(Duration::from_secs(10), || !refusals(&s.b).is_empty()), "B must log the refusal:\n{}", s.b.logs().join("\n"));
+    // (B may also have refused a stray connection of the genuine pair, e.g.
+    // a bulk lane that arrived after its session ended: the rogue's refusal
+    // is the one that names the CA.)
+    let named = || refusals(&s.b).iter().any(|l| l.contains("CA"));
+    assert!(
+        eventually(Duration::from_secs(10), named),
+        "B must log the refusal, naming the certificate problem:\n{}",
+        s.b.logs().join("\n")
+    );
     assert_ne!(link_state(&rogue), "up");
-    let reason = refusals(&s.b).remove(0);
-    assert!(reason.contains("CA"), "the reason names the certificate problem: {reason}");
     // The genuine pair is undisturbed.
     assert_eq!(link_state(&s.a), "up");
 }
@@ -189,9 +195,8 @@ fn a_peer_with_our_ca_but_another_name_is_refused() {
     let certs = s.dir.path().join("certs");
     run_ok(30, geomirror_bin().to_str().unwrap(), &["certs", "--out", certs.to_str().unwrap(), "--node", "site-0"]);
     let rogue = start_rogue(&s, "site-0", &certs);
-    assert!(eventually(Duration::from_secs(10), || !refusals(&s.b).is_empty()), "B must log the refusal");
-    let reason = refusals(&s.b).remove(0);
-    assert!(reason.contains("site-0") && reason.contains("site-a"), "the reason names both names: {reason}");
+    let named = || refusals(&s.b).iter().any(|l| l.contains("site-0") && l.contains("site-a"));
+    assert!(eventually(Duration::from_secs(10), named), "B must log the refusal, naming both names:\n{}", refusals(&s.b).join("\n"));
     assert_ne!(link_state(&rogue), "up");
     assert_eq!(link_state(&s.a), "up");
 }
