@@ -470,6 +470,13 @@ fn owned_latency(
 }
 
 /// "A 0.61 / B 0.20 / sim 0.15 / single 0.00" CPUs over a run.
+/// CPU µs per host write of the processes `which` (indexes into the run's
+/// processes: site A, site B, the simulator, the single-site node).
+fn per_write(x: &RunRecord, which: &[usize]) -> Option<f64> {
+    let cpus: f64 = which.iter().filter_map(|&i| x.load.cpus_per_process.get(i)).sum();
+    (x.stats.write.iops > 0.0).then(|| cpus / x.stats.write.iops * 1e6)
+}
+
 fn cpu_split(load: &Load) -> String {
     let names = ["A", "B", "sim", "single"];
     load.cpus_per_process.iter().zip(names).map(|(c, n)| format!("{n} {c:.2}")).collect::<Vec<_>>().join(" / ")
@@ -808,7 +815,7 @@ fn print_report(r: &Report) {
     let one = used(&r.runs, "owned-latency", OWNED_SYSTEMS[1]);
     let held = used(&r.runs, "owned-latency", OWNED_SYSTEMS[2]);
     type Pick = fn(&RunRecord) -> Option<f64>;
-    let figures: [(&str, Pick, Format); 9] = [
+    let figures: [(&str, Pick, Format); 11] = [
         ("4 KiB randwrite QD1, IOPS", |x| Some(x.stats.write.iops), Format::Integer),
         ("clat p50 µs", |x| x.stats.write.clat_p50_us, Format::OneDecimal),
         ("clat p99 µs", |x| x.stats.write.clat_p99_us, Format::OneDecimal),
@@ -818,6 +825,8 @@ fn print_report(r: &Report) {
         ("CPUs used by site B's node", |x| x.load.cpus_per_process.get(1).copied(), Format::TwoDecimals),
         ("CPUs used by the simulator", |x| x.load.cpus_per_process.get(2).copied(), Format::TwoDecimals),
         ("CPUs used by the single-site node", |x| x.load.cpus_per_process.get(3).copied(), Format::TwoDecimals),
+        ("CPU µs per write, the writing site's node", |x| per_write(x, if x.system == OWNED_SYSTEMS[1] { &[3] } else { &[0] }), Format::OneDecimal),
+        ("CPU µs per write, the whole system", |x| per_write(x, if x.system == OWNED_SYSTEMS[1] { &[3] } else { &[0, 1, 2] }), Format::OneDecimal),
     ];
     let mut rows = Vec::new();
     let mut clat_ratio = None;
