@@ -825,8 +825,16 @@ fn print_report(r: &Report) {
         ("CPUs used by site B's node", |x| x.load.cpus_per_process.get(1).copied(), Format::TwoDecimals),
         ("CPUs used by the simulator", |x| x.load.cpus_per_process.get(2).copied(), Format::TwoDecimals),
         ("CPUs used by the single-site node", |x| x.load.cpus_per_process.get(3).copied(), Format::TwoDecimals),
-        ("CPU µs per write, the writing site's node", |x| per_write(x, if x.system == OWNED_SYSTEMS[1] { &[3] } else { &[0] }), Format::OneDecimal),
-        ("CPU µs per write, the whole system", |x| per_write(x, if x.system == OWNED_SYSTEMS[1] { &[3] } else { &[0, 1, 2] }), Format::OneDecimal),
+        (
+            "CPU µs per write, the writing site's node",
+            |x| per_write(x, if x.system == OWNED_SYSTEMS[1] { &[3] } else { &[0] }),
+            Format::OneDecimal,
+        ),
+        (
+            "CPU µs per write, the whole system",
+            |x| per_write(x, if x.system == OWNED_SYSTEMS[1] { &[3] } else { &[0, 1, 2] }),
+            Format::OneDecimal,
+        ),
     ];
     let mut rows = Vec::new();
     let mut clat_ratio = None;
