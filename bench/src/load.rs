@@ -35,6 +35,8 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 pub struct Probe {
     ours: Vec<u32>,
     before: BTreeMap<u32, u64>,
+    /// Context switches of each process under test at the start.
+    switches_before: Vec<u64>,
     steal_before: Option<f64>,
     started: Instant,
 }
@@ -48,6 +50,9 @@ pub struct Load {
     pub servers_cpu_seconds: f64,
     /// CPUs' worth used by each process under test, in the order given.
     pub cpus_per_process: Vec<f64>,
+    /// Context switches of each process under test in that time (its live
+    /// threads'; see [`crate::procs::ProcUsage`]).
+    pub switches_per_process: Vec<u64>,
     /// CPUs' worth of other user-space processes (see the module doc).
     pub other_cpus: Option<f64>,
     /// CPUs' worth of hypervisor steal time in that time.
@@ -114,9 +119,10 @@ fn steal_seconds() -> Option<f64> {
 impl Probe {
     /// Samples every process now; `ours` are the processes under test.
     pub fn start(ours: &[u32]) -> Probe {
+        let switches_before = switches_of(ours);
         let mut ours = ours.to_vec();
         ours.push(std::process::id());
-        Probe { ours, before: user_processes(), steal_before: steal_seconds(), started: Instant::now() }
+        Probe { ours, before: user_processes(), switches_before, steal_before: steal_seconds(), started: Instant::now() }
     }
 
     /// Samples again.
@@ -135,8 +141,15 @@ impl Probe {
             (Some(b), Some(a)) => per_second(a - b),
             _ => None,
         };
-        Load { wall_seconds, servers_cpu_seconds, cpus_per_process, other_cpus: per_second(other), steal_cpus }
+        let switches_per_process =
+            switches_of(servers).iter().zip(&self.switches_before).map(|(after, before)| after.saturating_sub(*before)).collect();
+        Load { wall_seconds, servers_cpu_seconds, cpus_per_process, switches_per_process, other_cpus: per_second(other), steal_cpus }
     }
+}
+
+/// Context switches so far of each process (0 for one that is gone).
+fn switches_of(pids: &[u32]) -> Vec<u64> {
+    pids.iter().map(|&p| crate::procs::ProcUsage::sample(p).map_or(0, |u| u.context_switches)).collect()
 }
 
 #[cfg(test)]

@@ -477,6 +477,15 @@ fn per_write(x: &RunRecord, which: &[usize]) -> Option<f64> {
     (x.stats.write.iops > 0.0).then(|| cpus / x.stats.write.iops * 1e6)
 }
 
+/// Context switches per host write of the processes `which` (as
+/// [`per_write`]; live threads only), writes estimated as IOPS × wall time.
+fn switches_per_write(x: &RunRecord, which: &[usize]) -> Option<f64> {
+    let switches: u64 = which.iter().filter_map(|&i| x.load.switches_per_process.get(i)).sum();
+    // Over the run's whole wall time (ramp included), as the CPU figures.
+    let writes = x.stats.write.iops * x.load.wall_seconds;
+    (writes > 0.0).then(|| switches as f64 / writes)
+}
+
 fn cpu_split(load: &Load) -> String {
     let names = ["A", "B", "sim", "single"];
     load.cpus_per_process.iter().zip(names).map(|(c, n)| format!("{n} {c:.2}")).collect::<Vec<_>>().join(" / ")
@@ -815,7 +824,7 @@ fn print_report(r: &Report) {
     let one = used(&r.runs, "owned-latency", OWNED_SYSTEMS[1]);
     let held = used(&r.runs, "owned-latency", OWNED_SYSTEMS[2]);
     type Pick = fn(&RunRecord) -> Option<f64>;
-    let figures: [(&str, Pick, Format); 11] = [
+    let figures: [(&str, Pick, Format); 13] = [
         ("4 KiB randwrite QD1, IOPS", |x| Some(x.stats.write.iops), Format::Integer),
         ("clat p50 µs", |x| x.stats.write.clat_p50_us, Format::OneDecimal),
         ("clat p99 µs", |x| x.stats.write.clat_p99_us, Format::OneDecimal),
@@ -833,6 +842,16 @@ fn print_report(r: &Report) {
         (
             "CPU µs per write, the whole system",
             |x| per_write(x, if x.system == OWNED_SYSTEMS[1] { &[3] } else { &[0, 1, 2] }),
+            Format::OneDecimal,
+        ),
+        (
+            "context switches per write, the writing site's node",
+            |x| switches_per_write(x, if x.system == OWNED_SYSTEMS[1] { &[3] } else { &[0] }),
+            Format::OneDecimal,
+        ),
+        (
+            "context switches per write, the whole system",
+            |x| switches_per_write(x, if x.system == OWNED_SYSTEMS[1] { &[3] } else { &[0, 1, 2] }),
             Format::OneDecimal,
         ),
     ];
