@@ -1038,6 +1038,11 @@ impl Claims {
             && !self.applying.contains_key(&e)
     }
 
+    /// Blocks written here and not yet durable at the peer (a kept count).
+    pub fn not_durable_blocks(&self) -> u64 {
+        self.not_durable_blocks
+    }
+
     /// Whether the owned-extent limit is reached.
     pub fn at_limit(&self) -> bool {
         self.budget() >= self.max_owned

@@ -389,7 +389,7 @@ impl NodeCore {
         // the peer.
         if self.standing.catching_up
             && ready
-            && self.volumes.iter().all(|v| !v.claims.resync_pending() && v.claims.figures().not_durable_blocks == 0)
+            && self.volumes.iter().all(|v| !v.claims.resync_pending() && v.claims.not_durable_blocks() == 0)
         {
             self.standing.catching_up = false;
         }
