@@ -2,11 +2,17 @@
 
 use std::time::Duration;
 
-/// Bytes of buffered socket input per host connection.
-pub const NBD_READ_BUFFER_BYTES: usize = 256 * 1024;
+/// Bytes of buffered socket input per host connection: a dozen small
+/// requests per read; a large WRITE payload is read straight into its own
+/// buffer past what this holds (so at most this much of it is copied twice).
+pub const NBD_READ_BUFFER_BYTES: usize = 64 * 1024;
 /// Bytes of buffered socket output per host connection; replies larger than
 /// this bypass the buffer.
 pub const NBD_WRITE_BUFFER_BYTES: usize = 256 * 1024;
+/// Bytes of host writes each replicated volume keeps in memory for its copy
+/// stream (`engine::recent`); past it the oldest are forgotten, and their
+/// blocks are read back from the store when they are copied.
+pub const RECENT_WRITES_BYTES: u64 = 32 << 20;
 /// Whole handshake deadline; a client slower than this is disconnected.
 pub const NBD_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Options one handshake may send; past it the connection is closed (a
@@ -38,6 +44,10 @@ pub const PEER_BACKOFF_MAX: Duration = Duration::from_millis(500);
 pub const PRIORITY_LANE_QUEUE_MESSAGES: usize = geomirror_core::limits::REQUESTS_INFLIGHT_MAX
     + geomirror_core::limits::PEER_REQUESTS_INFLIGHT_MAX
     + geomirror_core::limits::OUTBOX_MESSAGES_MAX;
+/// Bytes of frames a lane's writer gathers into one write (and the TLS
+/// connection's send buffer): what is queued goes out together, up to this;
+/// one larger frame goes out alone.
+pub const LANE_WRITE_BATCH_BYTES: usize = 1 << 20;
 /// Messages queued for the bulk lane's writer; as above. The copy stream
 /// keeps at most `COPY_INFLIGHT_MESSAGES_MAX` copies unacknowledged.
 pub const BULK_LANE_QUEUE_MESSAGES: usize =

@@ -87,6 +87,7 @@ fn describe_all() {
         (HANDOVERS, "Extents handed over to this node by the peer"),
         (COPY_SENT_BYTES, "Block bytes sent on the copy stream"),
         (PEER_SENT_BYTES, "Frame bytes of one volume's copy-stream messages (without TLS), by lane"),
+        (COPY_READ_BYTES, "Block bytes the copy stream took, by where from: memory (host writes kept) or store (read back)"),
         (COPIES_APPLIED, "Copy runs applied from the peer"),
         (COPIES_STALE, "Copy runs from the peer dropped (an older epoch, or the volume not served)"),
         (CLAIMS_GRANTED, "Claims granted to the peer"),
@@ -188,6 +189,9 @@ pub const COPY_SENT_BYTES: &str = "geomirror_copy_sent_bytes_total";
 /// volume's copy-stream messages (copies, progress, releases): label
 /// `lane="bulk"`.
 pub const PEER_SENT_BYTES: &str = "geomirror_peer_sent_bytes_total";
+/// Block bytes the copy stream took: label `from="memory"` (host writes
+/// kept for it, `engine::recent`) or `from="store"` (read back).
+pub const COPY_READ_BYTES: &str = "geomirror_copy_read_bytes_total";
 /// Copy runs applied from the peer.
 pub const COPIES_APPLIED: &str = "geomirror_copies_applied_total";
 /// Copy runs from the peer dropped: stale (an older epoch), or the volume
@@ -207,6 +211,10 @@ pub struct ReplicationMetrics {
     copy_sent_bytes: Counter,
     /// Frame bytes sent on the bulk lane (counted by the lane's writer).
     pub bulk_sent_bytes: Counter,
+    /// Block bytes the copy stream took from the host writes kept in memory.
+    pub copy_read_memory_bytes: Counter,
+    /// Block bytes the copy stream read back from the store.
+    pub copy_read_store_bytes: Counter,
     copies_applied: Counter,
     copies_stale: Counter,
     claims_granted: Counter,
@@ -227,6 +235,8 @@ impl ReplicationMetrics {
             handovers: counter!(HANDOVERS, "volume" => v.clone()),
             copy_sent_bytes: counter!(COPY_SENT_BYTES, "volume" => v.clone()),
             bulk_sent_bytes: counter!(PEER_SENT_BYTES, "volume" => v.clone(), "lane" => "bulk"),
+            copy_read_memory_bytes: counter!(COPY_READ_BYTES, "volume" => v.clone(), "from" => "memory"),
+            copy_read_store_bytes: counter!(COPY_READ_BYTES, "volume" => v.clone(), "from" => "store"),
             copies_applied: counter!(COPIES_APPLIED, "volume" => v.clone()),
             copies_stale: counter!(COPIES_STALE, "volume" => v.clone()),
             claims_granted: counter!(CLAIMS_GRANTED, "volume" => v.clone()),

@@ -13,7 +13,7 @@
 //! [`PROTOCOL_VERSION`] on any change, and keep the golden bytes test
 //! passing. See `docs/wire.md`.
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 /// Version spoken; a peer with another version is refused at hello.
@@ -383,6 +383,27 @@ pub enum Message {
     },
 }
 
+/// postcard's output into a `BytesMut`, slices appended whole.
+struct AppendTo<'a>(&'a mut BytesMut);
+
+impl postcard::ser_flavors::Flavor for AppendTo<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.put_u8(byte);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
 /// What is wrong with a received frame.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerDecodeError {
@@ -402,7 +423,16 @@ pub enum PeerDecodeError {
 impl Message {
     /// Serializes the message (without the length prefix).
     pub fn encode(&self) -> Bytes {
-        Bytes::from(postcard::to_stdvec(self).expect("peer messages always serialize"))
+        let mut out = BytesMut::new();
+        self.encode_into(&mut out);
+        out.freeze()
+    }
+
+    /// Appends the serialized message to `out` (without the length
+    /// prefix): a writer batching frames encodes each straight into its
+    /// output buffer, block data copied once.
+    pub fn encode_into(&self, out: &mut BytesMut) {
+        postcard::serialize_with_flavor(self, AppendTo(out)).expect("peer messages always serialize");
     }
 
     /// The variant's name, for logs.
@@ -610,6 +640,17 @@ mod tests {
         for (i, (m, golden)) in samples.iter().zip(GOLDEN).enumerate() {
             assert_eq!(m.encode().as_ref(), *golden, "variant #{i} ({}) encodes differently", m.kind());
         }
+    }
+
+    #[test]
+    fn encoding_into_a_buffer_appends_the_same_bytes() {
+        let mut out = BytesMut::from(&b"prefix"[..]);
+        for (m, golden) in samples().iter().zip(GOLDEN) {
+            let start = out.len();
+            m.encode_into(&mut out);
+            assert_eq!(&out[start..], *golden, "{}", m.kind());
+        }
+        assert_eq!(&out[..6], b"prefix");
     }
 
     #[test]

@@ -156,7 +156,7 @@ impl NodeCore {
             v.sender.reads_in_flight += 1;
             let ranges = runs.iter().map(|r| (r.first.0 * block, r.count * block)).collect();
             let (_, place) = self.reserve(Lane::Bulk).expect("a ready session");
-            self.io(vi, IoOp::Read { ranges }, IoPurpose::CopyRead { volume: vi, session, place, seq, runs });
+            self.io(vi, IoOp::Read { ranges, for_copy: true }, IoPurpose::CopyRead { volume: vi, session, place, seq, runs });
         }
     }
 

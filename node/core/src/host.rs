@@ -391,7 +391,7 @@ impl NodeCore {
         let all_done = r.pieces.iter().all(|p| p.state == PieceState::Done);
         let pulling = r.pieces.iter().any(|p| p.state == PieceState::Pulling);
         if !ranges.is_empty() {
-            self.io(vi, IoOp::Read { ranges }, IoPurpose::HostRead { task: id, pieces: local });
+            self.io(vi, IoOp::Read { ranges, for_copy: false }, IoPurpose::HostRead { task: id, pieces: local });
         }
         for (piece, offset, length) in requests {
             self.request(Pending::Pull { task: id, piece }, |id| Message::Pull { id, volume, offset, length });

@@ -279,6 +279,10 @@ pub enum IoOp {
     Read {
         /// The ranges.
         ranges: Vec<(u64, u64)>,
+        /// The blocks are read for the copy stream: the runtime may take
+        /// them from the host writes it keeps in memory (and forget them
+        /// there: they are on their way to the peer) instead of the store.
+        for_copy: bool,
     },
     /// Write, in this order.
     Write {

@@ -213,7 +213,7 @@ impl NodeCore {
                 self.volumes[vi].gives.get_mut(&extent).expect("checked").stage = GiveStage::Reading;
                 let block = self.volumes[vi].claims.geometry().block_bytes;
                 let ranges = runs.iter().map(|(first, count)| (first.0 * block, count * block)).collect();
-                self.io(vi, crate::io::IoOp::Read { ranges }, IoPurpose::GiveRead { volume: vi, extent, runs });
+                self.io(vi, crate::io::IoOp::Read { ranges, for_copy: false }, IoPurpose::GiveRead { volume: vi, extent, runs });
             }
         }
         self.changed.insert(vi);
@@ -257,7 +257,7 @@ impl NodeCore {
         self.session.as_mut().expect("reserved").peer_requests += 1;
         self.io(
             vi,
-            crate::io::IoOp::Read { ranges: vec![(offset, length.into())] },
+            crate::io::IoOp::Read { ranges: vec![(offset, length.into())], for_copy: false },
             IoPurpose::PullRead { volume: vi, session, place, id },
         );
     }

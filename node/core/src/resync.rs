@@ -241,7 +241,7 @@ impl NodeCore {
                 job.stage = Stage::Saving { runs: runs.clone() };
                 let block = self.volumes[vi].claims.geometry().block_bytes;
                 let ranges = runs.iter().map(|&(first, count)| (first * block, count * block)).collect();
-                self.io(vi, IoOp::Read { ranges }, IoPurpose::ConflictRead { volume: vi, extent: e });
+                self.io(vi, IoOp::Read { ranges, for_copy: false }, IoPurpose::ConflictRead { volume: vi, extent: e });
             }
         }
         self.changed.insert(vi);

@@ -15,6 +15,7 @@
 
 pub mod claims_file;
 pub mod conflict_file;
+pub mod recent;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +37,7 @@ use tracing::{debug, error, info, warn};
 
 use self::claims_file::ClaimsFile;
 use self::conflict_file::ConflictFile;
+use self::recent::RecentWrites;
 use crate::metrics::ReplicationMetrics;
 use crate::store::{BlockStore, StoreError};
 use crate::tasks::blocking;
@@ -92,6 +94,8 @@ pub struct Engine {
     core: Mutex<NodeCore>,
     origin: tokio::time::Instant,
     volumes: Vec<EngineVolume>,
+    /// Per volume, the host writes kept in memory for the copy stream.
+    recent: Vec<RecentWrites>,
     metrics: Vec<ReplicationMetrics>,
     sessions: Mutex<HashMap<SessionGen, SessionIo>>,
     replies: DashMap<HostRequestId, oneshot::Sender<Result<Option<Bytes>, HostError>>>,
@@ -115,6 +119,7 @@ impl Engine {
     pub fn new(node: &str, config: CoreConfig, volumes: Vec<EngineVolume>, files: Vec<ClaimsFileContents>) -> Arc<Engine> {
         let origin = tokio::time::Instant::now();
         let metrics = volumes.iter().map(|v| ReplicationMetrics::new(&v.name)).collect();
+        let recent = config.volumes.iter().map(|v| RecentWrites::new(v.geometry.block_bytes)).collect();
         let core = NodeCore::new(config, files, Time::ZERO);
         crate::metrics::set_health(core.health().0);
         Arc::new(Engine {
@@ -122,6 +127,7 @@ impl Engine {
             core: Mutex::new(core),
             origin,
             volumes,
+            recent,
             metrics,
             sessions: Mutex::new(HashMap::new()),
             replies: DashMap::new(),
@@ -330,7 +336,8 @@ impl Engine {
         let file = self.volumes[v].file.clone();
         let conflicts = self.volumes[v].conflicts.clone();
         crate::tasks::spawn_blocking_in(&self.handle, self.span.clone(), move || {
-            let result = run_io(&*store, &file, &conflicts, op);
+            let kept = KeptWrites { recent: &me.recent[v], metrics: &me.metrics[v] };
+            let result = run_io(&*store, kept, &file, &conflicts, op);
             tracing::trace!(token = token.0, ok = result.is_ok(), "I/O done");
             me.with_core(|core, now| core.handle(now, Input::IoDone { token, result }));
         });
@@ -399,9 +406,13 @@ impl Engine {
         let length = data.len() as u64;
         if !fua && let Some(ticket) = self.with_core(|core, now| core.try_write(now, volume, offset, length)) {
             let store = self.volumes[volume.0 as usize].store.clone();
-            let result = blocking(move || store.write_at(&data, offset)).await;
+            // Kept in memory for the copy stream once written (before the
+            // core learns of the write and queues its blocks).
+            let writing = self.recent[volume.0 as usize].begin(offset, length);
+            let result = blocking(move || store.write_at(&data, offset).map(|()| data)).await;
+            writing.end(result.as_ref().ok());
             self.with_core(|core, now| core.finish_write(now, ticket));
-            return result.map_err(|e| HostError::Store(fault_of(&e)));
+            return result.map(|_| ()).map_err(|e| HostError::Store(fault_of(&e)));
         }
         self.request(volume, HostRequest::Write { offset, data, fua }).await.map(|_| ())
     }
@@ -412,12 +423,11 @@ impl Engine {
         let local = self.core.lock().expect("core lock").read_is_local(volume, offset, length.into());
         if local {
             let store = self.volumes[volume.0 as usize].store.clone();
-            return blocking(move || {
-                let mut buf = BytesMut::zeroed(length as usize);
-                store.read_at(&mut buf, offset).map(|()| buf.freeze())
-            })
-            .await
-            .map_err(|e| HostError::Store(fault_of(&e)));
+            // A page-cache hit is served here, without a thread hop.
+            if let Some(data) = store.try_read_now(offset, length as usize).map_err(|e| HostError::Store(fault_of(&e)))? {
+                return Ok(data);
+            }
+            return blocking(move || store.read_bytes(offset, length as usize)).await.map_err(|e| HostError::Store(fault_of(&e)));
         }
         self.request(volume, HostRequest::Read { offset, length }).await.map(|d| d.unwrap_or_default())
     }
@@ -547,20 +557,44 @@ pub fn fault_of(e: &StoreError) -> IoFault {
 /// Largest read of one piece of a checksum pass (one buffer per pass).
 const DIGEST_READ_BYTES: u64 = 1 << 20;
 
+/// A volume's host writes kept for the copy stream, and what it counts.
+struct KeptWrites<'a> {
+    recent: &'a RecentWrites,
+    metrics: &'a ReplicationMetrics,
+}
+
 /// Carries out one I/O of the core (on the blocking pool).
-fn run_io(store: &dyn BlockStore, file: &ClaimsFile, conflicts: &ConflictFile, op: IoOp) -> Result<IoOutcome, IoFault> {
+fn run_io(
+    store: &dyn BlockStore,
+    kept: KeptWrites<'_>,
+    file: &ClaimsFile,
+    conflicts: &ConflictFile,
+    op: IoOp,
+) -> Result<IoOutcome, IoFault> {
+    let recent = kept.recent;
     match op {
-        IoOp::Read { ranges } => ranges
+        IoOp::Read { ranges, for_copy } => ranges
             .into_iter()
             .map(|(offset, length)| {
-                let mut buf = BytesMut::zeroed(length as usize);
-                store.read_at(&mut buf, offset).map(|()| buf.freeze())
+                if for_copy {
+                    if let Some(data) = recent.take(offset, length) {
+                        kept.metrics.copy_read_memory_bytes.increment(length);
+                        return Ok(data);
+                    }
+                    kept.metrics.copy_read_store_bytes.increment(length);
+                }
+                store.read_bytes(offset, length as usize)
             })
             .collect::<Result<Vec<Bytes>, StoreError>>()
             .map(IoOutcome::Read)
             .map_err(|e| fault_of(&e)),
         IoOp::Write { writes } => {
             for w in writes {
+                // Not kept (these are the core's writes: peer data, slow
+                // host writes), but they make what is kept of their blocks
+                // stale.
+                let (offset, length) = w.range();
+                let _writing = recent.begin(offset, length);
                 let result = match w {
                     StoreWrite::Data { offset, data } => store.write_at(&data, offset),
                     StoreWrite::Trim { offset, length } => store.trim(offset, length),

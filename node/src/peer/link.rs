@@ -13,20 +13,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use geomirror_core::{Role, SessionGen};
 use geomirror_wire::peer::{Lane, Message, PROTOCOL_VERSION, VolumeInfo};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::{Framed, FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::codec::codec;
+use super::codec::{codec, encode_frame};
 use super::tls::PeerTls;
 use crate::engine::{Engine, SessionIo};
-use crate::limits::{BULK_LANE_QUEUE_MESSAGES, PEER_BACKOFF_MAX, PEER_CONNECT_TIMEOUT, PRIORITY_LANE_QUEUE_MESSAGES};
+use crate::limits::{
+    BULK_LANE_QUEUE_MESSAGES, LANE_WRITE_BATCH_BYTES, PEER_BACKOFF_MAX, PEER_CONNECT_TIMEOUT, PRIORITY_LANE_QUEUE_MESSAGES,
+};
 
 /// Settings of the link, from `[peer]`.
 #[derive(Clone, Debug)]
@@ -183,9 +186,10 @@ impl PeerLink {
             .map_err(|_| anyhow::anyhow!("connecting to {} timed out", self.config.connect))?
             .with_context(|| format!("connect to {}", self.config.connect))?;
         let _ = tcp.set_nodelay(true);
-        let tls = tokio::time::timeout(self.config.peer_timeout, self.tls.connect(tcp))
+        let mut tls = tokio::time::timeout(self.config.peer_timeout, self.tls.connect(tcp))
             .await
             .map_err(|_| anyhow::anyhow!("the TLS handshake with {} timed out", self.config.connect))??;
+        tls.get_mut().1.set_buffer_limit(Some(LANE_WRITE_BATCH_BYTES));
         let mut framed = Framed::new(tls, codec());
         let hello =
             Message::Hello { protocol_version: PROTOCOL_VERSION, node: self.config.own_name.clone(), lane, volumes: self.volumes.clone() };
@@ -241,9 +245,11 @@ impl PeerLink {
     }
 
     async fn serve_incoming(self: Arc<Self>, tcp: TcpStream) -> anyhow::Result<()> {
-        let tls = tokio::time::timeout(self.config.peer_timeout, self.tls.accept(tcp))
+        let mut tls = tokio::time::timeout(self.config.peer_timeout, self.tls.accept(tcp))
             .await
             .map_err(|_| anyhow::anyhow!("the TLS handshake timed out after {:?}", self.config.peer_timeout))??;
+        // A writer's whole batch is encrypted and handed to the socket at once.
+        tls.get_mut().1.set_buffer_limit(Some(LANE_WRITE_BATCH_BYTES));
         let mut framed = Framed::new(tls, codec());
         let hello = tokio::time::timeout(self.config.peer_timeout, framed.next())
             .await
@@ -328,24 +334,50 @@ impl PeerLink {
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (mut sink, mut stream) = framed.split();
+        // The hello is done: the reader keeps the codec (and any bytes it
+        // read past the hello); the writer writes whole batches of frames.
+        let parts = framed.into_parts();
+        let (read_half, mut write_half) = tokio::io::split(parts.io);
+        let mut stream = FramedRead::new(read_half, codec());
+        stream.read_buffer_mut().extend_from_slice(&parts.read_buf);
         let (cancel, reason) = (h.cancel.clone(), h.reason.clone());
         let engine = self.engine.clone();
         crate::tasks::spawn(async move {
+            let mut out = BytesMut::with_capacity(LANE_WRITE_BATCH_BYTES);
             let why = loop {
                 let message = tokio::select! {
                     _ = cancel.cancelled() => return,
                     m = outgoing.recv() => match m { Some(m) => m, None => return },
                 };
-                let frame = message.encode();
-                engine.count_sent(&message, frame.len() + 4);
-                if let Err(e) = sink.feed(frame).await {
+                // Every message queued now, up to the batch size, goes out
+                // in one write: frames encoded straight into one buffer.
+                let mut next = Some(message);
+                let mut failed = None;
+                while let Some(message) = next.take() {
+                    match encode_frame(&message, &mut out) {
+                        Ok(bytes) => engine.count_sent(&message, bytes),
+                        Err(e) => {
+                            failed = Some(format!("{lane:?} lane: {e}"));
+                            break;
+                        }
+                    }
+                    if out.len() < LANE_WRITE_BATCH_BYTES {
+                        next = outgoing.try_recv().ok();
+                    }
+                }
+                if let Some(why) = failed {
+                    break why;
+                }
+                if let Err(e) = write_half.write_all(&out).await {
                     break format!("{lane:?} lane write failed: {e}");
                 }
-                if outgoing.is_empty()
-                    && let Err(e) = sink.flush().await
-                {
+                if let Err(e) = write_half.flush().await {
                     break format!("{lane:?} lane write failed: {e}");
+                }
+                out.clear();
+                if out.capacity() > 2 * LANE_WRITE_BATCH_BYTES {
+                    // One large frame grew it: do not keep that much per lane.
+                    out = BytesMut::with_capacity(LANE_WRITE_BATCH_BYTES);
                 }
             };
             close_with(&cancel, &reason, why);

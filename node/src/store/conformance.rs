@@ -35,9 +35,21 @@ fn out_of_range_requests_fail_and_change_nothing() {
         store.write_at(&[1; 4096], SIZE - 4096).unwrap();
         assert!(matches!(store.write_at(&[2; 4097], SIZE - 4096), Err(StoreError::OutOfRange { .. })), "{name}");
         assert!(matches!(store.read_at(&mut [0; 2], SIZE - 1), Err(StoreError::OutOfRange { .. })), "{name}");
+        assert!(matches!(store.read_bytes(SIZE - 1, 2), Err(StoreError::OutOfRange { .. })), "{name}");
+        assert!(matches!(store.try_read_now(u64::MAX, 2), Err(StoreError::OutOfRange { .. })), "{name}");
         assert!(matches!(store.trim(u64::MAX - 1, 4), Err(StoreError::OutOfRange { .. })), "{name}");
         assert!(matches!(store.write_zeroes(SIZE, 1, ZeroMode::KeepAllocated, false), Err(StoreError::OutOfRange { .. })));
         assert_eq!(read(&*store, SIZE - 4096, 4096), vec![1; 4096], "{name}");
+    }
+}
+
+/// Data just written is in the page cache: a read of it needs no wait.
+#[test]
+fn a_read_of_data_just_written_is_served_at_once() {
+    for (name, store, _dir) in stores() {
+        store.write_at(&[5; 8192], 4096).unwrap();
+        let now = store.try_read_now(4096, 8192).unwrap().unwrap_or_else(|| panic!("{name}: not served at once"));
+        assert_eq!(&now[..], &[5; 8192][..], "{name}");
     }
 }
 
@@ -85,6 +97,15 @@ proptest! {
                 }
             }
             prop_assert!(read(&*store, 0, SIZE as usize) == model, "{} store diverged from the model", name);
+            // The buffer-returning reads agree, at any alignment; a read
+            // that cannot be served at once says so and returns nothing.
+            for (offset, len) in [(0, SIZE as usize), (4095, 70_001), (SIZE - 1, 1)] {
+                let want = &model[offset as usize..offset as usize + len];
+                prop_assert!(store.read_bytes(offset, len).unwrap() == want, "{} read_bytes at {}", name, offset);
+                if let Some(now) = store.try_read_now(offset, len).unwrap() {
+                    prop_assert!(now == want, "{} try_read_now at {}", name, offset);
+                }
+            }
         }
     }
 }

@@ -15,6 +15,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use bytes::{Bytes, BytesMut};
+
 use super::meta::{self, MetaError, VolumeMeta};
 use super::{BlockStore, StoreError, ZeroMode};
 use crate::limits::ZERO_FALLBACK_CHUNK_BYTES;
@@ -235,6 +237,19 @@ impl BlockStore for FileStore {
         Ok(self.file.read_exact_at(buf, offset)?)
     }
 
+    fn read_bytes(&self, offset: u64, length: usize) -> Result<Bytes, StoreError> {
+        self.check_range(offset, length as u64)?;
+        match pread_into_new(&self.file, offset, length, 0)? {
+            Some(bytes) => Ok(bytes),
+            None => Err(StoreError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+        }
+    }
+
+    fn try_read_now(&self, offset: u64, length: usize) -> Result<Option<Bytes>, StoreError> {
+        self.check_range(offset, length as u64)?;
+        Ok(pread_into_new(&self.file, offset, length, libc::RWF_NOWAIT)?)
+    }
+
     fn write_at(&self, data: &[u8], offset: u64) -> Result<(), StoreError> {
         self.check_range(offset, data.len() as u64)?;
         Ok(self.file.write_all_at(data, offset)?)
@@ -369,4 +384,36 @@ mod tests {
         // flock locks are per open file description: a second open conflicts.
         assert!(matches!(DataDirLock::acquire(dir.path()), Err(OpenError::Locked(_))));
     }
+}
+
+/// Reads `length` bytes at `offset` of `file` into a new buffer, without
+/// zero-filling it first. With `RWF_NOWAIT` in `flags`, `Ok(None)` when the
+/// kernel would have to wait for the device (or read only part at once);
+/// without, `Ok(None)` when the file ends first.
+fn pread_into_new(file: &File, offset: u64, length: usize, flags: libc::c_int) -> std::io::Result<Option<Bytes>> {
+    let mut buf = BytesMut::with_capacity(length);
+    let mut done = 0;
+    while done < length {
+        let spare = &mut buf.spare_capacity_mut()[..length - done];
+        let iov = libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: spare.len() };
+        // SAFETY: the iovec covers `spare`, writable memory of `iov_len`
+        // bytes that outlives the call; the kernel writes at most that much.
+        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, (offset + done as u64) as libc::off_t, flags) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) if flags & libc::RWF_NOWAIT != 0 => return Ok(None),
+                _ => return Err(e),
+            }
+        }
+        if n == 0 || (n as usize) < length - done && flags & libc::RWF_NOWAIT != 0 {
+            // The end of the file, or only part was in memory.
+            return Ok(None);
+        }
+        // SAFETY: the kernel initialized the `n` bytes after the `done` already set.
+        unsafe { buf.set_len(done + n as usize) };
+        done += n as usize;
+    }
+    Ok(Some(buf.freeze()))
 }

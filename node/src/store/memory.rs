@@ -28,6 +28,10 @@ impl BlockStore for MemoryStore {
         Ok(())
     }
 
+    fn try_read_now(&self, offset: u64, length: usize) -> Result<Option<bytes::Bytes>, StoreError> {
+        self.read_bytes(offset, length).map(Some)
+    }
+
     fn write_at(&self, data: &[u8], offset: u64) -> Result<(), StoreError> {
         self.check_range(offset, data.len() as u64)?;
         let mut bytes = self.bytes.lock().expect("store lock");

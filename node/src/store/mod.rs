@@ -18,6 +18,8 @@ mod conformance;
 
 use std::io;
 
+use bytes::{Bytes, BytesMut};
+
 /// How a zero-write may be carried out (the core's type: one meaning).
 pub use geomirror_core::ZeroMode;
 
@@ -48,6 +50,20 @@ pub trait BlockStore: Send + Sync + 'static {
     fn size(&self) -> u64;
     /// Fills `buf` from `offset`.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), StoreError>;
+    /// Reads `length` bytes at `offset` into a new buffer (a store that
+    /// can fills it without zeroing it first).
+    fn read_bytes(&self, offset: u64, length: usize) -> Result<Bytes, StoreError> {
+        let mut buf = BytesMut::zeroed(length);
+        self.read_at(&mut buf, offset)?;
+        Ok(buf.freeze())
+    }
+    /// [`read_bytes`](Self::read_bytes), but only if it needs no wait for
+    /// the device (the bytes are all in memory): `Ok(None)` otherwise, and
+    /// the caller reads on the blocking pool. The async runtime's threads
+    /// call it to serve page-cache hits without a thread hop.
+    fn try_read_now(&self, _offset: u64, _length: usize) -> Result<Option<Bytes>, StoreError> {
+        Ok(None)
+    }
     /// Writes `data` at `offset`.
     fn write_at(&self, data: &[u8], offset: u64) -> Result<(), StoreError>;
     /// Makes every completed write durable.

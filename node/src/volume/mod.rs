@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use geomirror_core::{HostError, IoFault};
 use geomirror_wire::peer::VolumeIndex;
@@ -163,14 +163,14 @@ impl Volume {
         self.check_range(offset, length.into())?;
         let data = match &self.engine {
             Some((engine, index)) => engine.read(*index, offset, length).await?,
-            None => {
-                let store = self.store.clone();
-                blocking(move || {
-                    let mut buf = BytesMut::zeroed(length as usize);
-                    store.read_at(&mut buf, offset).map(|()| buf.freeze())
-                })
-                .await?
-            }
+            None => match self.store.try_read_now(offset, length as usize)? {
+                // A page-cache hit is served here, without a thread hop.
+                Some(data) => data,
+                None => {
+                    let store = self.store.clone();
+                    blocking(move || store.read_bytes(offset, length as usize)).await?
+                }
+            },
         };
         self.reads_total.fetch_add(1, Ordering::Relaxed);
         self.metrics.reads.increment(1);

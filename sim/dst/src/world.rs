@@ -928,7 +928,7 @@ impl World {
         let fault = |message: &str| IoFault { kind: IoFaultKind::Io, message: message.into() };
         let faults = self.faults_on();
         match op {
-            IoOp::Read { ranges } => {
+            IoOp::Read { ranges, .. } => {
                 if faults && self.rng.random_bool(self.p.io_fault) {
                     self.stats.io_faults += 1;
                     return Err(fault("injected EIO on read"));

@@ -1,0 +1,365 @@
+//! The host writes a volume keeps in memory for its copy stream: the copy
+//! sender takes a block from here while it is still here, and reads it back
+//! from the store only when it fell out (issue "the data path's CPU cost":
+//! no `pread`, no zero-filled buffer, no page faults per copied block).
+//!
+//! What is kept must equal what the store holds, or the peer would get
+//! other bytes than this site serves. Two writes to one block in flight at
+//! once may land in either order, so a block's data is kept only when one
+//! write alone covered it from start to end: every store write, whatever
+//! its source, first marks the blocks it touches as being written
+//! ([`RecentWrites::begin`]); when it ends ([`RecentWrites::end`]) a block
+//! gets that write's bytes only if no other write touched it meanwhile and
+//! the write covered it whole; otherwise the block is forgotten (and read
+//! from the store). The store write completes before `end`, and the core
+//! learns of a host write (and queues its blocks for copying) only after
+//! `end`, so a copy read finds either the bytes the store holds or nothing.
+//!
+//! Bounded by [`RECENT_WRITES_BYTES`] per volume: past it the oldest writes
+//! are forgotten first.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::limits::RECENT_WRITES_BYTES;
+
+type Blocks<V> = HashMap<u64, V, foldhash::fast::FixedState>;
+
+/// The writes kept in memory for one volume's copy stream.
+pub struct RecentWrites {
+    block: u64,
+    capacity: u64,
+    state: Mutex<State>,
+}
+
+/// The blocks a store write touches, from [`RecentWrites::begin`] to
+/// [`Writing::end`] (or its drop: the blocks are forgotten).
+#[must_use = "a write that is not ended keeps nothing"]
+pub struct Writing<'a> {
+    recent: &'a RecentWrites,
+    offset: u64,
+    length: u64,
+    ended: bool,
+}
+
+impl Writing<'_> {
+    /// The write ended. With `data` (the bytes it wrote, which the store
+    /// now holds), the blocks it alone covered whole are kept.
+    pub fn end(mut self, data: Option<&Bytes>) {
+        self.ended = true;
+        self.recent.end(self.offset, self.length, data);
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.recent.end(self.offset, self.length, None);
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    blocks: Blocks<Slot>,
+    /// Kept writes, oldest first; `stamps` numbers them consecutively.
+    kept: VecDeque<Kept>,
+    /// The stamp of `kept[0]`.
+    first_stamp: u64,
+    /// Bytes of blocks kept now.
+    bytes: u64,
+}
+
+enum Slot {
+    /// Writes in flight touch the block; `overlapped` once two did at once.
+    Writing { writers: u32, overlapped: bool },
+    /// The block is `data[at..][..block]`, kept by write `stamp`.
+    Kept { data: Bytes, at: u64, stamp: u64 },
+}
+
+struct Kept {
+    first: u64,
+    count: u64,
+    /// Its blocks still kept (others were overwritten or taken, or never
+    /// kept: touched by another write meanwhile).
+    live: u64,
+}
+
+impl RecentWrites {
+    /// An empty buffer for blocks of `block` bytes.
+    pub fn new(block: u64) -> Self {
+        Self::with_capacity(block, RECENT_WRITES_BYTES)
+    }
+
+    /// An empty buffer of at most `capacity` bytes (tests).
+    pub fn with_capacity(block: u64, capacity: u64) -> Self {
+        assert!(block > 0, "blocks have a size");
+        RecentWrites { block, capacity, state: Mutex::new(State::default()) }
+    }
+
+    fn span(&self, offset: u64, length: u64) -> std::ops::Range<u64> {
+        offset / self.block..(offset + length).div_ceil(self.block)
+    }
+
+    /// A store write of `length` bytes at `offset` starts.
+    pub fn begin(&self, offset: u64, length: u64) -> Writing<'_> {
+        let mut s = self.state.lock().expect("recent writes lock");
+        for b in self.span(offset, length) {
+            match s.blocks.get_mut(&b) {
+                Some(Slot::Writing { writers, overlapped }) => {
+                    *writers += 1;
+                    *overlapped = true;
+                }
+                Some(Slot::Kept { .. }) => {
+                    s.forget(b, self.block);
+                    s.blocks.insert(b, Slot::Writing { writers: 1, overlapped: false });
+                }
+                None => {
+                    s.blocks.insert(b, Slot::Writing { writers: 1, overlapped: false });
+                }
+            }
+        }
+        Writing { recent: self, offset, length, ended: false }
+    }
+
+    fn end(&self, offset: u64, length: u64, data: Option<&Bytes>) {
+        debug_assert!(data.is_none_or(|d| d.len() as u64 == length), "the data is the write's");
+        let mut s = self.state.lock().expect("recent writes lock");
+        let stamp = s.first_stamp + s.kept.len() as u64;
+        let (mut first_kept, mut last_kept, mut kept) = (None, 0, 0);
+        for b in self.span(offset, length) {
+            let Some(Slot::Writing { writers, overlapped }) = s.blocks.get_mut(&b) else {
+                debug_assert!(false, "block {b} was begun");
+                continue;
+            };
+            *writers -= 1;
+            if *writers > 0 {
+                continue;
+            }
+            let alone = !*overlapped;
+            let start = b * self.block;
+            let whole = start >= offset && start + self.block <= offset + length;
+            match data {
+                Some(data) if alone && whole => {
+                    s.blocks.insert(b, Slot::Kept { data: data.clone(), at: start - offset, stamp });
+                    first_kept.get_or_insert(b);
+                    last_kept = b;
+                    kept += 1;
+                }
+                _ => {
+                    s.blocks.remove(&b);
+                }
+            }
+        }
+        if let Some(first) = first_kept {
+            s.kept.push_back(Kept { first, count: last_kept + 1 - first, live: kept });
+            s.bytes += kept * self.block;
+            while s.bytes > self.capacity {
+                s.evict_oldest(self.block);
+            }
+        }
+    }
+
+    /// The blocks of `length` bytes at `offset` (whole blocks), if every
+    /// one is kept; they are forgotten here.
+    pub fn take(&self, offset: u64, length: u64) -> Option<Bytes> {
+        if offset % self.block != 0 || length % self.block != 0 || length == 0 {
+            return None;
+        }
+        let mut s = self.state.lock().expect("recent writes lock");
+        let span = self.span(offset, length);
+        // One buffer, consecutive: a slice of it, no copy.
+        let mut single: Option<(Bytes, u64)> = None;
+        let mut contiguous = true;
+        for (i, b) in span.clone().enumerate() {
+            let Some(Slot::Kept { data, at, .. }) = s.blocks.get(&b) else { return None };
+            match &single {
+                None => single = Some((data.clone(), *at)),
+                Some((d, first_at)) => {
+                    contiguous &= d.as_ptr() == data.as_ptr() && *at == first_at + i as u64 * self.block;
+                }
+            }
+        }
+        let bytes = match single {
+            Some((data, at)) if contiguous => data.slice(at as usize..(at + length) as usize),
+            _ => {
+                let mut out = BytesMut::with_capacity(length as usize);
+                for b in span.clone() {
+                    let Some(Slot::Kept { data, at, .. }) = s.blocks.get(&b) else { unreachable!("checked above") };
+                    let start = *at as usize;
+                    out.extend_from_slice(&data[start..start + self.block as usize]);
+                }
+                out.freeze()
+            }
+        };
+        for b in span {
+            s.forget(b, self.block);
+        }
+        Some(bytes)
+    }
+
+    /// Bytes of blocks kept now.
+    pub fn bytes(&self) -> u64 {
+        self.state.lock().expect("recent writes lock").bytes
+    }
+}
+
+impl State {
+    /// Forgets the kept block `b` (overwritten or taken).
+    fn forget(&mut self, b: u64, block: u64) {
+        let Some(Slot::Kept { stamp, .. }) = self.blocks.get(&b) else { return };
+        let i = (stamp - self.first_stamp) as usize;
+        self.blocks.remove(&b);
+        self.kept[i].live -= 1;
+        self.bytes -= block;
+        while self.kept.front().is_some_and(|k| k.live == 0) {
+            self.kept.pop_front();
+            self.first_stamp += 1;
+        }
+    }
+
+    fn evict_oldest(&mut self, block: u64) {
+        let Some(oldest) = self.kept.pop_front() else { return };
+        let stamp = self.first_stamp;
+        self.first_stamp += 1;
+        for b in oldest.first..oldest.first + oldest.count {
+            if matches!(self.blocks.get(&b), Some(Slot::Kept { stamp: s, .. }) if *s == stamp) {
+                self.blocks.remove(&b);
+            }
+        }
+        self.bytes -= oldest.live * block;
+        while self.kept.front().is_some_and(|k| k.live == 0) {
+            self.kept.pop_front();
+            self.first_stamp += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const B: u64 = 4096;
+
+    fn data(byte: u8, blocks: u64) -> Bytes {
+        Bytes::from(vec![byte; (blocks * B) as usize])
+    }
+
+    fn write(r: &RecentWrites, offset: u64, d: &Bytes) {
+        r.begin(offset, d.len() as u64).end(Some(d));
+    }
+
+    #[test]
+    fn a_write_alone_is_taken_once_without_a_copy() {
+        let r = RecentWrites::new(B);
+        let d = data(7, 4);
+        write(&r, 8 * B, &d);
+        assert_eq!(r.bytes(), 4 * B);
+        let got = r.take(9 * B, 2 * B).expect("kept");
+        assert_eq!(got, d.slice(B as usize..3 * B as usize));
+        assert_eq!(got.as_ptr(), d[B as usize..].as_ptr(), "a slice of the write, not a copy");
+        assert!(r.take(9 * B, B).is_none(), "taken blocks are forgotten");
+        assert_eq!(r.take(8 * B, B).as_deref(), Some(&d[..B as usize]), "the rest stays");
+        assert_eq!(r.bytes(), B);
+    }
+
+    #[test]
+    fn blocks_of_two_writes_are_joined() {
+        let r = RecentWrites::new(B);
+        write(&r, 0, &data(1, 1));
+        write(&r, B, &data(2, 1));
+        let got = r.take(0, 2 * B).expect("kept");
+        assert!(got[..B as usize].iter().all(|&b| b == 1) && got[B as usize..].iter().all(|&b| b == 2));
+    }
+
+    #[test]
+    fn the_later_of_two_writes_in_sequence_wins() {
+        let r = RecentWrites::new(B);
+        write(&r, 0, &data(1, 2));
+        write(&r, B, &data(2, 1));
+        assert_eq!(r.take(B, B), Some(data(2, 1)));
+        assert_eq!(r.take(0, B), Some(data(1, 1)));
+        assert_eq!(r.bytes(), 0);
+    }
+
+    /// Overlapping writes in flight at once may land in either order: the
+    /// block is not kept, whichever ends last (the store decides).
+    #[test]
+    fn overlapping_writes_in_flight_keep_nothing() {
+        for second_ends_first in [false, true] {
+            let r = RecentWrites::new(B);
+            let (d1, d2) = (data(1, 1), data(2, 1));
+            let w1 = r.begin(0, B);
+            let w2 = r.begin(0, B);
+            if second_ends_first {
+                w2.end(Some(&d2));
+                w1.end(Some(&d1));
+            } else {
+                w1.end(Some(&d1));
+                w2.end(Some(&d2));
+            }
+            assert!(r.take(0, B).is_none(), "second ends first: {second_ends_first}");
+            assert_eq!(r.bytes(), 0);
+        }
+    }
+
+    #[test]
+    fn a_write_without_data_or_partial_blocks_forgets_them() {
+        let r = RecentWrites::new(B);
+        write(&r, 0, &data(1, 3));
+        // A trim (no data) of block 0, a partial write in block 1.
+        r.begin(0, B).end(None);
+        let partial = Bytes::from(vec![9u8; 100]);
+        r.begin(B + 10, 100).end(Some(&partial));
+        assert!(r.take(0, B).is_none());
+        assert!(r.take(B, B).is_none());
+        assert_eq!(r.take(2 * B, B), Some(data(1, 1)));
+        // An unaligned write keeps the blocks it covers whole.
+        let d = Bytes::from(vec![5u8; (2 * B) as usize]);
+        r.begin(4 * B + 1, 2 * B).end(Some(&d));
+        assert!(r.take(4 * B, B).is_none() && r.take(6 * B, B).is_none());
+        assert_eq!(r.take(5 * B, B), Some(Bytes::from(vec![5u8; B as usize])));
+    }
+
+    #[test]
+    fn the_oldest_writes_fall_out_at_the_limit() {
+        let r = RecentWrites::with_capacity(B, 4 * B);
+        for i in 0..6u64 {
+            write(&r, i * B, &data(i as u8, 1));
+        }
+        assert_eq!(r.bytes(), 4 * B);
+        assert!(r.take(0, B).is_none() && r.take(B, B).is_none(), "the two oldest fell out");
+        for i in 2..6u64 {
+            assert_eq!(r.take(i * B, B), Some(data(i as u8, 1)));
+        }
+        // An overwritten block no longer counts; its write's other blocks do.
+        write(&r, 0, &data(1, 4));
+        write(&r, 0, &data(2, 1));
+        assert_eq!(r.bytes(), 4 * B);
+        write(&r, 10 * B, &data(3, 1));
+        assert_eq!(r.bytes(), 2 * B, "the oldest write fell out, its three live blocks with it");
+        assert!(r.take(B, B).is_none());
+        assert_eq!(r.take(0, B), Some(data(2, 1)));
+    }
+
+    #[test]
+    fn a_write_dropped_before_its_end_keeps_nothing_and_blocks_nothing() {
+        let r = RecentWrites::new(B);
+        write(&r, 0, &data(1, 1));
+        drop(r.begin(0, B));
+        assert!(r.take(0, B).is_none());
+        write(&r, 0, &data(2, 1));
+        assert_eq!(r.take(0, B), Some(data(2, 1)), "the block is kept again by the next write");
+    }
+
+    #[test]
+    fn unaligned_or_empty_takes_find_nothing() {
+        let r = RecentWrites::new(B);
+        write(&r, 0, &data(1, 2));
+        assert!(r.take(1, B).is_none());
+        assert!(r.take(0, B + 1).is_none());
+        assert!(r.take(0, 0).is_none());
+    }
+}
