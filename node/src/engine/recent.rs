@@ -165,7 +165,7 @@ impl RecentWrites {
     /// The blocks of `length` bytes at `offset` (whole blocks), if every
     /// one is kept; they are forgotten here.
     pub fn take(&self, offset: u64, length: u64) -> Option<Bytes> {
-        if offset % self.block != 0 || length % self.block != 0 || length == 0 {
+        if !offset.is_multiple_of(self.block) || !length.is_multiple_of(self.block) || length == 0 {
             return None;
         }
         let mut s = self.state.lock().expect("recent writes lock");

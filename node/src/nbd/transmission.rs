@@ -1,21 +1,24 @@
 //! The transmission phase: pipelined requests, replies as they complete.
 //!
-//! The reader decodes headers (and WRITE payloads) and spawns one task per
-//! request, holding a permit of a per-connection semaphore: at
-//! `max_inflight_per_connection` the reader, having read the next request
-//! (up to `max_request_size` of payload), waits for a permit before
-//! reading more (back-pressure). Tasks send finished replies to one writer task, which
-//! batches them into a buffered socket writer and flushes when it has
-//! nothing more queued.
+//! One task per connection: it reads the next request (header, and a
+//! WRITE's payload) while up to `max_inflight_per_connection` requests run
+//! as futures of that same task (no task spawned per request), and writes
+//! each finished reply into a buffered socket writer, flushed once no other
+//! reply is ready (replies batched per write). At the limit it stops
+//! reading (back-pressure). Store I/O that can wait for the device runs on
+//! the blocking pool; page-cache read hits are served inline (see
+//! `Volume::read`).
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use futures::stream::{FuturesUnordered, StreamExt};
 use geomirror_wire::nbd::{self as w, Command, Errno, REQUEST_HEADER_BYTES, Request, cflag};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::handshake::Session;
@@ -65,75 +68,128 @@ struct Reply {
     data: Option<Bytes>,
 }
 
+/// A request read from the socket.
+enum Incoming {
+    Request { request: Request, payload: Option<Bytes>, received: Instant },
+    Disc,
+}
+
+/// The read of the next request, owning the reader while it runs (so that
+/// it can wait beside the requests in flight and resume where it was).
+type NextRequest<R> = Pin<Box<dyn Future<Output = (R, Result<Incoming, Disconnect>)> + Send>>;
+
+fn next_request<R: AsyncRead + Unpin + Send + 'static>(mut reader: R, max_request_bytes: u32) -> NextRequest<R> {
+    Box::pin(async move {
+        let result = read_request(&mut reader, max_request_bytes).await;
+        (reader, result)
+    })
+}
+
+async fn read_request<R: AsyncRead + Unpin>(reader: &mut R, max_request_bytes: u32) -> Result<Incoming, Disconnect> {
+    let mut header = [0u8; REQUEST_HEADER_BYTES];
+    match reader.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(Disconnect::ClientClosed),
+        Err(e) => return Err(Disconnect::Io(e)),
+    }
+    let received = Instant::now();
+    let request = w::decode_request(&header).map_err(|e| Disconnect::Protocol(format!("bad request header: {e}")))?;
+    if request.command == Command::Disc {
+        return Ok(Incoming::Disc);
+    }
+    let payload = if request.command == Command::Write {
+        if request.length > max_request_bytes {
+            // The payload cannot be skipped safely at any size; closing is
+            // what the specification allows for an oversized write.
+            return Err(Disconnect::Protocol(format!(
+                "WRITE of {} bytes exceeds the maximum block size {max_request_bytes}",
+                request.length
+            )));
+        }
+        match read_payload(reader, request.length as usize).await {
+            Ok(payload) => Some(payload),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(Disconnect::ClientClosed),
+            Err(e) => return Err(Disconnect::Io(e)),
+        }
+    } else {
+        None
+    };
+    Ok(Incoming::Request { request, payload, received })
+}
+
 /// Serves requests until the client leaves, breaks the protocol or the node stops.
-pub async fn serve<R, W>(mut reader: R, writer: W, session: Session, limits: ServerLimits, shutdown: CancellationToken) -> Disconnect
+pub async fn serve<R, W>(reader: R, writer: W, session: Session, limits: ServerLimits, shutdown: CancellationToken) -> Disconnect
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let depth = limits.max_inflight_per_connection;
-    let (tx, rx) = mpsc::channel::<Reply>(depth);
-    let writer_task = crate::tasks::spawn(write_replies(writer, rx));
-    let inflight = Arc::new(Semaphore::new(depth));
-    let ctx = Arc::new(Context { volume: session.volume, structured: session.structured, max_request_bytes: limits.max_request_bytes });
-
+    let ctx = Context { volume: session.volume, structured: session.structured, max_request_bytes: limits.max_request_bytes };
+    let ctx = &ctx;
+    let mut out = BufWriter::with_capacity(NBD_WRITE_BUFFER_BYTES, writer);
+    let mut inflight = FuturesUnordered::new();
+    let mut next = next_request(reader, ctx.max_request_bytes);
+    let mut write_error = None;
     let reason = loop {
-        let mut header = [0u8; REQUEST_HEADER_BYTES];
-        let read = tokio::select! {
+        tokio::select! {
             biased;
             _ = shutdown.cancelled() => break Disconnect::Shutdown,
-            read = reader.read_exact(&mut header) => read,
-        };
-        match read {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break Disconnect::ClientClosed,
-            Err(e) => break Disconnect::Io(e),
-        }
-        let received = Instant::now();
-        let request = match w::decode_request(&header) {
-            Ok(r) => r,
-            Err(e) => break Disconnect::Protocol(format!("bad request header: {e}")),
-        };
-        if request.command == Command::Disc {
-            break Disconnect::ClientDisc;
-        }
-        let payload = if request.command == Command::Write {
-            if request.length > ctx.max_request_bytes {
-                // The payload cannot be skipped safely at any size; closing is
-                // what the specification allows for an oversized write.
-                break Disconnect::Protocol(format!(
-                    "WRITE of {} bytes exceeds the maximum block size {}",
-                    request.length, ctx.max_request_bytes
-                ));
-            }
-            match read_payload(&mut reader, request.length as usize).await {
-                Ok(payload) => Some(payload),
-                Err(e) => {
-                    break if e.kind() == std::io::ErrorKind::UnexpectedEof { Disconnect::ClientClosed } else { Disconnect::Io(e) };
+            Some(reply) = inflight.next(), if !inflight.is_empty() => {
+                // This reply and every other one ready now, in one write.
+                let mut ready = Some(reply);
+                let mut written = Ok(());
+                while let Some(reply) = ready.take() {
+                    written = written.and(put_reply(&mut out, &reply).await);
+                    ready = futures::FutureExt::now_or_never(inflight.next()).flatten();
+                }
+                if let Err(e) = written.and(out.flush().await) {
+                    write_error = Some(e);
+                    break Disconnect::ClientClosed;
                 }
             }
-        } else {
-            None
-        };
-        let permit = inflight.clone().acquire_owned().await.expect("semaphore is never closed");
-        let ctx = ctx.clone();
-        let tx = tx.clone();
-        crate::tasks::spawn(async move {
-            let reply = ctx.execute(request, payload, received).await;
-            // The writer only goes away when the socket failed; nothing to do then.
-            let _ = tx.send(reply).await;
-            drop(permit);
-        });
+            (reader, read) = &mut next, if inflight.len() < depth => {
+                match read {
+                    Ok(Incoming::Request { request, payload, received }) => {
+                        inflight.push(ctx.execute(request, payload, received));
+                        next = next_request(reader, ctx.max_request_bytes);
+                    }
+                    Ok(Incoming::Disc) => break Disconnect::ClientDisc,
+                    Err(reason) => break reason,
+                }
+            }
+        }
     };
     // Let requests in flight finish and their replies go out (a DISC must
-    // not lose writes already received).
-    let _ = inflight.acquire_many(depth as u32).await;
-    drop(tx);
-    match writer_task.await {
-        Ok(Ok(())) => reason,
-        Ok(Err(e)) if !matches!(reason, Disconnect::Protocol(_)) => Disconnect::Io(e),
+    // not lose writes already received; with the socket gone they still
+    // finish, unanswered).
+    while let Some(reply) = inflight.next().await {
+        if write_error.is_none()
+            && let Err(e) = put_reply(&mut out, &reply).await
+        {
+            write_error = Some(e);
+        }
+    }
+    if write_error.is_none() {
+        let flushed = match out.flush().await {
+            Ok(()) => out.into_inner().shutdown().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = flushed {
+            write_error = Some(e);
+        }
+    }
+    match write_error {
+        Some(e) if !matches!(reason, Disconnect::Protocol(_)) => Disconnect::Io(e),
         _ => reason,
     }
+}
+
+async fn put_reply<W: AsyncWrite + Unpin>(out: &mut BufWriter<W>, reply: &Reply) -> std::io::Result<()> {
+    out.write_all(&reply.header).await?;
+    if let Some(data) = &reply.data {
+        out.write_all(data).await?;
+    }
+    Ok(())
 }
 
 /// Reads exactly `len` bytes into a fresh buffer without zero-filling it first.
@@ -146,23 +202,6 @@ async fn read_payload<R: AsyncRead + Unpin>(reader: &mut R, len: usize) -> std::
         }
     }
     Ok(payload.freeze())
-}
-
-async fn write_replies<W: AsyncWrite + Unpin>(writer: W, mut rx: mpsc::Receiver<Reply>) -> std::io::Result<()> {
-    let mut out = BufWriter::with_capacity(NBD_WRITE_BUFFER_BYTES, writer);
-    while let Some(reply) = rx.recv().await {
-        let mut next = Some(reply);
-        while let Some(reply) = next {
-            out.write_all(&reply.header).await?;
-            if let Some(data) = &reply.data {
-                out.write_all(data).await?;
-            }
-            next = rx.try_recv().ok();
-        }
-        out.flush().await?;
-    }
-    out.flush().await?;
-    out.into_inner().shutdown().await
 }
 
 struct Context {
@@ -281,5 +320,112 @@ impl Context {
                 Reply { header, data: None }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::BlockStore;
+    use crate::store::memory::MemoryStore;
+    use crate::store::meta::VolumeMeta;
+    use geomirror_wire::nbd::{ReplyHeader, SIMPLE_REPLY_BYTES};
+    use tokio::io::AsyncWriteExt;
+
+    const SIZE: u64 = 1 << 20;
+
+    fn request(command: Command, cookie: u64, offset: u64, length: u32) -> BytesMut {
+        let mut out = BytesMut::new();
+        w::encode_request(&mut out, &Request { flags: 0, command, cookie, offset, length });
+        out
+    }
+
+    async fn simple_reply<R: AsyncRead + Unpin>(r: &mut R) -> (u32, u64) {
+        let mut header = [0u8; SIMPLE_REPLY_BYTES];
+        r.read_exact(&mut header).await.unwrap();
+        match w::decode_reply_header(&header).unwrap() {
+            ReplyHeader::Simple { errno, cookie } => (errno, cookie),
+            other => panic!("not a simple reply: {other:?}"),
+        }
+    }
+
+    /// Requests sent back to back (more than the in-flight limit) are all
+    /// answered, once each; reads return what was written; a DISC right
+    /// after a write lets that write finish.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pipelined_requests_are_each_answered_once_and_a_disc_loses_no_write() {
+        const N: u64 = 64;
+        let store = Arc::new(MemoryStore::new(SIZE));
+        let meta = VolumeMeta { volume_id: [0; 16], name: "v".into(), size: SIZE, block_bytes: 4096, extent_bytes: 65536 };
+        let volume = Arc::new(Volume::new(meta, store.clone()));
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (server_read, server_write) = tokio::io::split(server);
+        let limits = ServerLimits { max_connections: 1, max_inflight_per_connection: 4, max_request_bytes: 1 << 20 };
+        let session = Session { volume, structured: false };
+        let served = tokio::spawn(serve(server_read, server_write, session, limits, CancellationToken::new()));
+        let (mut from_server, mut to_server) = tokio::io::split(client);
+
+        // Writes: cookie i writes 4 KiB of byte i at block i.
+        let sender = tokio::spawn(async move {
+            for i in 0..N {
+                to_server.write_all(&request(Command::Write, i, i * 4096, 4096)).await.unwrap();
+                to_server.write_all(&[i as u8; 4096]).await.unwrap();
+            }
+            to_server
+        });
+        let mut seen = vec![false; N as usize];
+        for _ in 0..N {
+            let (errno, cookie) = simple_reply(&mut from_server).await;
+            assert_eq!(errno, 0, "write {cookie}");
+            assert!(!std::mem::replace(&mut seen[cookie as usize], true), "write {cookie} answered twice");
+        }
+        let mut to_server = sender.await.unwrap();
+
+        // Reads of every block, back to back.
+        for i in 0..N {
+            to_server.write_all(&request(Command::Read, 1000 + i, i * 4096, 4096)).await.unwrap();
+        }
+        let mut seen = vec![false; N as usize];
+        for _ in 0..N {
+            let (errno, cookie) = simple_reply(&mut from_server).await;
+            assert_eq!(errno, 0);
+            let i = cookie - 1000;
+            let mut data = vec![0u8; 4096];
+            from_server.read_exact(&mut data).await.unwrap();
+            assert!(data.iter().all(|&b| b == i as u8), "block {i} read back wrong");
+            assert!(!std::mem::replace(&mut seen[i as usize], true), "read {i} answered twice");
+        }
+
+        // A write, then DISC at once: the write is done when serve returns.
+        to_server.write_all(&request(Command::Write, 7777, SIZE - 4096, 4096)).await.unwrap();
+        to_server.write_all(&[0xab; 4096]).await.unwrap();
+        to_server.write_all(&request(Command::Disc, 0, 0, 0)).await.unwrap();
+        let reason = served.await.unwrap();
+        assert!(matches!(reason, Disconnect::ClientDisc), "{reason}");
+        let mut tail = vec![0u8; 4096];
+        store.read_at(&mut tail, SIZE - 4096).unwrap();
+        assert!(tail.iter().all(|&b| b == 0xab), "the write before the DISC was lost");
+        assert_eq!(simple_reply(&mut from_server).await, (0, 7777), "and answered");
+    }
+
+    /// An oversized WRITE closes the connection as a protocol violation
+    /// without writing anything.
+    #[tokio::test]
+    async fn an_oversized_write_closes_the_connection_and_writes_nothing() {
+        let store = Arc::new(MemoryStore::new(SIZE));
+        let meta = VolumeMeta { volume_id: [0; 16], name: "v".into(), size: SIZE, block_bytes: 4096, extent_bytes: 65536 };
+        let volume = Arc::new(Volume::new(meta, store.clone()));
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (server_read, server_write) = tokio::io::split(server);
+        let limits = ServerLimits { max_connections: 1, max_inflight_per_connection: 4, max_request_bytes: 4096 };
+        let served =
+            tokio::spawn(serve(server_read, server_write, Session { volume, structured: false }, limits, CancellationToken::new()));
+        let (_from_server, mut to_server) = tokio::io::split(client);
+        to_server.write_all(&request(Command::Write, 1, 0, 8192)).await.unwrap();
+        let reason = served.await.unwrap();
+        assert!(reason.is_protocol_violation(), "{reason}");
+        let mut head = vec![0u8; 8192];
+        store.read_at(&mut head, 0).unwrap();
+        assert!(head.iter().all(|&b| b == 0));
     }
 }

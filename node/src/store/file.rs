@@ -286,6 +286,38 @@ impl BlockStore for FileStore {
     }
 }
 
+/// Reads `length` bytes at `offset` of `file` into a new buffer, without
+/// zero-filling it first. With `RWF_NOWAIT` in `flags`, `Ok(None)` when the
+/// kernel would have to wait for the device (or read only part at once);
+/// without, `Ok(None)` when the file ends first.
+fn pread_into_new(file: &File, offset: u64, length: usize, flags: libc::c_int) -> std::io::Result<Option<Bytes>> {
+    let mut buf = BytesMut::with_capacity(length);
+    let mut done = 0;
+    while done < length {
+        let spare = &mut buf.spare_capacity_mut()[..length - done];
+        let iov = libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: spare.len() };
+        // SAFETY: the iovec covers `spare`, writable memory of `iov_len`
+        // bytes that outlives the call; the kernel writes at most that much.
+        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, (offset + done as u64) as libc::off_t, flags) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) if flags & libc::RWF_NOWAIT != 0 => return Ok(None),
+                _ => return Err(e),
+            }
+        }
+        if n == 0 || (n as usize) < length - done && flags & libc::RWF_NOWAIT != 0 {
+            // The end of the file, or only part was in memory.
+            return Ok(None);
+        }
+        // SAFETY: the kernel initialized the `n` bytes after the `done` already set.
+        unsafe { buf.set_len(done + n as usize) };
+        done += n as usize;
+    }
+    Ok(Some(buf.freeze()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,36 +416,4 @@ mod tests {
         // flock locks are per open file description: a second open conflicts.
         assert!(matches!(DataDirLock::acquire(dir.path()), Err(OpenError::Locked(_))));
     }
-}
-
-/// Reads `length` bytes at `offset` of `file` into a new buffer, without
-/// zero-filling it first. With `RWF_NOWAIT` in `flags`, `Ok(None)` when the
-/// kernel would have to wait for the device (or read only part at once);
-/// without, `Ok(None)` when the file ends first.
-fn pread_into_new(file: &File, offset: u64, length: usize, flags: libc::c_int) -> std::io::Result<Option<Bytes>> {
-    let mut buf = BytesMut::with_capacity(length);
-    let mut done = 0;
-    while done < length {
-        let spare = &mut buf.spare_capacity_mut()[..length - done];
-        let iov = libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: spare.len() };
-        // SAFETY: the iovec covers `spare`, writable memory of `iov_len`
-        // bytes that outlives the call; the kernel writes at most that much.
-        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, (offset + done as u64) as libc::off_t, flags) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) if flags & libc::RWF_NOWAIT != 0 => return Ok(None),
-                _ => return Err(e),
-            }
-        }
-        if n == 0 || (n as usize) < length - done && flags & libc::RWF_NOWAIT != 0 {
-            // The end of the file, or only part was in memory.
-            return Ok(None);
-        }
-        // SAFETY: the kernel initialized the `n` bytes after the `done` already set.
-        unsafe { buf.set_len(done + n as usize) };
-        done += n as usize;
-    }
-    Ok(Some(buf.freeze()))
 }
