@@ -74,14 +74,31 @@ impl Job {
 
     /// The fio command line (without the program name) for export `uri`.
     pub fn args(&self, uri: &str) -> Vec<String> {
+        // `--uri` is the nbd engine's option: it comes after `--ioengine`.
+        let mut args = vec![format!("--name={}", self.name)];
+        args.extend(self.shared_args());
+        args.extend([format!("--uri={uri}"), format!("--size={}", self.size)]);
+        args
+    }
+
+    /// The command line of this job run at two sites at once, each over
+    /// `size` bytes of its own export: site A's at offset 0, site B's at
+    /// `offset_b`; their figures summed (`--group_reporting`).
+    pub fn two_site_args(&self, uri_a: &str, uri_b: &str, offset_b: u64) -> Vec<String> {
+        let mut args = self.shared_args();
+        args.extend([format!("--size={}", self.size), "--group_reporting".into()]);
+        args.extend([format!("--name={}-a", self.name), format!("--uri={uri_a}")]);
+        args.extend([format!("--name={}-b", self.name), format!("--uri={uri_b}"), format!("--offset={offset_b}")]);
+        args
+    }
+
+    /// Every option but the job's name, export and size.
+    fn shared_args(&self) -> Vec<String> {
         let mut args = vec![
-            format!("--name={}", self.name),
             "--ioengine=nbd".into(),
-            format!("--uri={uri}"),
             format!("--rw={}", self.rw),
             format!("--bs={}", self.block_size),
             format!("--iodepth={}", self.iodepth),
-            format!("--size={}", self.size),
             "--direct=0".into(),
             "--output-format=json".into(),
             // Only the percentiles we report: keeps the saved JSON small.
@@ -169,7 +186,16 @@ pub struct Run {
 
 /// Runs `job` against `uri`; fio's output files go to `work_dir`.
 pub fn run(job: &Job, uri: &str, work_dir: &Path) -> Result<Run> {
-    let args = job.args(uri);
+    run_args(job, job.args(uri), uri, work_dir)
+}
+
+/// Runs `job` at two sites at once (see [`Job::two_site_args`]); the
+/// figures are the sum of both.
+pub fn run_two_sites(job: &Job, uri_a: &str, uri_b: &str, offset_b: u64, work_dir: &Path) -> Result<Run> {
+    run_args(job, job.two_site_args(uri_a, uri_b, offset_b), &format!("{uri_a} and {uri_b}"), work_dir)
+}
+
+fn run_args(job: &Job, args: Vec<String>, uri: &str, work_dir: &Path) -> Result<Run> {
     let output = procs::run_to_completion("fio", &args, work_dir, &job.name, job.deadline())
         .with_context(|| format!("run fio job `{}` on {uri}", job.name))?;
     if !output.status.success() {
@@ -338,6 +364,12 @@ mod tests {
         assert_eq!(job.direction(), Direction::Read);
         let no_ramp = Job { timing: Timing::TimeBased { runtime_s: 5, ramp_s: 0 }, ..job.clone() };
         assert!(!no_ramp.args("u").iter().any(|a| a.starts_with("--ramp_time")));
+        let both = job.two_site_args("nbd://a/v", "nbd://b/v", 1 << 28);
+        let first_name = both.iter().position(|a| a.starts_with("--name=")).unwrap();
+        assert!(both[..first_name].iter().any(|a| a == "--group_reporting"), "global options come first: {both:?}");
+        assert!(both[..first_name].iter().any(|a| a == "--size=256m"));
+        let b = both.iter().position(|a| a == "--uri=nbd://b/v").unwrap();
+        assert_eq!(both[b + 1], "--offset=268435456", "site B's job has its own region");
         let prefill = Job { rw: "write", timing: Timing::Once, ..job };
         assert!(!prefill.args("u").iter().any(|a| a == "--time_based"));
         assert_eq!(prefill.direction(), Direction::Write);

@@ -44,6 +44,11 @@ impl Machine {
         );
         println!("- tools: {}", tools.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("; "));
         println!("- command: `{}`", command.join(" "));
+        if crate::procs::is_pinned() {
+            println!("- CPUs: pinned (`--pin`): site A, the local servers and fio on CPU 0; site B and every simulator on CPU 1");
+        } else {
+            println!("- CPUs: not pinned: every process may run on both CPUs");
+        }
     }
 
     /// Reads the machine description now (takes 1 s: samples CPU use).

@@ -65,11 +65,15 @@
 //! (two sites) against QEMU mirroring in write-blocking and background
 //! copy mode (qemu-storage-daemon at A, blockdev-mirror to B's qemu-nbd) and
 //! plain qemu-nbd (the local limit), each replicated system behind its own
-//! simulator with the same settings: 4 KiB random write QD1 latency, 1 MiB
-//! sequential write QD8 throughput, and whether a read at site B right after
-//! a write at A returns the new data (and how late when not). Targets:
-//! geomirror p50 within 1.2× qemu-nbd, ≥ 100× below write-blocking at 20 ms,
-//! every geomirror read at B fresh.
+//! simulator with the same settings: 4 KiB random write QD1 latency and
+//! QD32 IOPS, 1 MiB sequential write QD8 throughput, CPU per write (the
+//! whole system's and site A's server's), both sites writing at once
+//! (unpinned), and whether a read at site B right after a write at A
+//! returns the new data (and how late when not). Targets: geomirror p50
+//! within 1.2× qemu-nbd, ≥ 100× below write-blocking at 20 ms, every
+//! geomirror read at B fresh, and the data path's ratios to qemu-nbd
+//! (pinned: QD1 IOPS ≥ 0.95, p50 ≤ 1.05, p99 ≤ 1.5, QD32 ≥ 0.9, 1 MiB ≥
+//! 0.95, site A's CPU per write ≤ 1.3; unpinned: QD32 ≥ 0.7, both sites ≥ 0.7).
 //!
 //! # `site-loss`
 //!
@@ -158,6 +162,10 @@ pub struct CommonArgs {
     /// Keep the temp dir (volumes, logs, fio output) instead of removing it.
     #[arg(long)]
     pub keep: bool,
+    /// Pin site A, the local systems and fio to CPU 0, and site B and the
+    /// simulators to CPU 1 (as if the peer ran elsewhere).
+    #[arg(long)]
+    pub pin: bool,
 }
 
 impl CommonArgs {
@@ -183,6 +191,13 @@ impl CommonArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let common = match &cli.command {
+        Command::SingleSite(a) => &a.common,
+        Command::TwoSite(a) => &a.common,
+        Command::SideBySide(a) => &a.common,
+        Command::SiteLoss(a) => &a.common,
+    };
+    procs::pin_sites(common.pin);
     let result = match cli.command {
         Command::SingleSite(args) => single_site::run(&args),
         Command::TwoSite(args) => two_site::run(&args),

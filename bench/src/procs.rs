@@ -217,6 +217,11 @@ pub fn pin_sites(on: bool) {
     PINNED.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Whether [`pin_sites`] is on.
+pub fn is_pinned() -> bool {
+    PINNED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The CPU a process named `name` runs on, when pinned.
 pub fn pinned_cpu(name: &str) -> Option<usize> {
     if !PINNED.load(std::sync::atomic::Ordering::Relaxed) {

@@ -44,12 +44,8 @@ pub struct Args {
     /// Freshness probes per replicated system and RTT.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     probes: u32,
-    /// Pin site A, the local systems and fio to CPU 0, and site B and the
-    /// simulators to CPU 1 (as if the peer ran elsewhere).
-    #[arg(long)]
-    pin: bool,
     #[command(flatten)]
-    common: CommonArgs,
+    pub(crate) common: CommonArgs,
 }
 
 /// Region every job touches and every probe writes into (prefilled at A).
@@ -97,6 +93,18 @@ impl System {
         }
     }
 
+    /// Site B's export, where hosts at B may write (geomirror's site B;
+    /// the local server takes B's writes too); `None` for the QEMU mirrors,
+    /// whose site B holds a replica that only the mirror job writes.
+    fn uri_b(&self) -> Option<String> {
+        match &self.kind {
+            Kind::Geomirror(p) => Some(p.b.uri(EXPORT)),
+            Kind::Local(t) => Some(t.uri.clone()),
+            Kind::Mirror(_) => None,
+        }
+    }
+
+    /// Every process of the system, site A's server first.
     fn pids(&self) -> Vec<u32> {
         match &self.kind {
             Kind::Geomirror(p) => p.pids(),
@@ -147,6 +155,9 @@ struct RunRecord {
     /// CPUs' worth used by this system's processes (both sites and its
     /// simulator) during the run.
     system_cpus: f64,
+    /// CPUs' worth used by site A's server alone (geomirror's site A,
+    /// qemu-nbd, qemu-storage-daemon).
+    site_a_cpus: f64,
     fio: Value,
 }
 
@@ -198,18 +209,23 @@ struct Workload {
     rw: &'static str,
     bs: &'static str,
     iodepth: u32,
+    /// Run at both sites at once (site A over the region, site B over the
+    /// next [`REGION_TEXT`]); only systems whose site B takes writes, and
+    /// only unpinned (both sites' hosts sharing the machine).
+    both_sites: bool,
 }
 
-const WORKLOADS: [Workload; 2] = [
-    Workload { key: "randwrite-4k-qd1", rw: "randwrite", bs: "4k", iodepth: 1 },
-    Workload { key: "write-1m-qd8", rw: "write", bs: "1m", iodepth: 8 },
+const WORKLOADS: [Workload; 4] = [
+    Workload { key: "randwrite-4k-qd1", rw: "randwrite", bs: "4k", iodepth: 1, both_sites: false },
+    Workload { key: "randwrite-4k-qd32", rw: "randwrite", bs: "4k", iodepth: 32, both_sites: false },
+    Workload { key: "write-1m-qd8", rw: "write", bs: "1m", iodepth: 8, both_sites: false },
+    Workload { key: "randwrite-4k-qd8-both", rw: "randwrite", bs: "4k", iodepth: 8, both_sites: true },
 ];
 
 /// Runs the scenario and prints its report on stdout (progress on stderr).
 pub fn run(args: &Args) -> Result<()> {
     let started = Instant::now();
     let common = &args.common;
-    procs::pin_sites(args.pin);
     let rtts: Vec<(String, Duration)> =
         args.rtt.iter().map(|t| Ok((t.trim().to_string(), sim::parse_duration(t)?))).collect::<Result<_>>()?;
     if rtts.is_empty() {
@@ -236,7 +252,7 @@ pub fn run(args: &Args) -> Result<()> {
     let dir = common.temp_dir()?;
     let work = dir.path();
     eprintln!("working in {}{}", work.display(), if common.keep { " (kept)" } else { "" });
-    let per_rtt = f64::from(args.rounds) * 2.0 * 4.0 * (f64::from(args.runtime + RAMP_S) + 0.5) + 30.0;
+    let per_rtt = f64::from(args.rounds) * 3.5 * 4.0 * (f64::from(args.runtime + RAMP_S) + 0.5) + 40.0;
     eprintln!("{} RTT(s) × about {per_rtt:.0} s each", rtts.len());
 
     let mut results = Vec::new();
@@ -255,7 +271,7 @@ pub fn run(args: &Args) -> Result<()> {
         runtime_s: args.runtime,
         ramp_s: RAMP_S,
         probes: args.probes,
-        pinned: args.pin,
+        pinned: args.common.pin,
         results,
         seconds_total: started.elapsed().as_secs_f64(),
     };
@@ -315,6 +331,12 @@ fn run_rtt(args: &Args, geomirror: &Path, dir: &Path, rtt_text: &str, rtt: Durat
             extra: vec![],
         };
         let run = fio::run(&j, &s.uri_a(), dir)?;
+        if let Some(uri_b) = s.uri_b().filter(|_| !args.common.pin) {
+            // Site B's region of the both-sites job, written at B (geomirror:
+            // B owns it from then on).
+            let j = Job { name: "prefill-b".into(), extra: vec![format!("--offset={REGION_BYTES}")], ..j.clone() };
+            fio::run(&j, &uri_b, dir)?;
+        }
         let settle = s.settle()?;
         eprintln!(
             "prefilled {REGION_TEXT} of {} at {:.0} MB/s{}",
@@ -355,10 +377,17 @@ fn run_rtt(args: &Args, geomirror: &Path, dir: &Path, rtt_text: &str, rtt: Durat
                 timing: Timing::TimeBased { runtime_s: args.runtime, ramp_s: RAMP_S },
                 extra: vec![],
             };
+            if w.both_sites && args.common.pin {
+                continue;
+            }
             let n = systems.len();
             for k in 0..n {
                 let index = (k + round as usize - 1) % n;
                 let s = &mut systems[index];
+                let uri_b = s.uri_b();
+                if w.both_sites && uri_b.is_none() {
+                    continue;
+                }
                 for attempt in 0..=args.common.retries {
                     s.check_alive()?;
                     let claims_before = match &s.kind {
@@ -366,7 +395,11 @@ fn run_rtt(args: &Args, geomirror: &Path, dir: &Path, rtt_text: &str, rtt: Durat
                         _ => None,
                     };
                     let probe = load::Probe::start(&all_pids);
-                    let run = fio::run(&j, &s.uri_a(), dir).with_context(|| format!("{} on {}", w.key, s.label))?;
+                    let run = match uri_b.as_deref().filter(|_| w.both_sites) {
+                        Some(uri_b) => fio::run_two_sites(&j, &s.uri_a(), uri_b, REGION_BYTES, dir),
+                        None => fio::run(&j, &s.uri_a(), dir),
+                    }
+                    .with_context(|| format!("{} on {}", w.key, s.label))?;
                     let load = probe.finish();
                     let claim_round_trips = match (&s.kind, claims_before) {
                         (Kind::Geomirror(p), Some(b)) => Some(p.a.status()?.replication(EXPORT)?.claim_round_trips.saturating_sub(b)),
@@ -374,6 +407,7 @@ fn run_rtt(args: &Args, geomirror: &Path, dir: &Path, rtt_text: &str, rtt: Durat
                     };
                     let settle_seconds = s.settle()?.map(|d| d.as_secs_f64());
                     let system_cpus = load.cpus_per_process.get(ranges[index].clone()).map_or(0.0, |c| c.iter().sum());
+                    let site_a_cpus = load.cpus_per_process.get(ranges[index].start).copied().unwrap_or(0.0);
                     let d = &run.stats.write;
                     eprintln!(
                         "rtt {rtt_text} round {round}/{} {:<17} {:<19} IOPS {:.0}, {:.0} MB/s, clat p50 {} µs, lat p50 {} µs{}{}, other load {}, steal {}",
@@ -404,6 +438,7 @@ fn run_rtt(args: &Args, geomirror: &Path, dir: &Path, rtt_text: &str, rtt: Durat
                         settle_seconds,
                         claim_round_trips,
                         system_cpus,
+                        site_a_cpus,
                         fio: run.raw,
                     });
                     if !retry {
@@ -471,6 +506,11 @@ fn freshness(addr_a: &str, addr_b: &str, n: u32, rng: &mut XorShift) -> Result<V
 
 // ---------------------------------------------------------------- report
 
+/// CPU µs per host write of a run, from CPUs' worth used over it.
+fn cpu_per_write(cpus: f64, x: &RunRecord) -> Option<f64> {
+    (x.stats.write.iops > 0.0).then(|| cpus / x.stats.write.iops * 1e6)
+}
+
 fn runs_of<'a>(r: &'a RttResult, system: &str, workload: &str) -> Vec<&'a RunRecord> {
     r.runs.iter().filter(|x| x.used && x.system == system && x.workload == workload).collect()
 }
@@ -484,18 +524,14 @@ fn print_report(report: &Report) {
     m.print_header("side-by-side", &report.loadavg_at_end, &report.tools, &report.command);
     println!("- total time: {:.0} s", report.seconds_total);
     if report.pinned {
-        println!(
-            "- CPUs: pinned (`--pin`): site A, qemu-nbd, qemu-storage-daemon and fio on CPU 0; site B, its qemu-nbd and every simulator on CPU 1"
-        );
-    } else {
-        println!("- CPUs: not pinned: every process of every system may run on both CPUs");
+        println!("  (here: qemu-nbd and qemu-storage-daemon at site A on CPU 0; site B's qemu-nbd on CPU 1)");
     }
     println!();
     let mut checks = Vec::new();
     for r in &report.results {
         println!("## RTT {}\n", r.rtt);
         type Pick = fn(&RunRecord) -> Option<f64>;
-        let figures: [(&str, &str, Pick, Format); 8] = [
+        let figures: [(&str, &str, Pick, Format); 14] = [
             ("4 KiB randwrite QD1, IOPS", "randwrite-4k-qd1", |x| Some(x.stats.write.iops), Format::Integer),
             ("4 KiB randwrite QD1, clat p50 µs", "randwrite-4k-qd1", |x| x.stats.write.clat_p50_us, Format::OneDecimal),
             ("4 KiB randwrite QD1, clat p99 µs", "randwrite-4k-qd1", |x| x.stats.write.clat_p99_us, Format::OneDecimal),
@@ -504,11 +540,37 @@ fn print_report(report: &Report) {
             (
                 "4 KiB randwrite QD1, CPU µs per write (all the system's processes)",
                 "randwrite-4k-qd1",
-                |x| (x.stats.write.iops > 0.0).then(|| x.system_cpus / x.stats.write.iops * 1e6),
+                |x| cpu_per_write(x.system_cpus, x),
+                Format::OneDecimal,
+            ),
+            (
+                "4 KiB randwrite QD1, CPU µs per write (site A's server)",
+                "randwrite-4k-qd1",
+                |x| cpu_per_write(x.site_a_cpus, x),
+                Format::OneDecimal,
+            ),
+            ("4 KiB randwrite QD32, IOPS", "randwrite-4k-qd32", |x| Some(x.stats.write.iops), Format::Integer),
+            ("4 KiB randwrite QD32, total lat p99 µs", "randwrite-4k-qd32", |x| x.stats.write.lat_p99_us, Format::OneDecimal),
+            (
+                "4 KiB randwrite QD32, CPU µs per write (all the system's processes)",
+                "randwrite-4k-qd32",
+                |x| cpu_per_write(x.system_cpus, x),
+                Format::OneDecimal,
+            ),
+            (
+                "4 KiB randwrite QD32, CPU µs per write (site A's server)",
+                "randwrite-4k-qd32",
+                |x| cpu_per_write(x.site_a_cpus, x),
                 Format::OneDecimal,
             ),
             ("1 MiB seq write QD8, MB/s", "write-1m-qd8", |x| Some(x.stats.write.bw_bytes / 1e6), Format::Integer),
             ("site B caught up after the 1 MiB seq run, s", "write-1m-qd8", |x| x.settle_seconds, Format::OneDecimal),
+            (
+                "both sites writing 4 KiB randwrite QD8 each (own regions), IOPS summed",
+                "randwrite-4k-qd8-both",
+                |x| Some(x.stats.write.iops),
+                Format::Integer,
+            ),
         ];
         let mut rows = Vec::new();
         let value = |label: &str, workload: &str, pick: Pick| med(&runs_of(r, label, workload), pick);
@@ -592,8 +654,11 @@ fn print_report(report: &Report) {
              the order of systems rotated each round, medians over rounds; after every run the benchmark waited (outside the measurement) until \
              site B held everything (`caught up` row). Freshness: {} probes per system, each a fresh random 4 KiB pattern written at A at a \
              random 4 KiB offset of the region with a small NBD client, then read at once at B (geomirror: site B's NBD export; QEMU: the \
-             target qemu-nbd, i.e. B's replica, read at site B), polled every {} ms up to {} s when stale. CPU µs per write: CPU time of all the system's processes (both sites and its simulator) \
-             over the fio run ÷ writes, from /proc (ramp and connection included, so an estimate). geomirror claims during its \
+             target qemu-nbd, i.e. B's replica, read at site B), polled every {} ms up to {} s when stale. CPU µs per write: CPU time of all the system's processes (both sites and its simulator), \
+             or of site A's server alone (geomirror's site A node, qemu-nbd, qemu-storage-daemon), over the fio run ÷ writes, from /proc \
+             (ramp and connection included, so an estimate). Both sites writing (unpinned runs only; not the QEMU mirrors, whose site B \
+             is a replica): one fio process with a job at A over the region and one at B over the next {REGION_TEXT} (geomirror: written \
+             at B once before, so B owns it; qemu-nbd: both jobs on the one server), IOPS summed. geomirror claims during its \
              measured runs: {claims}. Replica check (`qemu-img compare` after `block-job-cancel` completed the job): {}. Other load (CPU of \
              user-space processes not under test): median {} CPUs, max {} CPUs; hypervisor steal: median {} CPUs, max {} CPUs (QD1 latency \
              follows steal on this VM). A QD1 run with more than {OTHER_LOAD_FLAG} CPUs of other load or {STEAL_FLAG} CPUs of steal was \
@@ -630,6 +695,32 @@ fn print_report(report: &Report) {
                     r.rtt
                 ));
             }
+        }
+        // The data-path targets (issue "the data path's CPU cost"): ratios
+        // geomirror / qemu-nbd in this run; pinned ones with the peer on the
+        // other CPU, the rest with everything sharing both.
+        let g = |workload: &str, pick: Pick| value(LABELS[0], workload, pick);
+        let q = |workload: &str, pick: Pick| value(LABELS[1], workload, pick);
+        let both = |workload: &str, pick: Pick| ratio(g(workload, pick), q(workload, pick));
+        let iops: Pick = |x| Some(x.stats.write.iops);
+        let mut target = |name: &str, x: Option<f64>, at_most: bool, bound: f64| {
+            if let Some(x) = x {
+                let pass = if at_most { x <= bound } else { x >= bound };
+                let op = if at_most { "≤" } else { "≥" };
+                checks.push(format!("{} RTT {}: {name}, geomirror / qemu-nbd = {x:.2} (target {op} {bound})", verdict(pass), r.rtt));
+            }
+        };
+        if report.pinned {
+            target("pinned 4 KiB QD1 IOPS", both("randwrite-4k-qd1", iops), false, 0.95);
+            target("pinned 4 KiB QD1 total lat p50", both("randwrite-4k-qd1", |x| x.stats.write.lat_p50_us), true, 1.05);
+            target("pinned 4 KiB QD1 total lat p99", both("randwrite-4k-qd1", |x| x.stats.write.lat_p99_us), true, 1.5);
+            target("pinned 4 KiB QD32 IOPS", both("randwrite-4k-qd32", iops), false, 0.9);
+            target("pinned 1 MiB QD8 MB/s", both("write-1m-qd8", |x| Some(x.stats.write.bw_bytes)), false, 0.95);
+            target("pinned QD1 CPU per write, site A's server", both("randwrite-4k-qd1", |x| cpu_per_write(x.site_a_cpus, x)), true, 1.3);
+            target("pinned QD32 CPU per write, site A's server", both("randwrite-4k-qd32", |x| cpu_per_write(x.site_a_cpus, x)), true, 1.3);
+        } else {
+            target("unpinned 4 KiB QD32 IOPS", both("randwrite-4k-qd32", iops), false, 0.7);
+            target("unpinned both sites writing, IOPS summed", both("randwrite-4k-qd8-both", iops), false, 0.7);
         }
         if let Some(p) = r.probes.get(LABELS[0]) {
             let fresh = p.iter().filter(|x| x.fresh).count();

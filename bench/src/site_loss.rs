@@ -49,7 +49,7 @@ pub struct Args {
     #[arg(long, default_value = "16,128,1024", value_delimiter = ',')]
     owned: Vec<u64>,
     #[command(flatten)]
-    common: CommonArgs,
+    pub(crate) common: CommonArgs,
 }
 
 const VOLUME: &str = "s0";

@@ -49,7 +49,7 @@ pub struct Args {
     #[arg(long)]
     only_claims: bool,
     #[command(flatten)]
-    common: CommonArgs,
+    pub(crate) common: CommonArgs,
 }
 
 /// Warm-up of the latency jobs (not counted).

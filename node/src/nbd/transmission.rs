@@ -134,6 +134,18 @@ where
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break Disconnect::Shutdown,
+            // A request waiting is read first: the pipeline stays full while
+            // replies complete.
+            (reader, read) = &mut next, if inflight.len() < depth => {
+                match read {
+                    Ok(Incoming::Request { request, payload, received }) => {
+                        inflight.push(ctx.execute(request, payload, received));
+                        next = next_request(reader, ctx.max_request_bytes);
+                    }
+                    Ok(Incoming::Disc) => break Disconnect::ClientDisc,
+                    Err(reason) => break reason,
+                }
+            }
             Some(reply) = inflight.next(), if !inflight.is_empty() => {
                 // This reply and every other one ready now, in one write.
                 let mut ready = Some(reply);
@@ -145,16 +157,6 @@ where
                 if let Err(e) = written.and(out.flush().await) {
                     write_error = Some(e);
                     break Disconnect::ClientClosed;
-                }
-            }
-            (reader, read) = &mut next, if inflight.len() < depth => {
-                match read {
-                    Ok(Incoming::Request { request, payload, received }) => {
-                        inflight.push(ctx.execute(request, payload, received));
-                        next = next_request(reader, ctx.max_request_bytes);
-                    }
-                    Ok(Incoming::Disc) => break Disconnect::ClientDisc,
-                    Err(reason) => break reason,
                 }
             }
         }
