@@ -42,8 +42,8 @@ pub struct Args {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     runtime: u32,
     /// Owned-extent steps of the claim-latency measurement (a pair of its
-    /// own at 0 ms; empty to skip), comma-separated.
-    #[arg(long, default_value = "0,16384,65536,131072", value_delimiter = ',')]
+    /// own at 0 ms), comma-separated; `--claim-steps` alone skips it.
+    #[arg(long, default_value = "0,16384,65536,131072", value_delimiter = ',', num_args = 0..)]
     claim_steps: Vec<u64>,
     /// Run only the claim-latency measurement and print its table.
     #[arg(long)]

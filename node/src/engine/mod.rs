@@ -581,6 +581,8 @@ fn run_io(
                         kept.metrics.copy_read_memory_bytes.increment(length);
                         return Ok(data);
                     }
+                    // Part of it may be kept: it goes out now, read back.
+                    recent.discard(offset, length);
                     kept.metrics.copy_read_store_bytes.increment(length);
                 }
                 store.read_bytes(offset, length as usize)

@@ -15,8 +15,11 @@
 //! learns of a host write (and queues its blocks for copying) only after
 //! `end`, so a copy read finds either the bytes the store holds or nothing.
 //!
-//! Bounded by [`RECENT_WRITES_BYTES`] per volume: past it the oldest writes
-//! are forgotten first.
+//! Bounded by [`RECENT_WRITES_BYTES`] per volume, counting each kept
+//! write's whole buffer for as long as one of its blocks is kept (that is
+//! the memory held): past it the oldest writes are forgotten first. Blocks
+//! the copy stream sends are forgotten then, whether taken from here or
+//! read back from the store, so what stays is only what is still to send.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -68,7 +71,7 @@ struct State {
     kept: VecDeque<Kept>,
     /// The stamp of `kept[0]`.
     first_stamp: u64,
-    /// Bytes of blocks kept now.
+    /// Bytes of the buffers of the writes with a block kept.
     bytes: u64,
 }
 
@@ -82,6 +85,8 @@ enum Slot {
 struct Kept {
     first: u64,
     count: u64,
+    /// The write's buffer, held while a block of it is kept.
+    bytes: u64,
     /// Its blocks still kept (others were overwritten or taken, or never
     /// kept: touched by another write meanwhile).
     live: u64,
@@ -113,7 +118,7 @@ impl RecentWrites {
                     *overlapped = true;
                 }
                 Some(Slot::Kept { .. }) => {
-                    s.forget(b, self.block);
+                    s.forget(b);
                     s.blocks.insert(b, Slot::Writing { writers: 1, overlapped: false });
                 }
                 None => {
@@ -153,11 +158,12 @@ impl RecentWrites {
                 }
             }
         }
-        if let Some(first) = first_kept {
-            s.kept.push_back(Kept { first, count: last_kept + 1 - first, live: kept });
-            s.bytes += kept * self.block;
+        if let (Some(first), Some(data)) = (first_kept, data) {
+            let bytes = data.len() as u64;
+            s.kept.push_back(Kept { first, count: last_kept + 1 - first, bytes, live: kept });
+            s.bytes += bytes;
             while s.bytes > self.capacity {
-                s.evict_oldest(self.block);
+                s.evict_oldest();
             }
         }
     }
@@ -195,32 +201,45 @@ impl RecentWrites {
             }
         };
         for b in span {
-            s.forget(b, self.block);
+            s.forget(b);
         }
         Some(bytes)
     }
 
-    /// Bytes of blocks kept now.
+    /// Forgets whatever is kept of `length` bytes at `offset` (the copy
+    /// stream read them back from the store: they are on their way).
+    pub fn discard(&self, offset: u64, length: u64) {
+        let mut s = self.state.lock().expect("recent writes lock");
+        for b in self.span(offset, length) {
+            s.forget(b);
+        }
+    }
+
+    /// Bytes of the buffers held now (of the writes with a block kept).
     pub fn bytes(&self) -> u64 {
         self.state.lock().expect("recent writes lock").bytes
     }
 }
 
 impl State {
-    /// Forgets the kept block `b` (overwritten or taken).
-    fn forget(&mut self, b: u64, block: u64) {
+    /// Forgets the kept block `b` (overwritten or taken); a write's buffer
+    /// stops counting with its last kept block.
+    fn forget(&mut self, b: u64) {
         let Some(Slot::Kept { stamp, .. }) = self.blocks.get(&b) else { return };
         let i = (stamp - self.first_stamp) as usize;
         self.blocks.remove(&b);
-        self.kept[i].live -= 1;
-        self.bytes -= block;
+        let kept = &mut self.kept[i];
+        kept.live -= 1;
+        if kept.live == 0 {
+            self.bytes -= kept.bytes;
+        }
         while self.kept.front().is_some_and(|k| k.live == 0) {
             self.kept.pop_front();
             self.first_stamp += 1;
         }
     }
 
-    fn evict_oldest(&mut self, block: u64) {
+    fn evict_oldest(&mut self) {
         let Some(oldest) = self.kept.pop_front() else { return };
         let stamp = self.first_stamp;
         self.first_stamp += 1;
@@ -229,7 +248,9 @@ impl State {
                 self.blocks.remove(&b);
             }
         }
-        self.bytes -= oldest.live * block;
+        if oldest.live > 0 {
+            self.bytes -= oldest.bytes;
+        }
         while self.kept.front().is_some_and(|k| k.live == 0) {
             self.kept.pop_front();
             self.first_stamp += 1;
@@ -262,7 +283,10 @@ mod tests {
         assert_eq!(got.as_ptr(), d[B as usize..].as_ptr(), "a slice of the write, not a copy");
         assert!(r.take(9 * B, B).is_none(), "taken blocks are forgotten");
         assert_eq!(r.take(8 * B, B).as_deref(), Some(&d[..B as usize]), "the rest stays");
-        assert_eq!(r.bytes(), B);
+        assert_eq!(r.bytes(), 4 * B, "the write's buffer is held while a block of it is kept");
+        r.discard(10 * B, 4 * B);
+        assert_eq!(r.bytes(), 0, "its last block was discarded");
+        assert!(r.take(11 * B, B).is_none());
     }
 
     #[test]
@@ -334,12 +358,12 @@ mod tests {
         for i in 2..6u64 {
             assert_eq!(r.take(i * B, B), Some(data(i as u8, 1)));
         }
-        // An overwritten block no longer counts; its write's other blocks do.
+        // A write's whole buffer counts while one of its blocks is kept:
+        // one block overwritten, the other three still hold all four.
         write(&r, 0, &data(1, 4));
-        write(&r, 0, &data(2, 1));
         assert_eq!(r.bytes(), 4 * B);
-        write(&r, 10 * B, &data(3, 1));
-        assert_eq!(r.bytes(), 2 * B, "the oldest write fell out, its three live blocks with it");
+        write(&r, 0, &data(2, 1));
+        assert_eq!(r.bytes(), B, "4 + 1 blocks' buffers exceed 4: the older write fell out whole");
         assert!(r.take(B, B).is_none());
         assert_eq!(r.take(0, B), Some(data(2, 1)));
     }
