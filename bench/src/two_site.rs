@@ -860,7 +860,10 @@ fn print_report(r: &Report) {
     for (label, pick, format) in figures {
         let (a, b, h) = (med(&two, pick), med(&one, pick), med(&held, pick));
         let ratio = |x: Option<f64>| x.zip(b).and_then(|(x, b)| (b != 0.0).then(|| x / b));
-        if label == "clat p50 µs" {
+        // Pinned, fio and site A share a CPU: a request is often served
+        // inside fio's submit call, so the check uses total latency.
+        let checked = if crate::procs::is_pinned() { "total lat p50 µs (slat+clat)" } else { "clat p50 µs" };
+        if label == checked {
             clat_ratio = ratio(a);
         }
         let is_cpu = label.starts_with("CPUs");
@@ -914,9 +917,10 @@ fn print_report(r: &Report) {
         other.iter().copied().reduce(f64::max).map_or_else(|| "n/a".into(), |x| format!("{x:.2}")),
         median(&steal).map_or_else(|| "n/a".into(), |x| format!("{x:.2}")),
     );
+    let kind = if crate::procs::is_pinned() { "total lat" } else { "clat" };
     checks.push(match clat_ratio {
-        Some(x) => format!("{} owned-extent write clat p50, two-site A / single-site: {x:.2} (target ≤ 1.2)", verdict(x <= 1.2)),
-        None => "MISS owned-extent write clat p50: not measured (target ≤ 1.2)".into(),
+        Some(x) => format!("{} owned-extent write {kind} p50, two-site A / single-site: {x:.2} (target ≤ 1.2)", verdict(x <= 1.2)),
+        None => format!("MISS owned-extent write {kind} p50: not measured (target ≤ 1.2)"),
     });
 
     // Table 2.

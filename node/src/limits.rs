@@ -9,10 +9,11 @@ pub const NBD_READ_BUFFER_BYTES: usize = 64 * 1024;
 /// Bytes of buffered socket output per host connection; replies larger than
 /// this bypass the buffer.
 pub const NBD_WRITE_BUFFER_BYTES: usize = 256 * 1024;
-/// Bytes of host writes each replicated volume keeps in memory for its copy
-/// stream (`engine::recent`); past it the oldest are forgotten, and their
-/// blocks are read back from the store when they are copied.
-pub const RECENT_WRITES_BYTES: u64 = 32 << 20;
+/// Bytes of host writes a node keeps in memory for its copy streams
+/// (`engine::recent`), shared evenly by its replicated volumes (so memory
+/// does not grow with their number); past a volume's share its oldest are
+/// forgotten, and their blocks are read back from the store when copied.
+pub const RECENT_WRITES_BYTES: u64 = 64 << 20;
 /// Whole handshake deadline; a client slower than this is disconnected.
 pub const NBD_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Options one handshake may send; past it the connection is closed (a

@@ -119,7 +119,7 @@ impl Engine {
     pub fn new(node: &str, config: CoreConfig, volumes: Vec<EngineVolume>, files: Vec<ClaimsFileContents>) -> Arc<Engine> {
         let origin = tokio::time::Instant::now();
         let metrics = volumes.iter().map(|v| ReplicationMetrics::new(&v.name)).collect();
-        let recent = config.volumes.iter().map(|v| RecentWrites::new(v.geometry.block_bytes)).collect();
+        let recent = config.volumes.iter().map(|v| RecentWrites::new(v.geometry.block_bytes, config.volumes.len())).collect();
         let core = NodeCore::new(config, files, Time::ZERO);
         crate::metrics::set_health(core.health().0);
         Arc::new(Engine {

@@ -15,7 +15,7 @@
 //! learns of a host write (and queues its blocks for copying) only after
 //! `end`, so a copy read finds either the bytes the store holds or nothing.
 //!
-//! Bounded by [`RECENT_WRITES_BYTES`] per volume, counting each kept
+//! Bounded by a volume's share of [`RECENT_WRITES_BYTES`], counting each kept
 //! write's whole buffer for as long as one of its blocks is kept (that is
 //! the memory held): past it the oldest writes are forgotten first. Blocks
 //! the copy stream sends are forgotten then, whether taken from here or
@@ -93,12 +93,13 @@ struct Kept {
 }
 
 impl RecentWrites {
-    /// An empty buffer for blocks of `block` bytes.
-    pub fn new(block: u64) -> Self {
-        Self::with_capacity(block, RECENT_WRITES_BYTES)
+    /// An empty buffer for blocks of `block` bytes, for one of `volumes`
+    /// volumes sharing the node's [`RECENT_WRITES_BYTES`].
+    pub fn new(block: u64, volumes: usize) -> Self {
+        Self::with_capacity(block, RECENT_WRITES_BYTES / volumes.max(1) as u64)
     }
 
-    /// An empty buffer of at most `capacity` bytes (tests).
+    /// An empty buffer of at most `capacity` bytes.
     pub fn with_capacity(block: u64, capacity: u64) -> Self {
         assert!(block > 0, "blocks have a size");
         RecentWrites { block, capacity, state: Mutex::new(State::default()) }
@@ -274,7 +275,7 @@ mod tests {
 
     #[test]
     fn a_write_alone_is_taken_once_without_a_copy() {
-        let r = RecentWrites::new(B);
+        let r = RecentWrites::new(B, 1);
         let d = data(7, 4);
         write(&r, 8 * B, &d);
         assert_eq!(r.bytes(), 4 * B);
@@ -291,7 +292,7 @@ mod tests {
 
     #[test]
     fn blocks_of_two_writes_are_joined() {
-        let r = RecentWrites::new(B);
+        let r = RecentWrites::new(B, 1);
         write(&r, 0, &data(1, 1));
         write(&r, B, &data(2, 1));
         let got = r.take(0, 2 * B).expect("kept");
@@ -300,7 +301,7 @@ mod tests {
 
     #[test]
     fn the_later_of_two_writes_in_sequence_wins() {
-        let r = RecentWrites::new(B);
+        let r = RecentWrites::new(B, 1);
         write(&r, 0, &data(1, 2));
         write(&r, B, &data(2, 1));
         assert_eq!(r.take(B, B), Some(data(2, 1)));
@@ -313,7 +314,7 @@ mod tests {
     #[test]
     fn overlapping_writes_in_flight_keep_nothing() {
         for second_ends_first in [false, true] {
-            let r = RecentWrites::new(B);
+            let r = RecentWrites::new(B, 1);
             let (d1, d2) = (data(1, 1), data(2, 1));
             let w1 = r.begin(0, B);
             let w2 = r.begin(0, B);
@@ -331,7 +332,7 @@ mod tests {
 
     #[test]
     fn a_write_without_data_or_partial_blocks_forgets_them() {
-        let r = RecentWrites::new(B);
+        let r = RecentWrites::new(B, 1);
         write(&r, 0, &data(1, 3));
         // A trim (no data) of block 0, a partial write in block 1.
         r.begin(0, B).end(None);
@@ -369,8 +370,22 @@ mod tests {
     }
 
     #[test]
+    fn volumes_share_the_node_budget() {
+        let volumes = 4;
+        let r = RecentWrites::new(B, volumes);
+        let share = RECENT_WRITES_BYTES / volumes as u64;
+        let one = data(1, 1);
+        for i in 0..=share / B {
+            write(&r, i * B, &one);
+        }
+        assert_eq!(r.bytes(), share);
+        assert!(r.take(0, B).is_none(), "the oldest fell out at the volume's share");
+        assert!(r.take(B, B).is_some());
+    }
+
+    #[test]
     fn a_write_dropped_before_its_end_keeps_nothing_and_blocks_nothing() {
-        let r = RecentWrites::new(B);
+        let r = RecentWrites::new(B, 1);
         write(&r, 0, &data(1, 1));
         drop(r.begin(0, B));
         assert!(r.take(0, B).is_none());
@@ -380,7 +395,7 @@ mod tests {
 
     #[test]
     fn unaligned_or_empty_takes_find_nothing() {
-        let r = RecentWrites::new(B);
+        let r = RecentWrites::new(B, 1);
         write(&r, 0, &data(1, 2));
         assert!(r.take(1, B).is_none());
         assert!(r.take(0, B + 1).is_none());
