@@ -401,4 +401,81 @@ mod tests {
         assert!(r.take(0, B + 1).is_none());
         assert!(r.take(0, 0).is_none());
     }
+
+    /// Writes in flight that land in the store in any order, interleaved
+    /// with the core's writes (no data kept) and takes: whatever a take
+    /// returns equals what the store holds at that moment.
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+
+        const BLOCKS: u64 = 16;
+
+        struct InFlight<'a> {
+            first: u64,
+            count: u64,
+            data: Bytes,
+            landed: bool,
+            writing: Writing<'a>,
+        }
+
+        fn check(r: &RecentWrites, store: &[u8], first: u64, count: u64) -> Result<(), TestCaseError> {
+            if let Some(got) = r.take(first * B, count * B) {
+                let want = &store[(first * B) as usize..((first + count) * B) as usize];
+                prop_assert!(&got[..] == want, "blocks {}+{} taken differ from the store", first, count);
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #[test]
+            fn what_is_taken_is_what_the_store_holds(actions in proptest::collection::vec((0u8..5, any::<u8>(), any::<u8>()), 1..200)) {
+                let r = RecentWrites::with_capacity(B, 8 * B);
+                let mut store = vec![0u8; (BLOCKS * B) as usize];
+                let mut inflight: Vec<InFlight<'_>> = Vec::new();
+                let mut next = 1u8;
+                for (kind, a, b) in actions {
+                    let first = u64::from(a) % BLOCKS;
+                    let count = (1 + u64::from(b) % 4).min(BLOCKS - first);
+                    match kind {
+                        0 => {
+                            let writing = r.begin(first * B, count * B);
+                            let data = Bytes::from(vec![next; (count * B) as usize]);
+                            next = next.wrapping_add(1).max(1);
+                            inflight.push(InFlight { first, count, data, landed: false, writing });
+                        }
+                        1 | 2 if !inflight.is_empty() => {
+                            let i = usize::from(a) % inflight.len();
+                            let w = &mut inflight[i];
+                            if !w.landed {
+                                store[(w.first * B) as usize..((w.first + w.count) * B) as usize].copy_from_slice(&w.data);
+                                w.landed = true;
+                            }
+                            if kind == 2 {
+                                let w = inflight.remove(i);
+                                w.writing.end(Some(&w.data));
+                            }
+                        }
+                        3 => check(&r, &store, first, count)?,
+                        4 => {
+                            // The core's write (peer data, a trim): nothing kept.
+                            let writing = r.begin(first * B, count * B);
+                            store[(first * B) as usize..((first + count) * B) as usize].fill(0xee);
+                            writing.end(None);
+                        }
+                        _ => {}
+                    }
+                }
+                for w in inflight.drain(..) {
+                    if !w.landed {
+                        store[(w.first * B) as usize..((w.first + w.count) * B) as usize].copy_from_slice(&w.data);
+                    }
+                    w.writing.end(Some(&w.data));
+                }
+                for b in 0..BLOCKS {
+                    check(&r, &store, b, 1)?;
+                }
+            }
+        }
+    }
 }
