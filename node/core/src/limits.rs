@@ -34,8 +34,13 @@ pub const COPY_READS_INFLIGHT_MAX: usize = 4;
 /// to gather more into one message (the peer lags by this much more).
 pub const COPY_LINGER: Duration = Duration::from_millis(5);
 /// How long the receiver waits after applying a copy before its fdatasync,
-/// so that one fdatasync covers the copies of that window.
-pub const COPY_SYNC_LINGER: Duration = Duration::from_millis(5);
+/// so that one fdatasync covers the copies of that window. The copies are
+/// in the receiver's page cache meanwhile (reported received): only a
+/// crash of the receiver too loses them, and the sender still tracks them.
+/// Measured (pinned, 4 KiB random copies): the receiver's CPU per copied
+/// block is about a third lower at 50 ms than at 5 or 20 ms, ext4's
+/// writeback walking each large folio once for more of its dirty blocks.
+pub const COPY_SYNC_LINGER: Duration = Duration::from_millis(50);
 /// Copy messages received and waiting to be applied, per volume; beyond it
 /// the runtime stops reading the bulk lane (back-pressure on the sender).
 pub const APPLY_QUEUE_MAX: usize = 64;

@@ -502,11 +502,12 @@ fn copies_are_reported_received_then_durable_after_the_grouped_sync() {
     let write = io_token(&drain(&mut b), |op| matches!(op, IoOp::Write { .. }));
     b.handle(t(2), Input::IoDone { token: write, result: Ok(IoOutcome::Done) });
     assert!(sends(&drain(&mut b)).is_empty(), "progress waits for the sync linger");
-    b.handle(t(20), Input::Tick);
+    let after_linger = t(2) + crate::limits::COPY_SYNC_LINGER;
+    b.handle(after_linger, Input::Tick);
     let out = drain(&mut b);
     assert!(sends(&out).iter().any(|m| matches!(m, Message::CopyProgress { received: CopySeq(1), durable: CopySeq(0), .. })));
     let sync = io_token(&out, |op| matches!(op, IoOp::Sync));
-    b.handle(t(21), Input::IoDone { token: sync, result: Ok(IoOutcome::Done) });
+    b.handle(after_linger + Duration::from_millis(1), Input::IoDone { token: sync, result: Ok(IoOutcome::Done) });
     assert!(sends(&drain(&mut b)).iter().any(|m| matches!(m, Message::CopyProgress { received: CopySeq(1), durable: CopySeq(1), .. })));
 }
 
@@ -582,9 +583,10 @@ fn a_failed_sync_of_copies_stops_the_volume_and_reports_nothing_durable() {
     b.handle(t(2), Input::Frame { session: S, lane: Lane::Bulk, message: copy_of_block_4() });
     let write = io_token(&drain(&mut b), |op| matches!(op, IoOp::Write { .. }));
     b.handle(t(2), Input::IoDone { token: write, result: Ok(IoOutcome::Done) });
-    b.handle(t(20), Input::Tick);
+    let after_linger = t(2) + crate::limits::COPY_SYNC_LINGER;
+    b.handle(after_linger, Input::Tick);
     let sync = io_token(&drain(&mut b), |op| matches!(op, IoOp::Sync));
-    b.handle(t(21), Input::IoDone { token: sync, result: Err(eio()) });
+    b.handle(after_linger + Duration::from_millis(1), Input::IoDone { token: sync, result: Err(eio()) });
     let out = drain(&mut b);
     assert!(!sends(&out).iter().any(|m| matches!(m, Message::CopyProgress { durable: CopySeq(1), .. })), "not durable: {out:?}");
     assert!(out.iter().any(|o| matches!(o, Output::Event(crate::io::Event::VolumeStopped { .. }))));
