@@ -422,12 +422,8 @@ impl Engine {
     pub async fn read(self: &Arc<Self>, volume: VolumeIndex, offset: u64, length: u32) -> Result<Bytes, HostError> {
         let local = self.core.lock().expect("core lock").read_is_local(volume, offset, length.into());
         if local {
-            let store = self.volumes[volume.0 as usize].store.clone();
-            // A page-cache hit is served here, without a thread hop.
-            if let Some(data) = store.try_read_now(offset, length as usize).map_err(|e| HostError::Store(fault_of(&e)))? {
-                return Ok(data);
-            }
-            return blocking(move || store.read_bytes(offset, length as usize)).await.map_err(|e| HostError::Store(fault_of(&e)));
+            let store = &self.volumes[volume.0 as usize].store;
+            return crate::store::read(store, offset, length as usize).await.map_err(|e| HostError::Store(fault_of(&e)));
         }
         self.request(volume, HostRequest::Read { offset, length }).await.map(|d| d.unwrap_or_default())
     }

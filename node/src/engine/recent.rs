@@ -136,7 +136,11 @@ impl RecentWrites {
         let stamp = s.first_stamp + s.kept.len() as u64;
         let (mut first_kept, mut last_kept, mut kept) = (None, 0, 0);
         for b in self.span(offset, length) {
-            let Some(Slot::Writing { writers, overlapped }) = s.blocks.get_mut(&b) else {
+            let Some(slot) = s.blocks.get_mut(&b) else {
+                debug_assert!(false, "block {b} was begun");
+                continue;
+            };
+            let Slot::Writing { writers, overlapped } = slot else {
                 debug_assert!(false, "block {b} was begun");
                 continue;
             };
@@ -149,7 +153,7 @@ impl RecentWrites {
             let whole = start >= offset && start + self.block <= offset + length;
             match data {
                 Some(data) if alone && whole => {
-                    s.blocks.insert(b, Slot::Kept { data: data.clone(), at: start - offset, stamp });
+                    *slot = Slot::Kept { data: data.clone(), at: start - offset, stamp };
                     first_kept.get_or_insert(b);
                     last_kept = b;
                     kept += 1;

@@ -343,44 +343,9 @@ impl PeerLink {
         let (cancel, reason) = (h.cancel.clone(), h.reason.clone());
         let engine = self.engine.clone();
         crate::tasks::spawn(async move {
-            let mut out = BytesMut::with_capacity(LANE_WRITE_BATCH_BYTES);
-            let why = loop {
-                let message = tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    m = outgoing.recv() => match m { Some(m) => m, None => return },
-                };
-                // Every message queued now, up to the batch size, goes out
-                // in one write: frames encoded straight into one buffer.
-                let mut next = Some(message);
-                let mut failed = None;
-                while let Some(message) = next.take() {
-                    match encode_frame(&message, &mut out) {
-                        Ok(bytes) => engine.count_sent(&message, bytes),
-                        Err(e) => {
-                            failed = Some(format!("{lane:?} lane: {e}"));
-                            break;
-                        }
-                    }
-                    if out.len() < LANE_WRITE_BATCH_BYTES {
-                        next = outgoing.try_recv().ok();
-                    }
-                }
-                if let Some(why) = failed {
-                    break why;
-                }
-                if let Err(e) = write_half.write_all(&out).await {
-                    break format!("{lane:?} lane write failed: {e}");
-                }
-                if let Err(e) = write_half.flush().await {
-                    break format!("{lane:?} lane write failed: {e}");
-                }
-                out.clear();
-                if out.capacity() > 2 * LANE_WRITE_BATCH_BYTES {
-                    // One large frame grew it: do not keep that much per lane.
-                    out = BytesMut::with_capacity(LANE_WRITE_BATCH_BYTES);
-                }
-            };
-            close_with(&cancel, &reason, why);
+            if let Err(why) = write_batches(lane, &mut outgoing, &mut write_half, &engine, &cancel).await {
+                close_with(&cancel, &reason, why);
+            }
         });
         let (cancel, reason) = (h.cancel.clone(), h.reason.clone());
         let engine = self.engine.clone();
@@ -406,6 +371,44 @@ impl PeerLink {
             };
             close_with(&cancel, &reason, why);
         });
+    }
+}
+
+/// A lane's writer: every message queued, up to [`LANE_WRITE_BATCH_BYTES`],
+/// encoded straight into one buffer and written at once. Ends quietly when
+/// the session is cancelled or its sender is gone; an error is why the lane
+/// failed.
+async fn write_batches<W: AsyncWrite + Unpin>(
+    lane: Lane,
+    outgoing: &mut mpsc::Receiver<Message>,
+    writer: &mut W,
+    engine: &Engine,
+    cancel: &CancellationToken,
+) -> Result<(), String> {
+    let mut out = BytesMut::with_capacity(LANE_WRITE_BATCH_BYTES);
+    loop {
+        let first = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            m = outgoing.recv() => match m { Some(m) => m, None => return Ok(()) },
+        };
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            let bytes = encode_frame(&message, &mut out).map_err(|e| format!("{lane:?} lane: {e}"))?;
+            engine.count_sent(&message, bytes);
+            if out.len() < LANE_WRITE_BATCH_BYTES {
+                next = outgoing.try_recv().ok();
+            }
+        }
+        let written = match writer.write_all(&out).await {
+            Ok(()) => writer.flush().await,
+            Err(e) => Err(e),
+        };
+        written.map_err(|e| format!("{lane:?} lane write failed: {e}"))?;
+        out.clear();
+        if out.capacity() > 2 * LANE_WRITE_BATCH_BYTES {
+            // One large frame grew it: do not keep that much per lane.
+            out = BytesMut::with_capacity(LANE_WRITE_BATCH_BYTES);
+        }
     }
 }
 

@@ -17,6 +17,7 @@ pub mod meta;
 mod conformance;
 
 use std::io;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
@@ -42,6 +43,17 @@ pub enum StoreError {
     /// The operating system failed the I/O.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
+}
+
+/// Reads `length` bytes at `offset` of `store` for an async caller: on the
+/// calling thread when the page cache holds them
+/// ([`BlockStore::try_read_now`]), else on the blocking pool.
+pub async fn read(store: &Arc<dyn BlockStore>, offset: u64, length: usize) -> Result<Bytes, StoreError> {
+    if let Some(data) = store.try_read_now(offset, length)? {
+        return Ok(data);
+    }
+    let store = store.clone();
+    crate::tasks::blocking(move || store.read_bytes(offset, length)).await
 }
 
 /// Positioned, synchronous block I/O over one volume.

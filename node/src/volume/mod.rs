@@ -163,14 +163,7 @@ impl Volume {
         self.check_range(offset, length.into())?;
         let data = match &self.engine {
             Some((engine, index)) => engine.read(*index, offset, length).await?,
-            None => match self.store.try_read_now(offset, length as usize)? {
-                // A page-cache hit is served here, without a thread hop.
-                Some(data) => data,
-                None => {
-                    let store = self.store.clone();
-                    blocking(move || store.read_bytes(offset, length as usize)).await?
-                }
-            },
+            None => crate::store::read(&self.store, offset, length as usize).await?,
         };
         self.reads_total.fetch_add(1, Ordering::Relaxed);
         self.metrics.reads.increment(1);
