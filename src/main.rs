@@ -48,6 +48,8 @@ enum Command {
     },
     /// Take over the extents a lost peer owned (shows what it takes first).
     Takeover(ops::TakeoverArgs),
+    /// Change a volume's replication mode on a running node.
+    Mode(ops::ModeArgs),
     /// The blocks a returning site saved before the survivor's data
     /// replaced them.
     #[command(subcommand)]
@@ -79,6 +81,7 @@ fn main() -> std::process::ExitCode {
         Command::Certs { out, nodes } => certs(&out, &nodes),
         Command::Witness { config } => runtime().and_then(|rt| rt.block_on(run_witness(config))),
         Command::Takeover(args) => runtime().and_then(|rt| rt.block_on(ops::takeover(args))),
+        Command::Mode(args) => runtime().and_then(|rt| rt.block_on(ops::mode(args))),
         Command::Conflicts(cmd) => ops::conflicts(cmd),
     };
     match result {

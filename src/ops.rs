@@ -14,7 +14,7 @@ use geomirror_node::engine::claims_file::ClaimsFile;
 use geomirror_node::engine::conflict_file::ConflictFile;
 use geomirror_node::store::file::DataDirLock;
 use geomirror_node::store::meta::VolumeMeta;
-use geomirror_wire::status::TakeoverStatus;
+use geomirror_wire::status::{ModeChange, TakeoverStatus};
 
 /// `geomirror takeover`.
 #[derive(Args, Debug)]
@@ -36,6 +36,39 @@ pub struct TakeoverArgs {
     /// it is in fact alive and serving, both sites diverge.
     #[arg(long)]
     pub peer_is_down: bool,
+}
+
+/// `geomirror mode`.
+#[derive(Args, Debug)]
+pub struct ModeArgs {
+    /// A running node's admin address.
+    #[arg(long)]
+    pub admin: SocketAddr,
+    /// The volume.
+    #[arg(long)]
+    pub volume: String,
+    /// The new mode: async, sync-memory or sync (the config file's mode
+    /// holds again at the next start).
+    #[arg(long)]
+    pub set: geomirror_config::ReplicationMode,
+}
+
+/// `geomirror mode`: changes a volume's replication mode on a running node;
+/// a switch to a sync mode returns once the backlog is durable at the peer.
+pub async fn mode(args: ModeArgs) -> anyhow::Result<()> {
+    let client = geomirror_sim::client::ControlClient::new(args.admin);
+    let path = format!("/mode?volume={}&set={}", args.volume, args.set.as_str());
+    let answer = client.request("POST", &path, None).await.context("the node did not change the mode")?;
+    let change: ModeChange = serde_json::from_value(answer)?;
+    println!("volume {}: mode {} -> {}", change.volume, change.from, change.to);
+    match (&change.backlog_error, change.backlog_durable) {
+        (Some(e), _) => {
+            bail!("the mode is {} now, but the writes acknowledged before the switch are not known durable at the peer: {e}", change.to)
+        }
+        (None, true) => println!("every write acknowledged before the switch is durable at both sites"),
+        (None, false) => {}
+    }
+    Ok(())
 }
 
 /// `geomirror conflicts`.

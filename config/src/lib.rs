@@ -67,6 +67,43 @@ pub enum ReplicationMode {
     Sync,
 }
 
+impl ReplicationMode {
+    /// The name used in the config file and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicationMode::Async => "async",
+            ReplicationMode::SyncMemory => "sync-memory",
+            ReplicationMode::Sync => "sync",
+        }
+    }
+}
+
+impl std::str::FromStr for ReplicationMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "async" => Ok(ReplicationMode::Async),
+            "sync-memory" => Ok(ReplicationMode::SyncMemory),
+            "sync" => Ok(ReplicationMode::Sync),
+            other => Err(format!("unknown mode `{other}`: expected async, sync-memory or sync")),
+        }
+    }
+}
+
+/// What a `sync` or `sync-memory` volume does while the peer is unreachable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeerLossPolicy {
+    /// Writes wait for the peer up to `peer.peer_timeout`, then fail with
+    /// EIO: nothing is acknowledged that only this site holds.
+    #[default]
+    Suspend,
+    /// Writes carry on as in `async` (logged, shown in status and metrics);
+    /// the configured mode returns once the peer has caught up.
+    Degrade,
+}
+
 /// The whole configuration of one node, validated.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -224,6 +261,9 @@ pub struct VolumeConfig {
     /// Replication mode.
     #[serde(default)]
     pub mode: ReplicationMode,
+    /// What a `sync`/`sync-memory` volume does while the peer is unreachable.
+    #[serde(default)]
+    pub on_peer_loss: PeerLossPolicy,
 }
 
 impl VolumeConfig {
@@ -238,6 +278,7 @@ impl VolumeConfig {
             predict_extents: defaults::predict_extents(),
             release_after: defaults::release_after(),
             mode: ReplicationMode::default(),
+            on_peer_loss: PeerLossPolicy::default(),
         }
     }
 }
@@ -330,9 +371,6 @@ impl NodeConfig {
             }
             if v.max_owned_extents == 0 {
                 return Err(invalid(key("max_owned_extents"), "must be at least 1".into()));
-            }
-            if v.mode != ReplicationMode::Async {
-                return Err(invalid(key("mode"), format!("{:?} is not implemented yet; use \"async\"", v.mode)));
             }
             if v.predict_extents > defaults::PREDICT_EXTENTS_LIMIT {
                 return Err(invalid(key("predict_extents"), format!("must be at most {}", defaults::PREDICT_EXTENTS_LIMIT)));

@@ -152,9 +152,20 @@ fn a_witness_config_names_its_two_nodes() {
 }
 
 #[test]
-fn modes_not_built_yet_are_refused() {
-    let key = invalid_key(&format!("{EXAMPLE}mode = \"sync-memory\"\n"));
-    assert_eq!(key, "volume[0].mode");
+fn every_mode_and_peer_loss_policy_parses() {
+    let path = Path::new("/etc/geomirror/a.toml");
+    for (text, mode) in [("async", ReplicationMode::Async), ("sync-memory", ReplicationMode::SyncMemory), ("sync", ReplicationMode::Sync)] {
+        let c = NodeConfig::from_toml(&format!("{EXAMPLE}mode = \"{text}\"\non_peer_loss = \"degrade\"\n"), path).unwrap();
+        assert_eq!(c.volumes[0].mode, mode);
+        assert_eq!(c.volumes[0].on_peer_loss, PeerLossPolicy::Degrade);
+        assert_eq!(text.parse::<ReplicationMode>().unwrap(), mode);
+        assert_eq!(mode.as_str(), text);
+    }
+    let c = NodeConfig::from_toml(EXAMPLE, path).unwrap();
+    assert_eq!(c.volumes[0].on_peer_loss, PeerLossPolicy::Suspend, "the default loses nothing acknowledged");
+    assert!(NodeConfig::from_toml(&format!("{EXAMPLE}mode = \"sync-disk\"\n"), path).is_err());
+    assert!(NodeConfig::from_toml(&format!("{EXAMPLE}on_peer_loss = \"ignore\"\n"), path).is_err());
+    assert!("semi-sync".parse::<ReplicationMode>().unwrap_err().contains("semi-sync"));
 }
 
 #[test]

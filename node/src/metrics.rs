@@ -92,6 +92,7 @@ fn describe_all() {
         (COPIES_STALE, "Copy runs from the peer dropped (an older epoch, or the volume not served)"),
         (CLAIMS_GRANTED, "Claims granted to the peer"),
         (RELEASES, "Extents released by this node"),
+        (DEGRADATIONS, "Times a sync volume degraded (acknowledged without the peer) since start"),
     ] {
         describe_counter!(name, help);
     }
@@ -103,6 +104,10 @@ fn describe_all() {
         (PEER_OWNED_EXTENTS, "Extents the peer owns (reads of them are pulled)"),
         (UNSENT_BYTES, "Bytes written here and not yet sent to the peer"),
         (NOT_DURABLE_AT_PEER_BYTES, "Bytes written here and not yet durable at the peer"),
+        (REPLICATION_MODE, "The volume's replication mode: 1 for the mode in force, by label mode"),
+        (DEGRADED, "Whether a sync volume acknowledges writes without the peer now (on_peer_loss = degrade)"),
+        (WRITES_WAITING_FOR_PEER, "Host writes and flushes done here and waiting for the peer (sync modes)"),
+        (LAST_ACK_SECONDS, "The latest write that waited for the peer: seconds from arrival to each step, by label step"),
     ] {
         describe_gauge!(name, help);
     }
@@ -202,6 +207,20 @@ pub const CLAIMS_GRANTED: &str = "geomirror_claims_granted_total";
 /// Extents released by this node.
 pub const RELEASES: &str = "geomirror_releases_total";
 
+/// The replication mode in force: 1 for the volume's mode, 0 for the
+/// others, by label `mode` (`async`, `sync-memory`, `sync`).
+pub const REPLICATION_MODE: &str = "geomirror_replication_mode";
+/// Whether a sync volume is degraded (acknowledging without the peer).
+pub const DEGRADED: &str = "geomirror_degraded";
+/// Times a sync volume degraded since start.
+pub const DEGRADATIONS: &str = "geomirror_degradations_total";
+/// Host writes and flushes done here and waiting for the peer.
+pub const WRITES_WAITING_FOR_PEER: &str = "geomirror_writes_waiting_for_peer";
+/// The latest acknowledged write that waited for the peer: seconds from
+/// its arrival until each step, by label `step` (`local`, `peer_received`,
+/// `peer_durable`).
+pub const LAST_ACK_SECONDS: &str = "geomirror_last_ack_seconds";
+
 /// Replication metric handles of one volume, set from the core's figures
 /// (counters are totals kept by the core, so they are set, not added to).
 pub struct ReplicationMetrics {
@@ -223,6 +242,11 @@ pub struct ReplicationMetrics {
     peer_owned: metrics::Gauge,
     unsent: metrics::Gauge,
     not_durable: metrics::Gauge,
+    mode: [metrics::Gauge; 3],
+    degraded: metrics::Gauge,
+    degradations: Counter,
+    waiting_for_peer: metrics::Gauge,
+    last_ack: [metrics::Gauge; 3],
 }
 
 impl ReplicationMetrics {
@@ -244,7 +268,13 @@ impl ReplicationMetrics {
             owned: metrics::gauge!(OWNED_EXTENTS, "volume" => v.clone()),
             peer_owned: metrics::gauge!(PEER_OWNED_EXTENTS, "volume" => v.clone()),
             unsent: metrics::gauge!(UNSENT_BYTES, "volume" => v.clone()),
-            not_durable: metrics::gauge!(NOT_DURABLE_AT_PEER_BYTES, "volume" => v),
+            not_durable: metrics::gauge!(NOT_DURABLE_AT_PEER_BYTES, "volume" => v.clone()),
+            mode: ["async", "sync-memory", "sync"].map(|m| metrics::gauge!(REPLICATION_MODE, "volume" => v.clone(), "mode" => m)),
+            degraded: metrics::gauge!(DEGRADED, "volume" => v.clone()),
+            degradations: counter!(DEGRADATIONS, "volume" => v.clone()),
+            waiting_for_peer: metrics::gauge!(WRITES_WAITING_FOR_PEER, "volume" => v.clone()),
+            last_ack: ["local", "peer_received", "peer_durable"]
+                .map(|step| metrics::gauge!(LAST_ACK_SECONDS, "volume" => v.clone(), "step" => step)),
         }
     }
 
@@ -264,5 +294,26 @@ impl ReplicationMetrics {
         self.peer_owned.set(f.peer_owned_extents as f64);
         self.unsent.set((f.unsent_blocks * block_bytes) as f64);
         self.not_durable.set((f.not_durable_blocks * block_bytes) as f64);
+        let r = &v.replication;
+        let current = match r.mode {
+            geomirror_config::ReplicationMode::Async => 0,
+            geomirror_config::ReplicationMode::SyncMemory => 1,
+            geomirror_config::ReplicationMode::Sync => 2,
+        };
+        for (i, g) in self.mode.iter().enumerate() {
+            g.set(if i == current { 1.0 } else { 0.0 });
+        }
+        self.degraded.set(if r.degraded_for.is_some() { 1.0 } else { 0.0 });
+        self.degradations.absolute(r.degradations);
+        self.waiting_for_peer.set(r.waiting_for_peer as f64);
+        if let Some(a) = r.last_ack {
+            self.last_ack[0].set(a.local.as_secs_f64());
+            if let Some(d) = a.peer_received {
+                self.last_ack[1].set(d.as_secs_f64());
+            }
+            if let Some(d) = a.peer_durable {
+                self.last_ack[2].set(d.as_secs_f64());
+            }
+        }
     }
 }

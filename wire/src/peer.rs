@@ -21,8 +21,11 @@ use serde::{Deserialize, Serialize};
 /// than [`DATA_BYTES_MAX`] of blocks); 3 adds the outage generation and the
 /// extents taken alone to the sync, `detached` to a volume's hello entry,
 /// and the block-checksum resync ([`Message::DigestRequest`],
-/// [`Message::DigestReply`], [`Message::ResyncNeed`], [`Message::Ack`]).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// [`Message::DigestReply`], [`Message::ResyncNeed`], [`Message::Ack`]);
+/// 4 adds the replication modes: `report` to [`Message::Copy`] and
+/// [`Message::Destage`]; [`Message::CopyProgress`] moves to the priority
+/// lane (hosts of a sync mode wait for it).
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Largest frame; a larger one closes the connection with `FrameTooLarge`.
 pub const FRAME_BYTES_MAX: usize = 8 * 1024 * 1024 + 64 * 1024;
 /// Largest block payload in one copy, handover or pull message.
@@ -142,6 +145,21 @@ pub struct CopyItem {
     pub count: u32,
     /// The blocks' bytes (`count` blocks), or empty when they are all zeroes.
     pub data: Bytes,
+}
+
+/// What the sender of a [`Message::Copy`] waits for: how soon the receiver
+/// reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+pub enum CopyReport {
+    /// Nobody waits (`async`): reported with the next grouped fdatasync.
+    #[default]
+    Lazy,
+    /// A host waits until the peer holds it in memory (`sync-memory`):
+    /// reported received as soon as it is applied.
+    Received,
+    /// A host waits until it is durable at the peer (`sync`, or a FUA or
+    /// FLUSH): applied, fdatasync'ed at once, then reported durable.
+    Durable,
 }
 
 /// Every message of the peer protocol.
@@ -305,6 +323,8 @@ pub enum Message {
         volume: VolumeIndex,
         /// The runs.
         items: Vec<CopyItem>,
+        /// How soon the receiver reports it.
+        report: CopyReport,
     },
     /// Copy stream progress, from the receiver.
     CopyProgress {
@@ -380,6 +400,15 @@ pub enum Message {
     Ack {
         /// Request id.
         id: RequestId,
+    },
+    /// From the copy stream's sender: make every copy up to `upto` durable
+    /// now and report it (a host FLUSH or FUA waits for it); on the bulk
+    /// lane, after those copies.
+    Destage {
+        /// Volume.
+        volume: VolumeIndex,
+        /// The newest copy position to make durable.
+        upto: CopySeq,
     },
 }
 
@@ -460,6 +489,7 @@ impl Message {
             Message::DigestReply { .. } => "DigestReply",
             Message::ResyncNeed { .. } => "ResyncNeed",
             Message::Ack { .. } => "Ack",
+            Message::Destage { .. } => "Destage",
         }
     }
 
@@ -467,7 +497,7 @@ impl Message {
     pub fn lane(&self) -> Option<Lane> {
         match self {
             Message::Hello { .. } | Message::HelloReply { .. } => None,
-            Message::Copy { .. } | Message::CopyProgress { .. } | Message::Release { .. } => Some(Lane::Bulk),
+            Message::Copy { .. } | Message::Release { .. } | Message::Destage { .. } => Some(Lane::Bulk),
             _ => Some(Lane::Priority),
         }
     }
@@ -573,6 +603,7 @@ mod tests {
                     CopyItem { extent: Extent(0), epoch: Epoch(1), first: BlockIndex(7), count: 1, data: run.data.clone() },
                     CopyItem { extent: Extent(1), epoch: Epoch(1), first: BlockIndex(300), count: 4, data: Bytes::new() },
                 ],
+                report: CopyReport::Durable,
             },
             Message::CopyProgress { volume: VolumeIndex(0), received: CopySeq(10), durable: CopySeq(8) },
             Message::Error { id: RequestId(6), message: "no".into() },
@@ -593,6 +624,7 @@ mod tests {
                 runs: vec![BlockSpan { first: BlockIndex(513), count: 2 }],
             },
             Message::Ack { id: RequestId(8) },
+            Message::Destage { volume: VolumeIndex(0), upto: CopySeq(12) },
         ]
     }
 
@@ -600,7 +632,7 @@ mod tests {
     /// and field order: a reordered variant or field changes these bytes.
     const GOLDEN: &[&[u8]] = &[
         &[
-            0, 3, 6, 115, 105, 116, 101, 45, 97, 1, 1, 4, 118, 111, 108, 48, 128, 128, 128, 128, 4, 128, 32, 128, 128, 64, 9, 9, 9, 9, 9,
+            0, 4, 6, 115, 105, 116, 101, 45, 97, 1, 1, 4, 118, 111, 108, 48, 128, 128, 128, 128, 4, 128, 32, 128, 128, 64, 9, 9, 9, 9, 9,
             9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 0,
         ],
         &[1, 2, 6, 115, 105, 116, 101, 45, 98, 0, 1, 0],
@@ -615,7 +647,7 @@ mod tests {
         &[10, 0, 1, 1, 1],
         &[11, 5],
         &[12, 5],
-        &[13, 1, 0, 2, 0, 1, 7, 1, 4, 1, 2, 3, 4, 1, 1, 172, 2, 4, 0],
+        &[13, 1, 0, 2, 0, 1, 7, 1, 4, 1, 2, 3, 4, 1, 1, 172, 2, 4, 0, 2],
         &[14, 0, 10, 8],
         &[15, 6, 2, 110, 111],
         &[16, 0, 2, 9],
@@ -624,6 +656,7 @@ mod tests {
         &[19, 7, 2, 239, 253, 182, 245, 13, 1],
         &[20, 8, 0, 2, 11, 1, 129, 4, 2],
         &[21, 8],
+        &[22, 0, 12],
     ];
 
     #[test]
@@ -677,7 +710,7 @@ mod tests {
         }
 
         #[test]
-        fn truncations_of_valid_messages_are_rejected_or_shorter(i in 0usize..22, cut in 0usize..64) {
+        fn truncations_of_valid_messages_are_rejected_or_shorter(i in 0usize..23, cut in 0usize..64) {
             let samples = samples();
             let m = &samples[i % samples.len()];
             let bytes = m.encode();

@@ -117,6 +117,54 @@ pub struct ReplicationStatus {
     /// The resync in progress, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resync: Option<ResyncStatus>,
+    /// The replication mode in force: `async`, `sync-memory` or `sync`.
+    #[serde(default)]
+    pub mode: String,
+    /// What a sync volume does while the peer is unreachable: `suspend`
+    /// or `degrade`.
+    #[serde(default)]
+    pub on_peer_loss: String,
+    /// How long the volume has acknowledged writes without the peer
+    /// (`degrade`), if it does now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded_seconds: Option<f64>,
+    /// Times it degraded since the node started.
+    #[serde(default)]
+    pub degradations: u64,
+    /// Host writes and flushes done here and waiting for the peer.
+    #[serde(default)]
+    pub writes_waiting_for_peer: u64,
+    /// The latest acknowledged write that waited for the peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ack: Option<AckLatency>,
+}
+
+/// How long a write waited, from its arrival, until each step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AckLatency {
+    /// Written to the local store.
+    pub local_seconds: f64,
+    /// Reported received (in memory) by the peer.
+    pub peer_received_seconds: Option<f64>,
+    /// Reported durable by the peer (writes that waited for it).
+    pub peer_durable_seconds: Option<f64>,
+}
+
+/// What `POST /mode?volume=NAME&set=MODE` did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModeChange {
+    /// The volume.
+    pub volume: String,
+    /// The mode before.
+    pub from: String,
+    /// The mode now.
+    pub to: String,
+    /// For a switch to a sync mode: every write acknowledged before the
+    /// switch is durable at the peer. False with `backlog_error` saying why.
+    pub backlog_durable: bool,
+    /// Why the backlog is not known durable at the peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog_error: Option<String>,
 }
 
 /// What `GET /takeover?volume=NAME` shows and `POST` did: the extents the

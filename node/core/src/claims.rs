@@ -317,6 +317,8 @@ pub struct Claims {
     inflight: VecDeque<InFlightCopy>,
     next_seq: CopySeq,
     peer_received: CopySeq,
+    /// Every copy up to here is durable at the peer (this session).
+    peer_durable: CopySeq,
     unsent_blocks: u64,
     not_durable_blocks: u64,
     unreceived_bytes: u64,
@@ -428,6 +430,7 @@ impl Claims {
             inflight: VecDeque::new(),
             next_seq: CopySeq(1),
             peer_received: CopySeq(0),
+            peer_durable: CopySeq(0),
             unsent_blocks: 0,
             not_durable_blocks: 0,
             unreceived_bytes: 0,
@@ -1146,6 +1149,23 @@ impl Claims {
     /// successfully or not (a failed one may have written part of the
     /// range): its blocks join the copy stream either way.
     pub fn end_write(&mut self, offset: u64, length: u64, now: Time) {
+        self.end_write_unmarked(offset, length, now);
+        self.mark_written(offset, length);
+    }
+
+    /// A write admitted by [`begin_write`](Self::begin_write) reached the
+    /// store and waits for the peer (`sync` modes): its blocks join the copy
+    /// stream now, while it stays in flight (its extents are neither handed
+    /// out nor released) until [`end_write_unmarked`](Self::end_write_unmarked).
+    pub fn mark_written(&mut self, offset: u64, length: u64) {
+        let first = offset / self.geometry.block_bytes;
+        let end = (offset + length).div_ceil(self.geometry.block_bytes);
+        self.mark_dirty(first, end);
+    }
+
+    /// Ends a write whose blocks [`mark_written`](Self::mark_written) already
+    /// marked.
+    pub fn end_write_unmarked(&mut self, offset: u64, length: u64, now: Time) {
         for i in self.geometry.extents_of(offset, length) {
             if let Some(ExtentState::Owned(o)) = self.extents.get_mut(&Extent(i)) {
                 assert!(o.writes_in_flight > 0, "end_write without begin_write on extent {i}");
@@ -1154,9 +1174,20 @@ impl Claims {
                 o.write_mark = self.syncs_issued;
             }
         }
+    }
+
+    /// Whether any block of `offset..offset + length` waits to be sent.
+    pub fn has_unsent_in(&self, offset: u64, length: u64) -> bool {
+        let per = self.geometry.blocks_per_extent();
         let first = offset / self.geometry.block_bytes;
         let end = (offset + length).div_ceil(self.geometry.block_bytes);
-        self.mark_dirty(first, end);
+        self.geometry.extents_of(offset, length).any(|i| match self.extents.get(&Extent(i)) {
+            Some(ExtentState::Owned(o)) => o.dirt.as_ref().is_some_and(|d| {
+                let base = i * per;
+                d.has_unsent_between((first.max(base) - base) as usize, (end.min(base + per) - base) as usize)
+            }),
+            _ => false,
+        })
     }
 
     /// Marks blocks `first..end` written, extent by extent (owned extents only).
@@ -1669,6 +1700,16 @@ impl Claims {
         }
     }
 
+    /// Every copy up to here is in the peer's memory (this session).
+    pub fn peer_received(&self) -> CopySeq {
+        self.peer_received
+    }
+
+    /// Every copy up to here is durable at the peer (this session).
+    pub fn peer_durable(&self) -> CopySeq {
+        self.peer_durable
+    }
+
     /// The newest copy position handed out so far.
     pub fn last_copy_seq(&self) -> CopySeq {
         CopySeq(self.next_seq.0 - 1)
@@ -1734,6 +1775,7 @@ impl Claims {
     /// newest copy that covers are clean of it.
     pub fn on_copy_durable(&mut self, durable: CopySeq) {
         self.on_copy_received(durable);
+        self.peer_durable = self.peer_durable.max(durable);
         while self.inflight.front().is_some_and(|f| f.seq <= durable) {
             let f = self.inflight.pop_front().expect("checked");
             for e in f.extents {
@@ -1774,6 +1816,7 @@ impl Claims {
         self.inflight.clear();
         self.next_seq = CopySeq(1);
         self.peer_received = CopySeq(0);
+        self.peer_durable = CopySeq(0);
         self.unreceived_bytes = 0;
     }
 

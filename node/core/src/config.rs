@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use geomirror_config::NodeConfig;
+use geomirror_config::{NodeConfig, PeerLossPolicy, ReplicationMode};
 
 use crate::geometry::Geometry;
 use crate::limits::{PREDICT_EXTENTS_MAX, VOLUMES_MAX};
@@ -30,6 +30,10 @@ pub struct VolumeSettings {
     pub geometry: Geometry,
     /// Claims knobs.
     pub knobs: Knobs,
+    /// When a host write is acknowledged (at start; an operator may change it).
+    pub mode: ReplicationMode,
+    /// What a `sync`/`sync-memory` volume does while the peer is unreachable.
+    pub on_peer_loss: PeerLossPolicy,
 }
 
 /// Everything the core of one node needs to know at start.
@@ -107,6 +111,8 @@ impl CoreConfig {
                         predict: v.predict_extents,
                         release_after: v.release_after.get(),
                     },
+                    mode: v.mode,
+                    on_peer_loss: v.on_peer_loss,
                 };
                 settings.check()?;
                 Ok(settings)

@@ -14,7 +14,7 @@
 //! window of bytes not yet received and messages not yet durable.
 
 use bytes::Bytes;
-use geomirror_wire::peer::{BlockIndex, BlockRun, CopyItem, CopySeq, Epoch, Extent, Lane, Message, RequestId};
+use geomirror_wire::peer::{BlockIndex, BlockRun, CopyItem, CopyReport, CopySeq, Epoch, Extent, Lane, Message, RequestId};
 
 use crate::claims::CopyRun;
 use crate::ids::SessionGen;
@@ -137,8 +137,10 @@ impl NodeCore {
                 v.sender.linger_until = None;
                 return;
             }
-            if v.sender.idle {
-                // Writes are trickling in: gather a few into one message.
+            let waited_for = v.replication.peer_need(false).is_some();
+            if v.sender.idle && !waited_for {
+                // Writes are trickling in: gather a few into one message
+                // (not when hosts wait for them: a sync mode).
                 v.sender.idle = false;
                 v.sender.linger_until = Some(now + COPY_LINGER);
             }
@@ -157,6 +159,10 @@ impl NodeCore {
             let ranges = runs.iter().map(|r| (r.first.0 * block, r.count * block)).collect();
             let (_, place) = self.reserve(Lane::Bulk).expect("a ready session");
             self.io(vi, IoOp::Read { ranges, for_copy: true }, IoPurpose::CopyRead { volume: vi, session, place, seq, runs });
+            if waited_for {
+                // Writes waiting for these blocks can fix their copy position.
+                self.changed.insert(vi);
+            }
         }
     }
 
@@ -194,7 +200,9 @@ impl NodeCore {
                         }
                     })
                     .collect();
-                self.fill(session, Lane::Bulk, place, vec![Message::Copy { seq, volume, items }]);
+                let report = self.volumes[vi].replication.copy_report();
+                self.note_copy_report(vi, session, seq, report);
+                self.fill(session, Lane::Bulk, place, vec![Message::Copy { seq, volume, items, report }]);
             }
             Err(fault) => {
                 self.event(Event::StoreFault { volume: self.volumes[vi].index, doing: "reading blocks for the copy stream", fault });
@@ -223,7 +231,7 @@ impl NodeCore {
             }
             let Some(job) = v.receiver.queue.pop_front() else { break };
             match job {
-                ApplyJob::Copy { session, seq, items } => {
+                ApplyJob::Copy { session, seq, items, report } => {
                     if v.receiver.session != Some(session) || matches!(v.serving, Serving::Stopped(_)) {
                         continue;
                     }
@@ -236,7 +244,7 @@ impl NodeCore {
                     }
                     let v = &mut self.volumes[vi];
                     if accepted.is_empty() {
-                        self.mark_applied(vi, session, seq);
+                        self.mark_applied(vi, session, seq, report);
                         continue;
                     }
                     let block = v.claims.geometry().block_bytes;
@@ -262,7 +270,8 @@ impl NodeCore {
                             }
                         })
                         .collect();
-                    let token = self.io(vi, IoOp::Write { writes }, IoPurpose::ApplyCopy { volume: vi, session, seq, extents, runs });
+                    let token =
+                        self.io(vi, IoOp::Write { writes }, IoPurpose::ApplyCopy { volume: vi, session, seq, extents, runs, report });
                     self.volumes[vi].receiver.applying = Some(token);
                 }
                 ApplyJob::Handover { extent, runs, last } => {
@@ -287,15 +296,51 @@ impl NodeCore {
         self.pump_receiver_sync(vi);
     }
 
-    /// Copies up to `seq` are in our store (or were dropped as stale).
-    fn mark_applied(&mut self, vi: usize, session: SessionGen, seq: CopySeq) {
+    /// Copies up to `seq` are in our store (or were dropped as stale): a
+    /// host at the sender may wait for them to be reported received, or
+    /// durable.
+    fn mark_applied(&mut self, vi: usize, session: SessionGen, seq: CopySeq, report: CopyReport) {
         let r = &mut self.volumes[vi].receiver;
         if r.session != Some(session) {
             return;
         }
         r.applied = r.applied.max(seq);
-        if r.sync_at.is_none() && r.syncing.is_none() {
-            r.sync_at = Some(self.now + COPY_SYNC_LINGER);
+        match report {
+            CopyReport::Lazy => {}
+            CopyReport::Received => {
+                let (received, durable) = (r.applied, r.durable);
+                let volume = self.volumes[vi].index;
+                self.send(Lane::Priority, Message::CopyProgress { volume, received, durable });
+            }
+            CopyReport::Durable => r.urgent = r.urgent.max(seq),
+        }
+        self.schedule_receiver_sync(vi);
+    }
+
+    /// The sender asks for copies up to `upto` durable now.
+    pub(crate) fn on_destage(&mut self, vi: usize, upto: CopySeq) {
+        let r = &mut self.volumes[vi].receiver;
+        r.urgent = r.urgent.max(upto);
+        if upto <= r.durable {
+            let (received, durable) = (r.applied, r.durable);
+            let volume = self.volumes[vi].index;
+            self.send(Lane::Priority, Message::CopyProgress { volume, received, durable });
+        }
+        self.schedule_receiver_sync(vi);
+    }
+
+    /// When the next grouped fdatasync of applied copies is due: at once
+    /// if the sender waits for one of them, else after the linger.
+    fn schedule_receiver_sync(&mut self, vi: usize) {
+        let now = self.now;
+        let r = &mut self.volumes[vi].receiver;
+        if r.syncing.is_some() || r.applied <= r.durable {
+            return;
+        }
+        let due = if r.urgent > r.durable && r.urgent <= r.applied { now } else { now + COPY_SYNC_LINGER };
+        r.sync_at = Some(r.sync_at.map_or(due, |t| t.min(due)));
+        if due == now {
+            self.changed.insert(vi);
         }
     }
 
@@ -315,10 +360,11 @@ impl NodeCore {
         let (received, durable) = (r.applied, r.durable);
         r.syncing = Some(received);
         let volume = self.volumes[vi].index;
-        self.send(Lane::Bulk, Message::CopyProgress { volume, received, durable });
+        self.send(Lane::Priority, Message::CopyProgress { volume, received, durable });
         self.issue_sync(vi, IoPurpose::ReceiverSync { volume: vi, session, upto: received });
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn on_copy_applied(
         &mut self,
         vi: usize,
@@ -326,6 +372,7 @@ impl NodeCore {
         seq: CopySeq,
         extents: Vec<Extent>,
         runs: u64,
+        report: CopyReport,
         result: Result<(), IoFault>,
     ) {
         let v = &mut self.volumes[vi];
@@ -341,7 +388,7 @@ impl NodeCore {
                 for &e in &extents {
                     self.volumes[vi].last_copy.insert(e, now);
                 }
-                self.mark_applied(vi, session, seq);
+                self.mark_applied(vi, session, seq, report);
             }
             Err(fault) => {
                 // Not acknowledged: the peer still tracks these blocks and
@@ -368,11 +415,9 @@ impl NodeCore {
         }
         r.durable = r.durable.max(upto);
         let (received, durable) = (r.applied, r.durable);
-        if received > durable {
-            r.sync_at = Some(self.now + COPY_SYNC_LINGER);
-        }
+        self.schedule_receiver_sync(vi);
         let volume = self.volumes[vi].index;
-        self.send(Lane::Bulk, Message::CopyProgress { volume, received, durable });
+        self.send(Lane::Priority, Message::CopyProgress { volume, received, durable });
     }
 
     pub(crate) fn on_handover_applied(&mut self, vi: usize, extent: Extent, last: bool, result: Result<(), IoFault>) {

@@ -6,13 +6,15 @@
 //! changes, until its deadline.
 
 use bytes::{Bytes, BytesMut};
-use geomirror_wire::peer::{Extent, Message};
+use geomirror_config::PeerLossPolicy;
+use geomirror_wire::peer::{CopyReport, Extent, Message};
 
 use crate::claims::{PeerAccess, ReadSource, WaitReason, WriteAccess};
 use crate::ids::{HostRequestId, VolumeIndex};
 use crate::io::{HostError, HostRequest, IoFault, IoOp, StoreWrite, ZeroMode};
 use crate::limits::{BACKPRESSURE_WAIT_MAX, PULL_BYTES_MAX, PULL_RETRY_DELAY, WRITE_GROUP_EXTENTS_MAX};
 use crate::node::{IoPurpose, NodeCore, Serving};
+use crate::replication::{AckSplit, PeerProgress, PeerWait};
 use crate::session::Pending;
 use crate::time::Time;
 
@@ -24,7 +26,7 @@ pub(crate) enum WriteData {
     Zeroes { mode: ZeroMode, fast_only: bool },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) enum WriteStage {
     /// Acquiring the extents of the group starting at `next_extent`.
     Acquire,
@@ -33,6 +35,16 @@ pub(crate) enum WriteStage {
     /// The FUA sync is in flight; the last group's range stays a write in
     /// flight (its extents cannot be handed out) until it is acknowledged.
     Syncing { offset: u64, length: u64 },
+    /// Written here (`sync` modes): the group's blocks are in the copy
+    /// stream and its range stays a write in flight until the peer reports
+    /// them (and, with `local_sync`, this store synced them).
+    Replicating { offset: u64, length: u64, local_sync: Option<u64>, peer: PeerWait, written: Time },
+}
+
+impl WriteStage {
+    fn is_acquire(&self) -> bool {
+        matches!(self, WriteStage::Acquire)
+    }
 }
 
 #[derive(Debug)]
@@ -69,11 +81,20 @@ pub(crate) struct ReadTask {
     pieces: Vec<Piece>,
 }
 
+/// A FLUSH of a volume in a sync mode: the local sync it waits for, and
+/// the copy position every write before it went out in.
+#[derive(Debug, Default)]
+pub(crate) struct SyncFlush {
+    local_sync: Option<u64>,
+    peer: Option<PeerWait>,
+}
+
 #[derive(Debug)]
 pub(crate) enum TaskKind {
     Write(WriteTask),
     Read(ReadTask),
-    Flush,
+    /// None until it turns out to wait for the peer too.
+    Flush(Option<SyncFlush>),
 }
 
 /// A host request in progress.
@@ -127,7 +148,7 @@ impl NodeCore {
             HostRequest::WriteZeroes { offset, length, mode, fast_only, fua } => {
                 TaskKind::Write(WriteTask::new(g, offset, length, WriteData::Zeroes { mode, fast_only }, fua))
             }
-            HostRequest::Flush => TaskKind::Flush,
+            HostRequest::Flush => TaskKind::Flush(None),
         };
         let task = HostTask {
             volume,
@@ -170,6 +191,10 @@ impl NodeCore {
         let task = self.tasks.remove(&id).expect("finished task exists");
         let vi = task.volume.0 as usize;
         self.volumes[vi].parked.remove(&id);
+        if let TaskKind::Write(WriteTask { stage: WriteStage::Replicating { offset, length, .. }, .. }) = task.kind {
+            self.volumes[vi].claims.end_write_unmarked(offset, length, self.now);
+            self.changed.insert(vi);
+        }
         if task.waited && result.is_ok() && matches!(task.kind, TaskKind::Write(_)) {
             self.volumes[vi].counters.claim_round_trips += 1;
         }
@@ -182,9 +207,9 @@ impl NodeCore {
         let vi = task.volume.0 as usize;
         if let Serving::Stopped(reason) | Serving::Mismatch(reason) = &self.volumes[vi].serving {
             let busy = match &task.kind {
-                TaskKind::Write(w) => w.stage != WriteStage::Acquire,
+                TaskKind::Write(w) => !w.stage.is_acquire() && !matches!(w.stage, WriteStage::Replicating { .. }),
                 TaskKind::Read(r) => r.pieces.iter().any(|p| matches!(p.state, PieceState::Reading | PieceState::Pulling)),
-                TaskKind::Flush => false,
+                TaskKind::Flush(_) => false,
             };
             if !busy {
                 let reason = reason.clone();
@@ -193,9 +218,9 @@ impl NodeCore {
             }
         }
         let starting = match &task.kind {
-            TaskKind::Write(w) => w.stage == WriteStage::Acquire,
+            TaskKind::Write(w) => w.stage.is_acquire(),
             TaskKind::Read(r) => r.pieces.iter().all(|p| !matches!(p.state, PieceState::Reading | PieceState::Pulling)),
-            TaskKind::Flush => true,
+            TaskKind::Flush(f) => f.is_none(),
         };
         if starting && !self.may_serve() {
             let (deadline, why) = (task.deadline, format!("this node may not serve hosts now: {}", self.standing.reason));
@@ -205,18 +230,28 @@ impl NodeCore {
         match &task.kind {
             TaskKind::Write(_) => self.run_write(id, vi),
             TaskKind::Read(_) => self.run_read(id, vi),
-            TaskKind::Flush => {
+            TaskKind::Flush(None) if self.volumes[vi].replication.peer_need(true).is_none() => {
                 self.issue_sync(vi, IoPurpose::HostSync { task: id });
             }
+            TaskKind::Flush(_) => self.run_sync_flush(id, vi),
         }
     }
 
     fn run_write(&mut self, id: HostRequestId, vi: usize) {
         let task = self.tasks.get(&id).expect("running task exists");
         let TaskKind::Write(w) = &task.kind else { unreachable!() };
-        if w.stage != WriteStage::Acquire {
+        match w.stage {
+            WriteStage::Acquire => {}
+            WriteStage::Replicating { .. } => return self.run_replicating(id, vi),
+            WriteStage::Writing { .. } | WriteStage::Syncing { .. } => return,
+        }
+        let deadline = task.deadline;
+        if let Some(why) = self.sync_write_blocked(vi) {
+            self.wait_or_fail(id, deadline, why);
             return;
         }
+        let task = &self.tasks[&id];
+        let TaskKind::Write(w) = &task.kind else { unreachable!() };
         let g = self.volumes[vi].claims.geometry();
         let last = g.extents_of(w.offset, w.length).end().to_owned();
         let group = WRITE_GROUP_EXTENTS_MAX.min(self.volumes[vi].settings.knobs.max_owned as u64).max(1);
@@ -312,7 +347,22 @@ impl NodeCore {
             self.finish(id, Err(HostError::Store(fault)));
             return;
         }
-        if w.next_extent <= last {
+        if let Some(need) = self.volumes[vi].replication.peer_need(w.fua) {
+            // A sync mode: the blocks go to the peer now; the write stays
+            // in flight until it reports them.
+            self.volumes[vi].claims.mark_written(offset, length);
+            // Durable here too before the acknowledgement, the sync running
+            // while the copy travels: a crash of this node alone loses no
+            // acknowledged write in either mode.
+            w.stage = WriteStage::Replicating { offset, length, local_sync: None, peer: PeerWait::new(need), written: now };
+            let mark = self.want_local_sync(vi);
+            let task = self.tasks.get_mut(&id).expect("live");
+            let TaskKind::Write(WriteTask { stage: WriteStage::Replicating { local_sync, .. }, .. }) = &mut task.kind else {
+                unreachable!()
+            };
+            *local_sync = Some(mark);
+            self.run_replicating(id, vi);
+        } else if w.next_extent <= last {
             self.volumes[vi].claims.end_write(offset, length, now);
             w.stage = WriteStage::Acquire;
             self.run_task(id);
@@ -343,6 +393,112 @@ impl NodeCore {
                 self.finish(id, Err(HostError::Store(fault)));
             }
         }
+    }
+
+    /// A write of a sync mode, written here: acknowledged (or on to its
+    /// next group) once the peer reported its blocks and, if it needs one,
+    /// the local sync is done.
+    fn run_replicating(&mut self, id: HostRequestId, vi: usize) {
+        let task = &self.tasks[&id];
+        let (started, deadline) = (task.started, task.deadline);
+        let TaskKind::Write(w) = &task.kind else { unreachable!() };
+        let WriteStage::Replicating { offset, length, local_sync, mut peer, written } = w.stage else { unreachable!() };
+        let last = self.volumes[vi].claims.geometry().extents_of(w.offset, w.length).end().to_owned();
+        let more = w.next_extent <= last;
+        if let Serving::Stopped(reason) = &self.volumes[vi].serving {
+            let reason = reason.clone();
+            self.finish(id, Err(HostError::NotServing(reason)));
+            return;
+        }
+        let local_done = local_sync.is_none_or(|mark| self.volumes[vi].syncs.done >= mark);
+        let progress = if self.volumes[vi].replication.degraded.is_some() {
+            PeerProgress::Reached
+        } else {
+            self.advance_peer_wait(vi, &mut peer, Some((offset, length)))
+        };
+        if let Some(TaskKind::Write(w)) = self.tasks.get_mut(&id).map(|t| &mut t.kind)
+            && let WriteStage::Replicating { peer: p, .. } = &mut w.stage
+        {
+            *p = peer;
+        }
+        let why = match progress {
+            PeerProgress::Reached if local_done => {
+                if !more {
+                    let now = self.now;
+                    let durable = (peer.need == CopyReport::Durable).then(|| now.since(started));
+                    self.volumes[vi].replication.last_ack = Some(AckSplit {
+                        local: written.since(started),
+                        peer_received: peer.received_at.map(|t| t.since(started)),
+                        peer_durable: durable,
+                    });
+                    self.finish(id, Ok(None));
+                    return;
+                }
+                self.volumes[vi].claims.end_write_unmarked(offset, length, self.now);
+                self.changed.insert(vi);
+                let task = self.tasks.get_mut(&id).expect("live");
+                let TaskKind::Write(w) = &mut task.kind else { unreachable!() };
+                w.stage = WriteStage::Acquire;
+                self.run_task(id);
+                return;
+            }
+            PeerProgress::Reached => "waiting for the local fdatasync".to_string(),
+            PeerProgress::Waiting(why) => why,
+            PeerProgress::Lost { link_down } => {
+                if link_down && self.volumes[vi].replication.on_peer_loss == PeerLossPolicy::Degrade {
+                    self.enter_degraded(vi, "the peer is unreachable");
+                    self.run_replicating(id, vi);
+                    return;
+                }
+                format!("the write is done here; the peer is unreachable and volume `{}` waits for it", self.volumes[vi].settings.name)
+            }
+        };
+        self.wait_or_fail(id, deadline, why);
+    }
+
+    /// A FLUSH of a volume in a sync mode: every write before it durable
+    /// here and at the peer.
+    fn run_sync_flush(&mut self, id: HostRequestId, vi: usize) {
+        let deadline = self.tasks[&id].deadline;
+        let first = matches!(self.tasks[&id].kind, TaskKind::Flush(None));
+        if first {
+            let mark = self.want_local_sync(vi);
+            let flush = SyncFlush { local_sync: Some(mark), peer: Some(PeerWait::new(CopyReport::Durable)) };
+            self.tasks.get_mut(&id).expect("live").kind = TaskKind::Flush(Some(flush));
+        }
+        let TaskKind::Flush(Some(flush)) = &self.tasks[&id].kind else { unreachable!() };
+        let local_done = flush.local_sync.is_none_or(|mark| self.volumes[vi].syncs.done >= mark);
+        let mut peer = flush.peer.expect("set above");
+        let progress = if self.volumes[vi].replication.degraded.is_some() {
+            PeerProgress::Reached
+        } else {
+            self.advance_peer_wait(vi, &mut peer, None)
+        };
+        if let Some(TaskKind::Flush(Some(flush))) = self.tasks.get_mut(&id).map(|t| &mut t.kind) {
+            flush.peer = Some(peer);
+        }
+        if let Serving::Stopped(reason) = &self.volumes[vi].serving {
+            let reason = reason.clone();
+            self.finish(id, Err(HostError::NotServing(reason)));
+            return;
+        }
+        let why = match progress {
+            PeerProgress::Reached if local_done => {
+                self.finish(id, Ok(None));
+                return;
+            }
+            PeerProgress::Reached => "waiting for the local fdatasync".to_string(),
+            PeerProgress::Waiting(why) => why,
+            PeerProgress::Lost { link_down } => {
+                if link_down && self.volumes[vi].replication.on_peer_loss == PeerLossPolicy::Degrade {
+                    self.enter_degraded(vi, "the peer is unreachable");
+                    self.run_sync_flush(id, vi);
+                    return;
+                }
+                format!("the flush needs the peer, which is unreachable, and volume `{}` waits for it", self.volumes[vi].settings.name)
+            }
+        };
+        self.wait_or_fail(id, deadline, why);
     }
 
     fn run_read(&mut self, id: HostRequestId, vi: usize) {
@@ -499,6 +655,13 @@ impl NodeCore {
             self.changed.insert(vi);
             self.volumes[vi].parked.insert(id);
         }
+    }
+}
+
+impl HostTask {
+    /// Written here (or a flush) and waiting for the peer.
+    pub(crate) fn waits_for_peer(&self) -> bool {
+        matches!(&self.kind, TaskKind::Write(WriteTask { stage: WriteStage::Replicating { .. }, .. }) | TaskKind::Flush(Some(_)))
     }
 }
 

@@ -3,6 +3,7 @@
 use std::fmt;
 
 use bytes::Bytes;
+use geomirror_config::ReplicationMode;
 use geomirror_wire::peer::{Extent, Lane, Message};
 use geomirror_wire::witness::WitnessMessage;
 
@@ -493,5 +494,34 @@ pub enum Event {
     OutageResolved {
         /// Its generation.
         generation: u64,
+    },
+    /// A sync volume lost its peer and, by its `degrade` policy,
+    /// acknowledges writes as in `async` until the peer has caught up.
+    Degraded {
+        /// The volume.
+        volume: VolumeIndex,
+        /// Its configured mode.
+        mode: ReplicationMode,
+        /// Why.
+        reason: String,
+    },
+    /// A degraded volume's writes are all durable at the peer: its mode
+    /// holds again.
+    CaughtUp {
+        /// The volume.
+        volume: VolumeIndex,
+        /// The mode back in force.
+        mode: ReplicationMode,
+        /// How long it was degraded.
+        after: std::time::Duration,
+    },
+    /// An operator changed a volume's mode.
+    ModeChanged {
+        /// The volume.
+        volume: VolumeIndex,
+        /// The mode before.
+        from: ReplicationMode,
+        /// The mode now.
+        to: ReplicationMode,
     },
 }

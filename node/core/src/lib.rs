@@ -53,6 +53,7 @@ pub mod limits;
 mod node;
 mod outbox;
 mod peer;
+pub mod replication;
 pub mod resync;
 mod session;
 pub mod standing;

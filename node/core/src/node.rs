@@ -18,6 +18,7 @@ use crate::ids::{HostRequestId, IoToken, SessionGen, VolumeIndex};
 use crate::io::{Event, HostError, Input, IoFault, IoOp, IoOutcome, Output};
 use crate::limits::{HOUSEKEEPING_INTERVAL, REQUESTS_INFLIGHT_MAX, WRITE_GROUP_EXTENTS_MAX};
 use crate::outbox::Place;
+use crate::replication::{Replication, ReplicationView};
 use crate::resync::{Resync, ResyncFigures};
 use crate::session::{Pending, Session};
 use crate::standing::{Health, Standing, SurvivorRole};
@@ -101,6 +102,8 @@ pub(crate) struct Receiver {
     pub sync_at: Option<Time>,
     /// A grouped fdatasync in flight, covering copies up to this.
     pub syncing: Option<geomirror_wire::peer::CopySeq>,
+    /// The sender waits for copies up to here to be durable: sync at once.
+    pub urgent: geomirror_wire::peer::CopySeq,
     /// Peer data waiting to be written, in arrival order.
     pub queue: VecDeque<ApplyJob>,
     /// The write in flight.
@@ -111,7 +114,12 @@ pub(crate) struct Receiver {
 #[derive(Debug)]
 pub(crate) enum ApplyJob {
     /// A copy message.
-    Copy { session: SessionGen, seq: geomirror_wire::peer::CopySeq, items: Vec<geomirror_wire::peer::CopyItem> },
+    Copy {
+        session: SessionGen,
+        seq: geomirror_wire::peer::CopySeq,
+        items: Vec<geomirror_wire::peer::CopyItem>,
+        report: geomirror_wire::peer::CopyReport,
+    },
     /// Blocks of a handover to us (`last`: the final reply's part).
     Handover { extent: Extent, runs: Vec<geomirror_wire::peer::BlockRun>, last: bool },
 }
@@ -173,6 +181,8 @@ pub(crate) struct VolumeCore {
     /// When a copy of each peer-owned extent was last applied here (what an
     /// operator's takeover would lose since then).
     pub last_copy: BTreeMap<Extent, Time>,
+    /// The replication mode and its state.
+    pub replication: Replication,
 }
 
 /// What a completed I/O continues.
@@ -216,6 +226,7 @@ pub(crate) enum IoPurpose {
         seq: geomirror_wire::peer::CopySeq,
         extents: Vec<Extent>,
         runs: u64,
+        report: geomirror_wire::peer::CopyReport,
     },
     ApplyHandover {
         volume: usize,
@@ -233,6 +244,10 @@ pub(crate) enum IoPurpose {
     },
     /// A sync that releases or gives wait for.
     StoreSync {
+        volume: usize,
+    },
+    /// The grouped sync that writes and flushes of sync modes wait for.
+    GroupSync {
         volume: usize,
     },
     /// Our checksums of an extent being resynced.
@@ -283,6 +298,8 @@ pub struct VolumeView {
     pub resync: ResyncFigures,
     /// Extents taken alone and not yet resynced to the peer.
     pub taken_extents: u64,
+    /// Replication mode and figures.
+    pub replication: ReplicationView,
 }
 
 /// A view of the session for status.
@@ -417,6 +434,7 @@ impl NodeCore {
                 held_sends: Vec::new(),
                 resync: Resync::default(),
                 last_copy: BTreeMap::new(),
+                replication: Replication::new(settings.mode, settings.on_peer_loss),
             })
             .collect();
         let standing = Standing::new(config.witness, generation, now);
@@ -497,7 +515,8 @@ impl NodeCore {
             volumes: self
                 .volumes
                 .iter()
-                .map(|v| VolumeView {
+                .enumerate()
+                .map(|(vi, v)| VolumeView {
                     name: v.settings.name.clone(),
                     problem: match &v.serving {
                         Serving::Yes => None,
@@ -507,6 +526,7 @@ impl NodeCore {
                     counters: v.counters,
                     resync: v.resync.figures,
                     taken_extents: v.claims.taken_list().len() as u64,
+                    replication: self.replication_view(vi),
                 })
                 .collect(),
             health: self.standing.health,
@@ -604,7 +624,11 @@ impl NodeCore {
             return None;
         }
         let v = self.volumes.get_mut(volume.0 as usize)?;
-        if v.serving != Serving::Yes || length == 0 || !v.claims.geometry().contains(offset, length) {
+        if v.serving != Serving::Yes
+            || length == 0
+            || !v.claims.geometry().contains(offset, length)
+            || v.replication.peer_need(false).is_some()
+        {
             return None;
         }
         let range = v.claims.geometry().extents_of(offset, length);
@@ -876,8 +900,8 @@ impl NodeCore {
             IoPurpose::CopyRead { volume, session, place, seq, runs } => self.on_copy_read(volume, session, place, seq, runs, read(result)),
             IoPurpose::PullRead { volume, session, place, id } => self.on_pull_read(volume, session, place, id, read(result)),
             IoPurpose::GiveRead { volume, extent, runs } => self.on_give_read(volume, extent, runs, read(result)),
-            IoPurpose::ApplyCopy { volume, session, seq, extents, runs } => {
-                self.on_copy_applied(volume, session, seq, extents, runs, done(result))
+            IoPurpose::ApplyCopy { volume, session, seq, extents, runs, report } => {
+                self.on_copy_applied(volume, session, seq, extents, runs, report, done(result))
             }
             IoPurpose::ApplyHandover { volume, extent, last } => self.on_handover_applied(volume, extent, last, done(result)),
             IoPurpose::ReceiverSync { volume, session, upto } => self.on_receiver_synced(volume, session, upto, done(result)),
@@ -887,6 +911,7 @@ impl NodeCore {
                     self.stop_volume(volume, format!("fdatasync failed ({fault}); writes since the last successful one may be lost"));
                 }
             }
+            IoPurpose::GroupSync { volume } => self.on_group_synced(volume, done(result)),
             IoPurpose::ResyncDigest { volume, extent } => self.on_resync_digest(volume, extent, digest(result)),
             IoPurpose::ConflictRead { volume, extent } => self.on_conflict_read(volume, extent, read(result)),
             IoPurpose::ConflictSave { volume, extent } => self.on_conflict_saved(volume, extent, done(result)),
@@ -943,7 +968,7 @@ impl NodeCore {
 
     /// After an input: moves every waiting piece of work as far as it goes,
     /// then queues the messages that may leave.
-    fn settle(&mut self) {
+    pub(crate) fn settle(&mut self) {
         for _ in 0..64 {
             self.release_held_frames();
             self.start_syncs();
@@ -960,6 +985,7 @@ impl NodeCore {
                 self.run_parked(vi);
                 self.run_gives(vi);
                 self.pump_sender(vi);
+                self.pump_catch_up(vi);
             }
             if self.changed.is_empty() {
                 break;

@@ -63,6 +63,24 @@ impl NodeCore {
         }
         match message {
             Message::Heartbeat { id } => self.send(Lane::Priority, Message::HeartbeatReply { id }),
+            // On the priority lane (not behind our own copy backlog on the
+            // bulk lane): hosts of a sync mode wait for it.
+            Message::CopyProgress { volume, received, durable } => {
+                let Some(vi) = self.volume_of(volume, "copy progress") else { return };
+                let last = self.volumes[vi].claims.last_copy_seq();
+                if durable > received || received > last {
+                    self.close_session(format!(
+                        "protocol violation: copy progress received {} durable {} with copies sent up to {}",
+                        received.0, durable.0, last.0
+                    ));
+                    return;
+                }
+                let c = &mut self.volumes[vi].claims;
+                c.on_copy_received(received);
+                c.on_copy_durable(durable);
+                self.changed.insert(vi);
+            }
+
             Message::Sync { id, volume, counter, own, record, gives, generation, taken } => {
                 let Some(vi) = self.volume_of(volume, "a sync") else { return };
                 if !self.refuse_if_not_serving(vi, id) {
@@ -394,24 +412,18 @@ impl NodeCore {
 
     fn dispatch_bulk(&mut self, message: Message) {
         match message {
-            Message::Copy { seq, volume, items } => {
+            Message::Copy { seq, volume, items, report } => {
                 let Some(vi) = self.volume_of(volume, "a copy") else { return };
-                self.on_copy(vi, seq, items);
+                self.on_copy(vi, seq, items, report);
             }
-            Message::CopyProgress { volume, received, durable } => {
-                let Some(vi) = self.volume_of(volume, "copy progress") else { return };
-                let last = self.volumes[vi].claims.last_copy_seq();
-                if durable > received || received > last {
-                    self.close_session(format!(
-                        "protocol violation: copy progress received {} durable {} with copies sent up to {}",
-                        received.0, durable.0, last.0
-                    ));
+            Message::Destage { volume, upto } => {
+                let Some(vi) = self.volume_of(volume, "a destage request") else { return };
+                let last = self.volumes[vi].receiver.last_seq;
+                if upto > last {
+                    self.close_session(format!("protocol violation: destage up to copy {} with copies received up to {}", upto.0, last.0));
                     return;
                 }
-                let c = &mut self.volumes[vi].claims;
-                c.on_copy_received(received);
-                c.on_copy_durable(durable);
-                self.changed.insert(vi);
+                self.on_destage(vi, upto);
             }
             Message::Release { volume, extents } => {
                 let Some(vi) = self.volume_of(volume, "a release") else { return };
@@ -422,7 +434,7 @@ impl NodeCore {
         }
     }
 
-    fn on_copy(&mut self, vi: usize, seq: geomirror_wire::peer::CopySeq, items: Vec<CopyItem>) {
+    fn on_copy(&mut self, vi: usize, seq: geomirror_wire::peer::CopySeq, items: Vec<CopyItem>, report: geomirror_wire::peer::CopyReport) {
         let g = self.volumes[vi].claims.geometry();
         if items.is_empty() {
             self.close_session("protocol violation: an empty copy".into());
@@ -457,7 +469,7 @@ impl NodeCore {
             return;
         }
         let session = self.session.as_ref().expect("frames arrive on a session").id;
-        self.volumes[vi].receiver.queue.push_back(ApplyJob::Copy { session, seq, items });
+        self.volumes[vi].receiver.queue.push_back(ApplyJob::Copy { session, seq, items, report });
         self.changed.insert(vi);
     }
 }

@@ -153,6 +153,7 @@ impl NodeCore {
             r.last_seq = Default::default();
             r.applied = Default::default();
             r.durable = Default::default();
+            r.urgent = Default::default();
             r.sync_at = None;
             r.queue.retain(|job| !matches!(job, crate::node::ApplyJob::Copy { .. }));
             self.changed.insert(vi);
@@ -210,7 +211,10 @@ impl NodeCore {
             v.resync.reset();
             self.changed.insert(vi);
         }
-        self.event(Event::SessionEnded { session: s.id, reason });
+        self.event(Event::SessionEnded { session: s.id, reason: reason.clone() });
+        for vi in 0..self.volumes.len() {
+            self.enter_degraded(vi, &format!("the peer link went down: {reason}"));
+        }
     }
 
     /// Starts the next sync round of every volume that needs one (dialer).

@@ -7,8 +7,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use geomirror_config::{PeerLossPolicy, ReplicationMode};
 use geomirror_wire::peer::{
-    BlockIndex, ClaimOutcome, CopyItem, CopySeq, Epoch, Extent, ExtentClaim, Lane, Message, RequestId, VolumeIndex,
+    BlockIndex, ClaimOutcome, CopyItem, CopyReport, CopySeq, Epoch, Extent, ExtentClaim, Lane, Message, RequestId, VolumeIndex,
 };
 
 use crate::claims::{Claims, ExtentState, PeerAccess, PeerView, ReadSource, WaitReason, WriteAccess};
@@ -28,6 +29,8 @@ fn settings(extents: u64, max_owned: usize, predict: u32) -> VolumeSettings {
         name: "vol0".into(),
         geometry: Geometry { block_bytes: BLOCK, extent_bytes: EXTENT, size: extents * EXTENT },
         knobs: Knobs { max_owned, predict, release_after: Duration::from_secs(1) },
+        mode: ReplicationMode::Async,
+        on_peer_loss: PeerLossPolicy::Suspend,
     }
 }
 
@@ -546,7 +549,7 @@ fn accepter_that_granted_extent_1() -> NodeCore {
 fn copy_of_block_4() -> Message {
     let item =
         CopyItem { extent: Extent(1), epoch: Epoch(1), first: BlockIndex(4), count: 1, data: Bytes::from(vec![1u8; BLOCK as usize]) };
-    Message::Copy { seq: CopySeq(1), volume: V, items: vec![item] }
+    Message::Copy { seq: CopySeq(1), volume: V, items: vec![item], report: CopyReport::Lazy }
 }
 
 #[test]

@@ -68,6 +68,11 @@ impl Dirt {
         !self.unsent.is_clear()
     }
 
+    /// Whether any of blocks `first..end` waits to be sent.
+    pub fn has_unsent_between(&self, first: usize, end: usize) -> bool {
+        first < end && self.unsent.count_ones(first..end) > 0
+    }
+
     /// Whether nothing is left to send or to confirm.
     pub fn is_clean(&self) -> bool {
         self.unsent.is_clear() && self.inflight.is_clear()

@@ -1,8 +1,9 @@
 //! The admin HTTP listener: `GET /metrics` (Prometheus text), `GET /status`
 //! (JSON [`NodeStatus`]), and for two-site nodes `GET /takeover?volume=NAME`
 //! (what an operator's takeover would take) and `POST
-//! /takeover?volume=NAME&confirm=yes[&peer_is_down=yes]` (take it). Binds to
-//! loopback by default.
+//! /takeover?volume=NAME&confirm=yes[&peer_is_down=yes]` (take it), and
+//! `POST /mode?volume=NAME&set=MODE` (change a volume's replication mode).
+//! Binds to loopback by default.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,7 +14,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use geomirror_wire::status::{
-    ExposedExtent, NodeStatus, PeerStatus, ReplicationStatus, ResyncStatus, StandingStatus, TakeoverStatus, VolumeStatus,
+    AckLatency, ExposedExtent, ModeChange, NodeStatus, PeerStatus, ReplicationStatus, ResyncStatus, StandingStatus, TakeoverStatus,
+    VolumeStatus,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -81,6 +83,19 @@ impl AdminState {
                                     rate_bytes_per_second: rate,
                                     eta_seconds: (rate > 0.0).then(|| left / rate),
                                 }
+                            }),
+                            mode: view.replication.mode.as_str().to_string(),
+                            on_peer_loss: match view.replication.on_peer_loss {
+                                geomirror_config::PeerLossPolicy::Suspend => "suspend".into(),
+                                geomirror_config::PeerLossPolicy::Degrade => "degrade".into(),
+                            },
+                            degraded_seconds: view.replication.degraded_for.map(|d| d.as_secs_f64()),
+                            degradations: view.replication.degradations,
+                            writes_waiting_for_peer: view.replication.waiting_for_peer,
+                            last_ack: view.replication.last_ack.map(|a| AckLatency {
+                                local_seconds: a.local.as_secs_f64(),
+                                peer_received_seconds: a.peer_received.map(|d| d.as_secs_f64()),
+                                peer_durable_seconds: a.peer_durable.map(|d| d.as_secs_f64()),
                             }),
                         }
                     });
@@ -184,6 +199,44 @@ async fn takeover_post(
     }
 }
 
+/// The query of `POST /mode`.
+#[derive(Debug, serde::Deserialize)]
+pub struct ModeQuery {
+    /// The volume.
+    pub volume: String,
+    /// The new mode: `async`, `sync-memory` or `sync`.
+    pub set: String,
+}
+
+/// Changes a volume's replication mode; a switch to a sync mode answers
+/// once every write acknowledged before it is durable at the peer (or why
+/// not, after `peer_timeout`). The config file stays the mode at start.
+async fn mode_post(State(state): State<Arc<AdminState>>, Query(q): Query<ModeQuery>) -> Result<Json<ModeChange>, (StatusCode, String)> {
+    let (engine, index) = state.find(&q.volume)?;
+    let mode: geomirror_config::ReplicationMode = q.set.parse().map_err(|e: String| (StatusCode::BAD_REQUEST, e))?;
+    let from = engine.set_mode(index, mode).map_err(|e| (StatusCode::NOT_FOUND, e.to_string()))?;
+    tracing::info!(volume = %q.volume, from = from.as_str(), to = mode.as_str(), "an operator changed the replication mode");
+    let mut change = ModeChange {
+        volume: q.volume.clone(),
+        from: from.as_str().into(),
+        to: mode.as_str().into(),
+        backlog_durable: false,
+        backlog_error: None,
+    };
+    if mode != geomirror_config::ReplicationMode::Async {
+        // A FLUSH in a sync mode waits until everything before it is
+        // durable at both sites: the backlog of the earlier mode included.
+        match engine.flush(index).await {
+            Ok(()) => change.backlog_durable = true,
+            Err(e) => {
+                tracing::warn!(volume = %q.volume, error = %e, "mode switched, but the backlog is not yet durable at the peer");
+                change.backlog_error = Some(e.to_string());
+            }
+        }
+    }
+    Ok(Json(change))
+}
+
 impl AdminState {
     fn find(&self, volume: &str) -> Result<(Arc<crate::engine::Engine>, geomirror_wire::peer::VolumeIndex), (StatusCode, String)> {
         let engine = self.engine.clone().ok_or((StatusCode::BAD_REQUEST, "a single-site node has no peer to take over from".into()))?;
@@ -198,6 +251,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: Canc
         .route("/metrics", get(metrics_handler))
         .route("/status", get(status_handler))
         .route("/takeover", get(takeover_get).post(takeover_post))
+        .route("/mode", axum::routing::post(mode_post))
         .with_state(state);
     axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
 }

@@ -289,6 +289,15 @@ impl Engine {
         self.with_core(|core, now| core.takeover_refusal(now, volume, peer_is_down))
     }
 
+    /// An operator changes a volume's replication mode; returns the mode before.
+    pub fn set_mode(
+        self: &Arc<Self>,
+        volume: VolumeIndex,
+        mode: geomirror_config::ReplicationMode,
+    ) -> Result<geomirror_config::ReplicationMode, geomirror_core::replication::ModeRefused> {
+        self.with_core(|core, now| core.set_mode(now, volume, mode))
+    }
+
     /// Whether a witness is configured.
     pub fn has_witness(&self) -> bool {
         self.core.lock().expect("core lock").witness_up().is_some()
@@ -395,6 +404,23 @@ impl Engine {
                 info!(parent: parent, volume = name(volume), extents, blocks_differing, "resync with the peer done")
             }
             Event::OutageResolved { generation } => info!(parent: parent, generation, "the outage is over"),
+            Event::Degraded { volume, mode, reason } => warn!(
+                parent: parent,
+                volume = name(volume),
+                mode = mode.as_str(),
+                reason,
+                "volume degraded (on_peer_loss = degrade): writes are acknowledged without the peer until it has caught up"
+            ),
+            Event::CaughtUp { volume, mode, after } => info!(
+                parent: parent,
+                volume = name(volume),
+                mode = mode.as_str(),
+                degraded_for = ?after,
+                "the peer has caught up: the volume's mode holds again"
+            ),
+            Event::ModeChanged { volume, from, to } => {
+                info!(parent: parent, volume = name(volume), from = from.as_str(), to = to.as_str(), "replication mode changed")
+            }
         }
     }
 
@@ -654,7 +680,13 @@ mod tests {
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(3),
             witness: None,
-            volumes: vec![VolumeSettings { name: "vol0".into(), geometry, knobs }],
+            volumes: vec![VolumeSettings {
+                name: "vol0".into(),
+                geometry,
+                knobs,
+                mode: geomirror_config::ReplicationMode::Async,
+                on_peer_loss: geomirror_config::PeerLossPolicy::Suspend,
+            }],
         };
         let volume = EngineVolume {
             name: "vol0".into(),

@@ -43,7 +43,7 @@ fn main() {
     if let Some(seed) = args.seed {
         let r = geomirror_dst::run(seed);
         println!(
-            "seed {seed}: trace hash {:016x}; {} events, {:.3} s simulated; {} writes, {} reads, {} failed, {} crashes, {} sessions, {} io faults, {} block histories too large to check",
+            "seed {seed}: trace hash {:016x}; {} events, {:.3} s simulated; {} writes, {} reads, {} failed, {} crashes, {} sessions, {} io faults, {} block histories too large to check; mode {}, {} writes acknowledged durable at both sites, {} degradations",
             r.hash,
             r.stats.events,
             r.simulated.as_secs_f64(),
@@ -53,7 +53,10 @@ fn main() {
             r.stats.crashes,
             r.stats.sessions,
             r.stats.io_faults,
-            r.stats.too_large
+            r.stats.too_large,
+            geomirror_dst::params::Params::of(seed).mode.as_str(),
+            r.stats.sync_acks,
+            r.stats.degradations
         );
         if let Some(f) = r.failure {
             println!("FAILED: {f}");

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use geomirror_config::{PeerLossPolicy, ReplicationMode};
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -79,6 +81,10 @@ pub struct Params {
     /// Every request within one extent must succeed (a quiet run with room
     /// under the limit for every extent).
     pub liveness: bool,
+    /// The volume's replication mode.
+    pub mode: ReplicationMode,
+    /// What a sync volume does while the peer is lost.
+    pub on_peer_loss: PeerLossPolicy,
 }
 
 impl Params {
@@ -136,6 +142,8 @@ impl Params {
             fast_path: rng.random_range(0.0..=1.0),
             hot_blocks,
             liveness: false,
+            mode: ReplicationMode::Async,
+            on_peer_loss: PeerLossPolicy::Suspend,
         };
         if p.quiet() && rng.random_bool(0.5) {
             // Without faults and without pressure from the limit every
@@ -147,7 +155,18 @@ impl Params {
             p.max_owned = p.extents as usize;
             p.liveness = true;
         }
+        // Drawn last: the parameters above stay what they were per seed.
+        p.mode =
+            [ReplicationMode::Async, ReplicationMode::Async, ReplicationMode::SyncMemory, ReplicationMode::Sync][rng.random_range(0..4)];
+        p.on_peer_loss = if rng.random_bool(0.5) { PeerLossPolicy::Suspend } else { PeerLossPolicy::Degrade };
         p
+    }
+
+    /// Whether a takeover of the lost peer's extents loses no acknowledged
+    /// write: `sync` with `suspend` (the peer acknowledged only what was
+    /// durable here too).
+    pub fn takeover_loses_nothing(&self) -> bool {
+        self.mode == ReplicationMode::Sync && self.on_peer_loss == PeerLossPolicy::Suspend
     }
 
     /// Whether the run injects no fault at all: then every host request

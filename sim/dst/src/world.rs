@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Duration;
 
 use bytes::Bytes;
+use geomirror_config::ReplicationMode;
 use geomirror_core::claims::ExtentState;
 use geomirror_core::claims_file::{self, ClaimsWrite};
 use geomirror_core::witness::{WitnessConn, WitnessCore, WitnessOutput, WitnessState};
@@ -82,6 +83,9 @@ pub struct Node {
     /// heal phase, and serves no host (the operator's promise) until its
     /// first sync after that.
     pub declared_down: bool,
+    /// Its core reported the volume degraded (a sync mode acknowledging as
+    /// `async` while the peer is lost) and not yet caught up.
+    pub degraded: bool,
     /// I/Os in flight (claims file writes, to decide their fate at a crash).
     io: BTreeMap<IoToken, IoOp>,
     clients_busy: Vec<bool>,
@@ -197,6 +201,10 @@ pub struct Stats {
     pub fenced: u64,
     /// Resyncs completed, and blocks they found different.
     pub resyncs: u64,
+    /// Writes acknowledged durable at both sites (a sync mode, not degraded).
+    pub sync_acks: u64,
+    /// Times a sync volume degraded.
+    pub degradations: u64,
     /// Blocks found different by resyncs.
     pub resync_blocks: u64,
 }
@@ -251,6 +259,7 @@ impl World {
             tick_at: None,
             ops: BTreeMap::new(),
             unflushed: BTreeMap::new(),
+            degraded: false,
             epochs: BTreeMap::new(),
             counter: 0,
             synced_once: false,
@@ -351,6 +360,8 @@ impl World {
                     size: BLOCK_BYTES * p.blocks(),
                 },
                 knobs: Knobs { max_owned: p.max_owned, predict: p.predict, release_after: p.release_after },
+                mode: p.mode,
+                on_peer_loss: p.on_peer_loss,
             }],
         }
     }
@@ -797,10 +808,15 @@ impl World {
                     self.expected_conflicts.push((1 - n, b, theirs));
                 }
                 // From now on the block holds what this node has: a write
-                // at this instant in the block's history. If this node's
-                // copy of it is not durable yet, a crash may take it back.
-                let r = self.history.write(b..b + 1, mine.value, t);
-                self.history.complete(&r, t, None);
+                // at this instant in the block's history (in `sync` with
+                // `suspend` none: every write the lost node acknowledged is
+                // durable here, and the history must show it). If this
+                // node's copy of it is not durable yet, a crash may take it
+                // back.
+                if !self.p.takeover_loses_nothing() {
+                    let r = self.history.write(b..b + 1, mine.value, t);
+                    self.history.complete(&r, t, None);
+                }
                 if self.nodes[n].disk.durable[b as usize].value != mine.value {
                     self.nodes[n].unflushed.insert(b, t);
                 }
@@ -889,6 +905,11 @@ impl World {
                             self.nodes[n].over_limit_allowed = true;
                         }
                         geomirror_core::Event::ConflictsSaved { blocks, .. } => self.stats.conflict_blocks += blocks,
+                        geomirror_core::Event::Degraded { .. } => {
+                            self.stats.degradations += 1;
+                            self.nodes[n].degraded = true;
+                        }
+                        geomirror_core::Event::CaughtUp { .. } => self.nodes[n].degraded = false,
                         geomirror_core::Event::HealthChanged { health: geomirror_core::Health::Fenced, .. } => self.stats.fenced += 1,
                         geomirror_core::Event::ResyncDone { blocks_differing, .. } => {
                             self.stats.resyncs += 1;
@@ -1002,6 +1023,7 @@ impl World {
         node.epochs.clear();
         node.counter = 0;
         node.synced_once = false;
+        node.degraded = false;
         node.clients_busy.iter_mut().for_each(|b| *b = false);
         let life = node.life;
         self.mix(&[20, n as u64, life]);
@@ -1328,11 +1350,18 @@ impl World {
                 self.stats.reads += 1;
             }
             (OpKind::Write { first, blocks, fua, .. }, Ok(None)) => {
-                invariants::claim_before_ack::check_ack(self, n, *first, *blocks)?;
+                // A sync mode acknowledges only what is durable here and
+                // reported by the peer.
+                let sync_ack = self.p.mode != ReplicationMode::Async && !self.nodes[n].degraded;
+                invariants::claim_before_ack::check_ack(self, n, *first, *blocks, sync_ack)?;
                 self.stats.acks_checked += 1;
                 self.history.complete(op.recorded.as_ref().expect("writes are recorded"), now, None);
+                let durable = *fua || sync_ack;
+                if durable && !*fua {
+                    self.stats.sync_acks += 1;
+                }
                 for b in *first..first + blocks {
-                    if *fua {
+                    if durable {
                         // Durable now: itself, and what was acknowledged
                         // before it was issued (a write acknowledged since
                         // may have landed after it and is not covered).
