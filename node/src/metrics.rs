@@ -93,6 +93,7 @@ fn describe_all() {
         (CLAIMS_GRANTED, "Claims granted to the peer"),
         (RELEASES, "Extents released by this node"),
         (DEGRADATIONS, "Times a sync volume degraded (acknowledged without the peer) since start"),
+        (STORE_SYNCS, "fdatasyncs of a two-site volume's store (flushes, FUA, sync-mode writes, received copies, releases)"),
     ] {
         describe_counter!(name, help);
     }
@@ -221,6 +222,10 @@ pub const WRITES_WAITING_FOR_PEER: &str = "geomirror_writes_waiting_for_peer";
 /// `peer_durable`).
 pub const LAST_ACK_SECONDS: &str = "geomirror_last_ack_seconds";
 
+/// fdatasyncs of a two-site volume's store (host FLUSH and FUA, the sync
+/// modes' writes, received copies, releases and handovers).
+pub const STORE_SYNCS: &str = "geomirror_store_syncs_total";
+
 /// Replication metric handles of one volume, set from the core's figures
 /// (counters are totals kept by the core, so they are set, not added to).
 pub struct ReplicationMetrics {
@@ -234,6 +239,8 @@ pub struct ReplicationMetrics {
     pub copy_read_memory_bytes: Counter,
     /// Block bytes the copy stream read back from the store.
     pub copy_read_store_bytes: Counter,
+    /// fdatasyncs of the store.
+    pub store_syncs: Counter,
     copies_applied: Counter,
     copies_stale: Counter,
     claims_granted: Counter,
@@ -272,6 +279,7 @@ impl ReplicationMetrics {
             mode: ["async", "sync-memory", "sync"].map(|m| metrics::gauge!(REPLICATION_MODE, "volume" => v.clone(), "mode" => m)),
             degraded: metrics::gauge!(DEGRADED, "volume" => v.clone()),
             degradations: counter!(DEGRADATIONS, "volume" => v.clone()),
+            store_syncs: counter!(STORE_SYNCS, "volume" => v.clone()),
             waiting_for_peer: metrics::gauge!(WRITES_WAITING_FOR_PEER, "volume" => v.clone()),
             last_ack: ["local", "peer_received", "peer_durable"]
                 .map(|step| metrics::gauge!(LAST_ACK_SECONDS, "volume" => v.clone(), "step" => step)),

@@ -26,6 +26,9 @@ pub struct TwoSiteOptions {
     /// Run a witness (each node reaches it through its own `geomirror sim`,
     /// 2 ms RTT; lease 1.5 s, drift bound 200 ms, heartbeat timeout 1 s).
     pub witness: bool,
+    /// The volume's replication mode and peer-loss policy (both sites).
+    pub mode: &'static str,
+    pub on_peer_loss: &'static str,
 }
 
 impl Default for TwoSiteOptions {
@@ -41,6 +44,8 @@ impl Default for TwoSiteOptions {
             rtt: None,
             b_volume_size: None,
             witness: false,
+            mode: "async",
+            on_peer_loss: "suspend",
         }
     }
 }
@@ -171,7 +176,8 @@ fn site_config(dir: &Path, site: SiteEnds<'_>, o: &TwoSiteOptions) -> String {
         "[node]\nname = \"{own}\"\ndata_dir = \"{data}\"\n[nbd]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{witness}\
          [peer]\nname = \"{peer}\"\nlisten = \"{listen}\"\nconnect = \"{connect}\"\npeer_timeout = \"{timeout}\"\nheartbeat_interval = \"250ms\"\nheartbeat_timeout = \"1s\"\n\
          [tls]\nca = \"{certs}/ca.pem\"\ncert = \"{certs}/{own}.pem\"\nkey = \"{certs}/{own}-key.pem\"\n\
-         [[volume]]\nname = \"vol0\"\nsize = \"{size}\"\nblock_size = \"{block}\"\nextent_size = \"{extent}\"\nmax_owned_extents = {max}\npredict_extents = {predict}\nrelease_after = \"{release}\"\n",
+         [[volume]]\nname = \"vol0\"\nsize = \"{size}\"\nblock_size = \"{block}\"\nextent_size = \"{extent}\"\nmax_owned_extents = {max}\npredict_extents = {predict}\nrelease_after = \"{release}\"\n\
+         mode = \"{mode}\"\non_peer_loss = \"{policy}\"\n",
         data = dir.join(format!("data-{own}")).display(),
         certs = dir.join("certs").display(),
         timeout = o.peer_timeout,
@@ -180,6 +186,8 @@ fn site_config(dir: &Path, site: SiteEnds<'_>, o: &TwoSiteOptions) -> String {
         max = o.max_owned_extents,
         predict = o.predict_extents,
         release = o.release_after,
+        mode = o.mode,
+        policy = o.on_peer_loss,
     )
 }
 

@@ -595,3 +595,219 @@ fn a_failed_sync_of_copies_stops_the_volume_and_reports_nothing_durable() {
     assert!(out.iter().any(|o| matches!(o, Output::Event(crate::io::Event::VolumeStopped { .. }))));
     assert!(b.is_stopped(V));
 }
+
+// ------------------------------------------------------------ replication modes
+
+fn ready_accepter_in(mode: ReplicationMode, on_peer_loss: PeerLossPolicy) -> NodeCore {
+    let mut c = config(false);
+    c.volumes[0].mode = mode;
+    c.volumes[0].on_peer_loss = on_peer_loss;
+    let mut b = NodeCore::new(c, vec![ClaimsFileContents::default()], t(0));
+    b.handle(t(0), Input::LinkUp { session: S, role: Role::Accepter, volume_errors: vec![None] });
+    b.handle(t(0), Input::BulkUp { session: S });
+    for id in 1..=2 {
+        let sync = Message::Sync {
+            id: RequestId(id),
+            volume: V,
+            counter: Epoch(0),
+            own: vec![],
+            record: vec![],
+            gives: vec![],
+            generation: 0,
+            taken: vec![],
+        };
+        b.handle(t(0), Input::Frame { session: S, lane: Lane::Priority, message: sync });
+    }
+    drain(&mut b);
+    assert!(b.is_ready());
+    b
+}
+
+/// Completes every I/O in `out` that `keep` does not hold back (reads
+/// return zeroes), again for what those completions ask, and returns
+/// everything else that came out, with the I/Os held back.
+fn run_io_except(b: &mut NodeCore, now: Time, mut out: Vec<Output>, keep: impl Fn(&IoOp) -> bool) -> Vec<Output> {
+    let mut rest = Vec::new();
+    while !out.is_empty() {
+        let mut next = Vec::new();
+        for o in out {
+            match o {
+                Output::Io { token, op, .. } if !keep(&op) => {
+                    let outcome = match &op {
+                        IoOp::Read { ranges, .. } => {
+                            IoOutcome::Read(ranges.iter().map(|(_, l)| Bytes::from(vec![0u8; *l as usize])).collect())
+                        }
+                        _ => IoOutcome::Done,
+                    };
+                    b.handle(now, Input::IoDone { token, result: Ok(outcome) });
+                    next.extend(drain(b));
+                }
+                other => rest.push(other),
+            }
+        }
+        out = next;
+    }
+    rest
+}
+
+fn replies(out: &[Output]) -> Vec<(HostRequestId, bool)> {
+    out.iter().filter_map(|o| if let Output::Reply { id, result } = o { Some((*id, result.is_ok())) } else { None }).collect()
+}
+
+/// A node in `mode` that owns extent 1 (granted by the peer), no write yet.
+fn writer_owning_extent_1(mode: ReplicationMode, on_peer_loss: PeerLossPolicy) -> NodeCore {
+    let mut b = ready_accepter_in(mode, on_peer_loss);
+    // A write to extent 1 claims it; in a sync mode it then waits for the
+    // peer too, which this helper answers.
+    let data = Bytes::from(vec![9u8; BLOCK as usize]);
+    b.handle(t(1), Input::Host { id: HostRequestId(1), volume: V, request: HostRequest::Write { offset: EXTENT, data, fua: false } });
+    let out = drain(&mut b);
+    let id = sends(&out).iter().find_map(|m| if let Message::Claim { id, .. } = m { Some(*id) } else { None }).expect("a claim");
+    let reply = Message::ClaimReply { id, counter: Epoch(1), outcomes: vec![ClaimOutcome::Granted(Epoch(1))] };
+    b.handle(t(2), Input::Frame { session: S, lane: Lane::Priority, message: reply });
+    let out = drain(&mut b);
+    let out = run_io_except(&mut b, t(2), out, |_| false);
+    if mode != ReplicationMode::Async {
+        let seq = sends(&out).iter().find_map(|m| if let Message::Copy { seq, .. } = m { Some(*seq) } else { None }).expect("a copy");
+        let progress = Message::CopyProgress { volume: V, received: seq, durable: seq };
+        b.handle(t(3), Input::Frame { session: S, lane: Lane::Priority, message: progress });
+        let out = drain(&mut b);
+        assert_eq!(replies(&out), vec![(HostRequestId(1), true)], "{out:?}");
+    } else {
+        assert_eq!(replies(&out), vec![(HostRequestId(1), true)]);
+    }
+    b
+}
+
+fn write_block_4(b: &mut NodeCore, id: u64, at: Time, fua: bool) -> Vec<Output> {
+    let data = Bytes::from(vec![7u8; BLOCK as usize]);
+    b.handle(at, Input::Host { id: HostRequestId(id), volume: V, request: HostRequest::Write { offset: EXTENT, data, fua } });
+    drain(b)
+}
+
+fn copy_sent(out: &[Output]) -> Option<(CopySeq, CopyReport)> {
+    sends(out).iter().find_map(|m| if let Message::Copy { seq, report, .. } = m { Some((*seq, *report)) } else { None })
+}
+
+#[test]
+fn a_sync_memory_write_is_acknowledged_once_durable_here_and_received_at_the_peer() {
+    let mut b = writer_owning_extent_1(ReplicationMode::SyncMemory, PeerLossPolicy::Suspend);
+    let out = write_block_4(&mut b, 2, t(10), false);
+    assert!(b.try_write(t(10), V, EXTENT, BLOCK).is_none(), "no fast path: the write must wait for the peer");
+    // The local write completes: the copy leaves at once (no linger) while
+    // the local sync runs; the sync is held back here.
+    let out = run_io_except(&mut b, t(10), out, |op| matches!(op, IoOp::Sync));
+    let (seq, report) = copy_sent(&out).expect("the write's copy leaves at once");
+    assert_eq!(report, CopyReport::Received);
+    let sync = io_token(&out, |op| matches!(op, IoOp::Sync));
+    assert!(replies(&out).is_empty(), "nothing acknowledged before the peer has it");
+    let progress = Message::CopyProgress { volume: V, received: seq, durable: CopySeq(0) };
+    b.handle(t(11), Input::Frame { session: S, lane: Lane::Priority, message: progress });
+    assert!(replies(&drain(&mut b)).is_empty(), "received there, but not yet durable here");
+    assert_eq!(b.status().volumes[0].replication.waiting_for_peer, 1);
+    b.handle(t(12), Input::IoDone { token: sync, result: Ok(IoOutcome::Done) });
+    assert_eq!(replies(&drain(&mut b)), vec![(HostRequestId(2), true)]);
+    let ack = b.status().volumes[0].replication.last_ack.expect("recorded");
+    assert_eq!(ack.peer_received, Some(Duration::from_millis(1)));
+    assert_eq!(ack.peer_durable, None, "sync-memory does not wait for the peer's disk");
+}
+
+#[test]
+fn a_sync_write_waits_until_the_peer_reports_it_durable() {
+    let mut b = writer_owning_extent_1(ReplicationMode::Sync, PeerLossPolicy::Suspend);
+    let out = write_block_4(&mut b, 2, t(10), false);
+    let out = run_io_except(&mut b, t(10), out, |_| false);
+    let (seq, report) = copy_sent(&out).expect("a copy");
+    assert_eq!(report, CopyReport::Durable, "the peer syncs it at once");
+    assert!(replies(&out).is_empty());
+    let progress = Message::CopyProgress { volume: V, received: seq, durable: CopySeq(0) };
+    b.handle(t(11), Input::Frame { session: S, lane: Lane::Priority, message: progress });
+    assert!(replies(&drain(&mut b)).is_empty(), "in the peer's memory only");
+    let progress = Message::CopyProgress { volume: V, received: seq, durable: seq };
+    b.handle(t(12), Input::Frame { session: S, lane: Lane::Priority, message: progress });
+    assert_eq!(replies(&drain(&mut b)), vec![(HostRequestId(2), true)]);
+}
+
+#[test]
+fn a_flush_in_sync_memory_asks_the_peer_to_destage_and_waits_for_it() {
+    let mut b = writer_owning_extent_1(ReplicationMode::SyncMemory, PeerLossPolicy::Suspend);
+    let out = write_block_4(&mut b, 2, t(10), false);
+    let out = run_io_except(&mut b, t(10), out, |_| false);
+    let (seq, _) = copy_sent(&out).expect("a copy");
+    b.handle(
+        t(11),
+        Input::Frame { session: S, lane: Lane::Priority, message: Message::CopyProgress { volume: V, received: seq, durable: CopySeq(0) } },
+    );
+    assert_eq!(replies(&drain(&mut b)), vec![(HostRequestId(2), true)]);
+    b.handle(t(12), Input::Host { id: HostRequestId(3), volume: V, request: HostRequest::Flush });
+    let out = drain(&mut b);
+    let out = run_io_except(&mut b, t(12), out, |_| false);
+    assert!(sends(&out).iter().any(|m| matches!(m, Message::Destage { upto, .. } if *upto == seq)), "{out:?}");
+    assert!(replies(&out).is_empty(), "the write before the flush is not durable at the peer yet");
+    b.handle(
+        t(13),
+        Input::Frame { session: S, lane: Lane::Priority, message: Message::CopyProgress { volume: V, received: seq, durable: seq } },
+    );
+    assert_eq!(replies(&drain(&mut b)), vec![(HostRequestId(3), true)]);
+}
+
+#[test]
+fn with_suspend_a_write_waits_for_the_lost_peer_then_fails_without_writing() {
+    let mut b = writer_owning_extent_1(ReplicationMode::Sync, PeerLossPolicy::Suspend);
+    b.handle(t(10), Input::LinkDown { session: S, reason: "cut".into() });
+    drain(&mut b);
+    let out = write_block_4(&mut b, 2, t(11), false);
+    assert!(!out.iter().any(|o| matches!(o, Output::Io { op: IoOp::Write { .. }, .. })), "nothing written without the peer: {out:?}");
+    b.handle(t(11) + Duration::from_secs(1), Input::Tick);
+    let out = drain(&mut b);
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Reply { id: HostRequestId(2), result: Err(crate::io::HostError::PeerUnavailable(m)) } if m.contains("suspend"))),
+        "{out:?}"
+    );
+    assert!(!out.iter().any(|o| matches!(o, Output::Io { op: IoOp::Write { .. }, .. })));
+}
+
+#[test]
+fn with_degrade_a_waiting_write_is_acknowledged_when_the_link_goes_down_and_the_mode_returns_after_catching_up() {
+    let mut b = writer_owning_extent_1(ReplicationMode::Sync, PeerLossPolicy::Degrade);
+    let out = write_block_4(&mut b, 2, t(10), false);
+    let out = run_io_except(&mut b, t(10), out, |_| false);
+    assert!(replies(&out).is_empty());
+    b.handle(t(11), Input::LinkDown { session: S, reason: "cut".into() });
+    let out = drain(&mut b);
+    assert!(out.iter().any(|o| matches!(o, Output::Event(crate::io::Event::Degraded { .. }))), "{out:?}");
+    assert_eq!(replies(&out), vec![(HostRequestId(2), true)], "acknowledged as async");
+    assert!(b.status().volumes[0].replication.degraded_for.is_some());
+    // Degraded writes take the fast path, as in async.
+    assert!(b.try_write(t(12), V, EXTENT, BLOCK).is_some());
+}
+
+#[test]
+fn a_copy_that_asks_for_durability_is_synced_at_once_and_one_for_memory_is_reported_at_apply() {
+    for report in [CopyReport::Received, CopyReport::Durable] {
+        let mut b = accepter_that_granted_extent_1();
+        let Message::Copy { seq, volume, items, .. } = copy_of_block_4() else { unreachable!() };
+        b.handle(t(2), Input::Frame { session: S, lane: Lane::Bulk, message: Message::Copy { seq, volume, items, report } });
+        let write = io_token(&drain(&mut b), |op| matches!(op, IoOp::Write { .. }));
+        b.handle(t(2), Input::IoDone { token: write, result: Ok(IoOutcome::Done) });
+        let out = drain(&mut b);
+        let progress: Vec<&Message> = sends(&out).into_iter().filter(|m| matches!(m, Message::CopyProgress { .. })).collect();
+        let synced = out.iter().any(|o| matches!(o, Output::Io { op: IoOp::Sync, .. }));
+        match report {
+            CopyReport::Received => {
+                assert!(
+                    matches!(progress.as_slice(), [Message::CopyProgress { received: CopySeq(1), durable: CopySeq(0), .. }]),
+                    "{out:?}"
+                );
+                assert!(!synced, "the sync keeps its linger");
+            }
+            _ => {
+                assert!(synced, "synced without the linger: {out:?}");
+                let sync = io_token(&out, |op| matches!(op, IoOp::Sync));
+                b.handle(t(3), Input::IoDone { token: sync, result: Ok(IoOutcome::Done) });
+                let out = drain(&mut b);
+                assert!(sends(&out).iter().any(|m| matches!(m, Message::CopyProgress { durable: CopySeq(1), .. })), "{out:?}");
+            }
+        }
+    }
+}

@@ -628,7 +628,10 @@ fn run_io(
             }
             Ok(IoOutcome::Done)
         }
-        IoOp::Sync => store.sync().map(|()| IoOutcome::Done).map_err(|e| fault_of(&e)),
+        IoOp::Sync => {
+            kept.metrics.store_syncs.increment(1);
+            store.sync().map(|()| IoOutcome::Done).map_err(|e| fault_of(&e))
+        }
         IoOp::Persist { write } => {
             let written = match &write {
                 ClaimsWrite::Full(contents) => file.store(contents),
