@@ -76,6 +76,7 @@ pub fn run(binary: &Path, work: &Path, steps: &[u64]) -> Result<Vec<ClaimCost>> 
         predict_extents: 0,
         max_owned_extents: u32::try_from(extents).context("too many extents")?,
         release_after: "1h",
+        ..VolumeSpec::default_named(VOLUME)
     };
     let dir = work.join("claim-cost");
     let mut pair = pair::start(binary, &dir, &[spec], Duration::ZERO, None).context("start the claim-cost pair")?;

@@ -92,10 +92,26 @@ impl Job {
         args
     }
 
+    /// The command line of this job on a plain file at `path` instead of
+    /// an export: fio's `psync` engine (buffered `pwrite`), e.g. with
+    /// `--fdatasync=1` in `extra` to time one fdatasync after every write.
+    pub fn file_args(&self, path: &Path) -> Vec<String> {
+        let mut args = vec![format!("--name={}", self.name), "--ioengine=psync".into()];
+        args.extend(self.options());
+        args.extend([format!("--filename={}", path.display()), format!("--size={}", self.size)]);
+        args
+    }
+
     /// Every option but the job's name, export and size.
     fn shared_args(&self) -> Vec<String> {
+        let mut args = vec!["--ioengine=nbd".to_string()];
+        args.extend(self.options());
+        args
+    }
+
+    /// Every option but the engine and the job's name, target and size.
+    fn options(&self) -> Vec<String> {
         let mut args = vec![
-            "--ioengine=nbd".into(),
             format!("--rw={}", self.rw),
             format!("--bs={}", self.block_size),
             format!("--iodepth={}", self.iodepth),
@@ -189,6 +205,11 @@ pub fn run(job: &Job, uri: &str, work_dir: &Path) -> Result<Run> {
     run_args(job, job.args(uri), uri, work_dir)
 }
 
+/// Runs `job` on the plain file `path` (see [`Job::file_args`]).
+pub fn run_file(job: &Job, path: &Path, work_dir: &Path) -> Result<Run> {
+    run_args(job, job.file_args(path), &path.display().to_string(), work_dir)
+}
+
 /// Runs `job` at two sites at once (see [`Job::two_site_args`]); the
 /// figures are the sum of both.
 pub fn run_two_sites(job: &Job, uri_a: &str, uri_b: &str, offset_b: u64, work_dir: &Path) -> Result<Run> {
@@ -264,6 +285,14 @@ fn dir_stats(job: &Value, half: &str) -> Result<DirStats> {
     })
 }
 
+/// The `p`th percentile (µs) of the latency of fio's first job's syncs
+/// (its `sync` section): an fdatasync with the `psync` engine and
+/// `--fdatasync=1`, an NBD FLUSH with the `nbd` engine and `--fsync=1`.
+/// Absent when the job issued none.
+pub fn sync_latency_us(raw: &Value, p: f64) -> Option<f64> {
+    percentile_ns(raw.get("jobs")?.get(0)?.get("sync")?.get("lat_ns")?, p).map(|ns| ns / 1000.0)
+}
+
 /// The `p`th percentile (ns) of a latency section: fio keys them as strings
 /// like `"50.000000"`. Absent when the job did no I/O in that direction.
 fn percentile_ns(section: &Value, p: f64) -> Option<f64> {
@@ -326,6 +355,20 @@ mod tests {
     }
 
     #[test]
+    fn reads_sync_latency() {
+        // fio 3.33, psync engine with --fdatasync=1 (trimmed).
+        let raw: Value = serde_json::from_str(
+            r#"{ "jobs" : [ { "sync" : { "total_ios" : 0, "lat_ns" : { "min" : 140108, "N" : 9638,
+                 "percentile" : { "50.000000" : 195584, "99.000000" : 288768 } } } } ] }"#,
+        )
+        .unwrap();
+        assert_eq!(sync_latency_us(&raw, 50.0), Some(195.584));
+        assert_eq!(sync_latency_us(&raw, 99.0), Some(288.768));
+        let (_, no_syncs) = parse_output(SAMPLE).unwrap();
+        assert_eq!(sync_latency_us(&no_syncs, 50.0), None);
+    }
+
+    #[test]
     fn reports_fio_job_errors_and_missing_json() {
         let failed = SAMPLE.replace(r#""error" : 0"#, r#""error" : 5"#);
         let err = parse_output(&failed).unwrap_err().to_string();
@@ -372,6 +415,11 @@ mod tests {
         assert_eq!(both[b + 1], "--offset=268435456", "site B's job has its own region");
         let prefill = Job { rw: "write", timing: Timing::Once, ..job };
         assert!(!prefill.args("u").iter().any(|a| a == "--time_based"));
+        let file = prefill.file_args(Path::new("/t/f"));
+        for want in ["--ioengine=psync", "--filename=/t/f", "--size=256m", "--rw=write", "--offset=512m"] {
+            assert!(file.iter().any(|a| a == want), "missing {want} in {file:?}");
+        }
+        assert!(!file.iter().any(|a| a.starts_with("--uri") || a == "--ioengine=nbd"));
         assert_eq!(prefill.direction(), Direction::Write);
     }
 }

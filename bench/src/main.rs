@@ -81,20 +81,44 @@
 //! survivor's first write in a clean extent, takeover time, and resync
 //! bytes and time after a crash by owned extents (see [`site_loss`]).
 //!
+//! # `modes`
+//!
+//! What it measures: what each replication mode costs at site A, for each
+//! `--rtt` (default 2 ms, 20 ms and 80 ms). One geomirror pair with three
+//! volumes, one per mode (`async`, `sync-memory`, `sync`), behind one
+//! `geomirror sim`; plain qemu-nbd (the local limit); QEMU's write-blocking
+//! mirror behind its own simulator with the same RTT. Each export's first
+//! 256 MiB is written once at A (so geomirror's site A owns it and no claim
+//! round trip is measured) and every replica let catch up; then `--rounds`
+//! rounds (default 2), systems alternated within each, of fio's nbd engine
+//! at A for `--runtime` seconds (default 5) after a 1 s ramp: 4 KiB random
+//! write QD1 (IOPS, clat p50/p99, total latency p50), QD32 (IOPS), 1 MiB
+//! sequential write QD8 (MB/s), and 4 KiB random write QD1 with an NBD FLUSH
+//! after every write (fio `--fsync=1`: writes/s, write and FLUSH p50). In
+//! the same run it times one fdatasync after a 4 KiB write on the temp
+//! dir's filesystem (fio psync, `--fdatasync=1`). Targets, in total latency
+//! and this run's figures: `sync` QD1 p50 ≤ 1.05 × (RTT + local write p50 +
+//! fdatasync p50), `sync` QD32 IOPS ≥ 20 × its QD1 IOPS, `sync-memory` QD1
+//! p50 ≤ 1.05 × (RTT + local write p50), the local write being qemu-nbd's
+//! QD1 p50. A last table says what each mode costs and guarantees.
+//!
 //! Layout: [`fio`] builds and parses fio jobs, [`procs`] runs processes,
 //! [`systems`] starts single-site systems, [`pair`] two geomirror sites,
 //! [`qemu_mirror`] the QEMU mirrors, [`sim`] drives the WAN simulator,
 //! [`node_status`] reads `/status` and `/metrics` (over [`http`]), [`qmp`]
 //! talks to qemu-storage-daemon, [`nbd`] is a tiny NBD client for the
-//! freshness probes, [`load`] measures other load, [`stats`] and [`table`]
-//! summarise; [`single_site`], [`two_site`] and [`side_by_side`] are the
-//! scenarios.
+//! freshness probes, [`load`] measures other load, [`lineup`] measures
+//! systems one after the other in rotated rounds, [`stats`] and [`table`]
+//! summarise; [`single_site`], [`two_site`], [`side_by_side`],
+//! [`site_loss`] and [`modes`] are the scenarios.
 
 mod claim_cost;
 mod fio;
 mod http;
+mod lineup;
 mod load;
 mod machine;
+mod modes;
 mod nbd;
 mod node_status;
 mod pair;
@@ -139,6 +163,10 @@ enum Command {
     /// first write in a clean extent, and to a takeover; resync bytes and
     /// time after a crash by owned extents.
     SiteLoss(site_loss::Args),
+    /// What each replication mode (async, sync-memory, sync) costs per RTT,
+    /// against qemu-nbd and QEMU's write-blocking mirror: latency, IOPS,
+    /// MB/s, writes with a FLUSH each; the mode targets.
+    Modes(modes::Args),
 }
 
 /// Options shared by every scenario.
@@ -177,6 +205,16 @@ impl CommonArgs {
         }
     }
 
+    /// Saves `report` as pretty JSON to `--json FILE`, if given.
+    pub fn save_json(&self, report: &impl serde::Serialize) -> Result<()> {
+        if let Some(path) = &self.json {
+            let text = serde_json::to_string_pretty(report).context("serialise the results")?;
+            std::fs::write(path, text + "\n").with_context(|| format!("write {}", path.display()))?;
+            eprintln!("raw results saved to {}", path.display());
+        }
+        Ok(())
+    }
+
     /// A new temp dir for this run.
     pub fn temp_dir(&self) -> Result<tempfile::TempDir> {
         let mut builder = tempfile::Builder::new();
@@ -196,6 +234,7 @@ fn main() -> ExitCode {
         Command::TwoSite(a) => &a.common,
         Command::SideBySide(a) => &a.common,
         Command::SiteLoss(a) => &a.common,
+        Command::Modes(a) => &a.common,
     };
     procs::pin_sites(common.pin);
     let result = match cli.command {
@@ -203,6 +242,7 @@ fn main() -> ExitCode {
         Command::TwoSite(args) => two_site::run(&args),
         Command::SideBySide(args) => side_by_side::run(&args),
         Command::SiteLoss(args) => site_loss::run(&args),
+        Command::Modes(args) => modes::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

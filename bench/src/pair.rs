@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use geomirror_config::ReplicationMode;
 
 use crate::node_status::{self, Metrics, NodeStatus};
 use crate::procs::{self, Server};
@@ -35,11 +36,14 @@ pub struct VolumeSpec {
     pub max_owned_extents: u32,
     /// `release_after`, e.g. `30s`.
     pub release_after: &'static str,
+    /// `mode`; written to the config only when not the default (`async`),
+    /// so that existing callers' configs stay as they were.
+    pub mode: ReplicationMode,
 }
 
 impl VolumeSpec {
     /// A 1 GiB volume with the product defaults (1 MiB extents, limit 1024,
-    /// predict 8, release after 30 s).
+    /// predict 8, release after 30 s, async).
     pub const fn default_named(name: &'static str) -> VolumeSpec {
         VolumeSpec {
             name,
@@ -48,6 +52,7 @@ impl VolumeSpec {
             predict_extents: 8,
             max_owned_extents: 1024,
             release_after: "30s",
+            mode: ReplicationMode::Async,
         }
     }
 }
@@ -198,6 +203,9 @@ key = "{d}/certs/{name}-key.pem"
             "\n[[volume]]\nname = \"{}\"\nsize = \"{}\"\nextent_size = \"{}\"\nmax_owned_extents = {}\npredict_extents = {}\nrelease_after = \"{}\"\n",
             v.name, v.size_bytes, v.extent_bytes, v.max_owned_extents, v.predict_extents, v.release_after
         ));
+        if v.mode != ReplicationMode::Async {
+            toml.push_str(&format!("mode = \"{}\"\n", v.mode.as_str()));
+        }
     }
     toml
 }
@@ -332,8 +340,11 @@ mod tests {
 
     #[test]
     fn config_has_peer_tls_and_every_volume() {
-        let vols =
-            [VolumeSpec::default_named("p0"), VolumeSpec { predict_extents: 64, release_after: "5m", ..VolumeSpec::default_named("p64") }];
+        let vols = [
+            VolumeSpec::default_named("p0"),
+            VolumeSpec { predict_extents: 64, release_after: "5m", ..VolumeSpec::default_named("p64") },
+            VolumeSpec { mode: ReplicationMode::SyncMemory, ..VolumeSpec::default_named("sm") },
+        ];
         let site = SiteConfig {
             name: "site-a",
             peer: "site-b",
@@ -355,9 +366,11 @@ mod tests {
             "name = \"p0\"\nsize = \"1073741824\"\nextent_size = \"1048576\"\nmax_owned_extents = 1024\npredict_extents = 8\nrelease_after = \"30s\"",
             "name = \"p64\"",
             "predict_extents = 64\nrelease_after = \"5m\"",
+            "name = \"sm\"\nsize = \"1073741824\"\nextent_size = \"1048576\"\nmax_owned_extents = 1024\npredict_extents = 8\nrelease_after = \"30s\"\nmode = \"sync-memory\"\n",
         ] {
             assert!(toml.contains(want), "missing {want:?} in\n{toml}");
         }
-        assert_eq!(toml.matches("[[volume]]").count(), 2);
+        assert_eq!(toml.matches("[[volume]]").count(), 3);
+        assert_eq!(toml.matches("mode = ").count(), 1, "async, the default, is not written");
     }
 }

@@ -11,18 +11,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::CommonArgs;
-use crate::fio::{self, Job, JobStats, Timing};
-use crate::load::{self, Load, OTHER_LOAD_FLAG, STEAL_FLAG};
-use crate::machine::{self, Machine};
+use crate::lineup::{
+    self, Header, Kind, Lineup, RAMP_S, REGION_BYTES, REGION_TEXT, RoundInfo, RunRecord, System, any_disturbed, med, runs_of,
+};
 use crate::nbd::{self, XorShift};
-use crate::pair::{self, Pair, VolumeSpec};
-use crate::procs;
+use crate::pair::{self, VolumeSpec};
 use crate::qemu_mirror::{CopyMode, QemuMirror};
 use crate::sim;
-use crate::stats::{median, median_of_present};
+use crate::stats::median;
 use crate::systems::{self, EXPORT, VOLUME_BYTES};
 use crate::table::verdict;
 use crate::table::{self, Format};
@@ -48,118 +46,13 @@ pub struct Args {
     pub(crate) common: CommonArgs,
 }
 
-/// Region every job touches and every probe writes into (prefilled at A).
-const REGION: &str = "256m";
-const REGION_BYTES: u64 = 256 << 20;
-const REGION_TEXT: &str = "256 MiB";
-const RAMP_S: u32 = 1;
 /// Polling of a stale read at B.
 const POLL_EVERY: Duration = Duration::from_millis(5);
 const POLL_FOR: Duration = Duration::from_secs(2);
-/// Longest wait for a replica to catch up between runs.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 const PROBE_BYTES: usize = 4096;
 
 /// Column order in the tables.
 const LABELS: [&str; 4] = ["geomirror", "qemu-nbd (local)", "qsd write-blocking", "qsd background"];
-
-/// A system under test.
-enum Kind {
-    Geomirror(Box<Pair>),
-    Local(systems::Target),
-    Mirror(Box<QemuMirror>),
-}
-
-struct System {
-    label: &'static str,
-    kind: Kind,
-}
-
-impl System {
-    fn uri_a(&self) -> String {
-        match &self.kind {
-            Kind::Geomirror(p) => p.a.uri(EXPORT),
-            Kind::Local(t) => t.uri.clone(),
-            Kind::Mirror(m) => m.uri_a.clone(),
-        }
-    }
-
-    /// NBD address of site A and of the replica at site B.
-    fn probe_addresses(&self) -> Option<(String, String)> {
-        match &self.kind {
-            Kind::Geomirror(p) => Some((p.a.nbd.clone(), p.b.nbd.clone())),
-            Kind::Local(_) => None,
-            Kind::Mirror(m) => Some((m.nbd_a.clone(), m.nbd_b.clone())),
-        }
-    }
-
-    /// Site B's export, where hosts at B may write (geomirror's site B;
-    /// the local server takes B's writes too); `None` for the QEMU mirrors,
-    /// whose site B holds a replica that only the mirror job writes.
-    fn uri_b(&self) -> Option<String> {
-        match &self.kind {
-            Kind::Geomirror(p) => Some(p.b.uri(EXPORT)),
-            Kind::Local(t) => Some(t.uri.clone()),
-            Kind::Mirror(_) => None,
-        }
-    }
-
-    /// Every process of the system, site A's server first.
-    fn pids(&self) -> Vec<u32> {
-        match &self.kind {
-            Kind::Geomirror(p) => p.pids(),
-            Kind::Local(t) => vec![t.server.pid()],
-            Kind::Mirror(m) => m.pids(),
-        }
-    }
-
-    fn check_alive(&mut self) -> Result<()> {
-        match &mut self.kind {
-            Kind::Geomirror(p) => p.check_alive(),
-            Kind::Local(t) => t.server.check_alive(),
-            Kind::Mirror(m) => {
-                m.qsd.check_alive()?;
-                m.qnbd_b.check_alive()?;
-                m.sim.server.check_alive()
-            }
-        }
-    }
-
-    /// Waits until site B holds everything written at A (geomirror: A's
-    /// not_durable_at_peer_bytes is 0; QEMU: the job's offset reached its
-    /// len); returns how long that took, or `None` for the local system.
-    fn settle(&mut self) -> Result<Option<Duration>> {
-        match &mut self.kind {
-            Kind::Geomirror(p) => Ok(Some(p.a.wait_durable(EXPORT, SETTLE_TIMEOUT)?)),
-            Kind::Local(_) => Ok(None),
-            Kind::Mirror(m) => Ok(Some(m.wait_in_sync(SETTLE_TIMEOUT)?)),
-        }
-    }
-}
-
-/// One fio run in the raw results.
-#[derive(Serialize)]
-struct RunRecord {
-    rtt: String,
-    system: &'static str,
-    workload: &'static str,
-    round: u32,
-    attempt: u32,
-    used: bool,
-    stats: JobStats,
-    load: Load,
-    /// Time until site B held everything after this run (not part of the run).
-    settle_seconds: Option<f64>,
-    /// geomirror: claim round trips at A during the run.
-    claim_round_trips: Option<u64>,
-    /// CPUs' worth used by this system's processes (both sites and its
-    /// simulator) during the run.
-    system_cpus: f64,
-    /// CPUs' worth used by site A's server alone (geomirror's site A,
-    /// qemu-nbd, qemu-storage-daemon).
-    site_a_cpus: f64,
-    fio: Value,
-}
 
 /// One freshness probe.
 #[derive(Serialize, Clone, Copy)]
@@ -190,18 +83,10 @@ struct RttResult {
 
 #[derive(Serialize)]
 struct Report {
-    benchmark: &'static str,
-    command: Vec<String>,
-    machine: Machine,
-    loadavg_at_end: String,
-    tools: BTreeMap<&'static str, String>,
-    rounds: u32,
-    runtime_s: u32,
-    ramp_s: u32,
+    #[serde(flatten)]
+    header: Header,
     probes: u32,
-    pinned: bool,
     results: Vec<RttResult>,
-    seconds_total: f64,
 }
 
 struct Workload {
@@ -224,67 +109,17 @@ const WORKLOADS: [Workload; 4] = [
 
 /// Runs the scenario and prints its report on stdout (progress on stderr).
 pub fn run(args: &Args) -> Result<()> {
-    let started = Instant::now();
-    let common = &args.common;
-    let rtts: Vec<(String, Duration)> =
-        args.rtt.iter().map(|t| Ok((t.trim().to_string(), sim::parse_duration(t)?))).collect::<Result<_>>()?;
-    if rtts.is_empty() {
-        bail!("--rtt needs at least one round-trip time");
-    }
-    let machine = Machine::describe();
-    if let Some(busy) = machine.cpu_busy_before.filter(|&b| b > 0.1) {
-        eprintln!(
-            "warning: the CPUs were {:.0} % busy just before the run: other work on this machine will skew the figures",
-            busy * 100.0
-        );
-    }
-    let geomirror_bin = common.geomirror_binary()?;
-    let mut tools = BTreeMap::new();
-    tools.insert("fio", procs::tool_version("fio", "install it with `apt-get install -y fio`")?);
-    tools.insert("qemu-nbd", procs::tool_version("qemu-nbd", "install it with `apt-get install -y qemu-utils`")?);
-    tools.insert(
-        "qemu-storage-daemon",
-        procs::tool_version("qemu-storage-daemon", "install it with `apt-get install -y qemu-system-common` (or qemu-storage-daemon)")?,
-    );
-    tools.insert("nbdinfo", procs::tool_version("nbdinfo", "install it with `apt-get install -y libnbd-bin`")?);
-    tools.insert("geomirror", procs::tool_version(&geomirror_bin.display().to_string(), "pass --geomirror PATH")?);
-    tools.insert("geomirror build", procs::build_info(&geomirror_bin));
-    let dir = common.temp_dir()?;
-    let work = dir.path();
-    eprintln!("working in {}{}", work.display(), if common.keep { " (kept)" } else { "" });
     let per_rtt = f64::from(args.rounds) * 3.5 * 4.0 * (f64::from(args.runtime + RAMP_S) + 0.5) + 40.0;
-    eprintln!("{} RTT(s) × about {per_rtt:.0} s each", rtts.len());
-
-    let mut results = Vec::new();
-    for (text, rtt) in &rtts {
-        let rtt_dir = work.join(format!("rtt-{text}"));
-        std::fs::create_dir_all(&rtt_dir)?;
-        results.push(run_rtt(args, &geomirror_bin, &rtt_dir, text, *rtt).with_context(|| format!("at RTT {text}"))?);
-    }
-    let report = Report {
-        benchmark: "side-by-side",
-        command: std::env::args().collect(),
-        machine,
-        loadavg_at_end: machine::loadavg(),
-        tools,
-        rounds: args.rounds,
-        runtime_s: args.runtime,
-        ramp_s: RAMP_S,
-        probes: args.probes,
-        pinned: args.common.pin,
-        results,
-        seconds_total: started.elapsed().as_secs_f64(),
-    };
+    let (header, results) =
+        lineup::run_rtts("side-by-side", &args.common, &args.rtt, (args.rounds, args.runtime), per_rtt, |geomirror, dir, text, rtt| {
+            run_rtt(args, geomirror, dir, text, rtt)
+        })?;
+    let report = Report { header, probes: args.probes, results };
     print_report(&report);
-    if let Some(path) = &common.json {
-        let text = serde_json::to_string_pretty(&report).context("serialise the results")?;
-        std::fs::write(path, text + "\n").with_context(|| format!("write {}", path.display()))?;
-        eprintln!("raw results saved to {}", path.display());
-    }
-    Ok(())
+    args.common.save_json(&report)
 }
 
-fn start_systems(geomirror: &Path, dir: &Path, rtt: Duration) -> Result<Vec<System>> {
+fn start_systems(geomirror: &Path, dir: &Path, rtt: Duration) -> Result<Lineup> {
     // release_after 5m: the prefilled region stays owned by A for the whole
     // RTT's measurements (the default 30 s could lapse while the other three
     // systems run, adding claims to geomirror's figures).
@@ -294,62 +129,26 @@ fn start_systems(geomirror: &Path, dir: &Path, rtt: Duration) -> Result<Vec<Syst
     let wb = QemuMirror::start(geomirror, dir, "qsd-write-blocking", CopyMode::WriteBlocking, rtt)
         .context("start the write-blocking QEMU mirror")?;
     let bg = QemuMirror::start(geomirror, dir, "qsd-background", CopyMode::Background, rtt).context("start the background QEMU mirror")?;
-    Ok(vec![
-        System { label: LABELS[0], kind: Kind::Geomirror(Box::new(pair)) },
+    Ok(Lineup::new(vec![
+        lineup::geomirror_export(LABELS[0], pair),
         System { label: LABELS[1], kind: Kind::Local(local) },
         System { label: LABELS[2], kind: Kind::Mirror(Box::new(wb)) },
         System { label: LABELS[3], kind: Kind::Mirror(Box::new(bg)) },
-    ])
+    ]))
 }
 
 fn run_rtt(args: &Args, geomirror: &Path, dir: &Path, rtt_text: &str, rtt: Duration) -> Result<RttResult> {
     eprintln!("== RTT {rtt_text}: starting geomirror (2 sites + sim), qemu-nbd, 2 × (qemu-storage-daemon + qemu-nbd + sim)");
-    let mut systems = start_systems(geomirror, dir, rtt)?;
-    let link_settings = match &systems[0].kind {
-        Kind::Geomirror(p) => p.sim.status().ok().map(|s| s.settings),
-        _ => None,
-    };
-    let all_pids: Vec<u32> = systems.iter().flat_map(System::pids).collect();
-    // Where each system's processes are in `all_pids`.
-    let mut ranges = Vec::new();
-    let mut start = 0;
-    for s in &systems {
-        let n = s.pids().len();
-        ranges.push(start..start + n);
-        start += n;
-    }
-
-    let mut prefill_mb_per_s = BTreeMap::new();
-    for s in &mut systems {
-        let j = Job {
-            name: "prefill".into(),
-            rw: "write",
-            block_size: "1m",
-            iodepth: 8,
-            size: REGION.into(),
-            timing: Timing::Once,
-            extra: vec![],
-        };
-        let run = fio::run(&j, &s.uri_a(), dir)?;
-        if let Some(uri_b) = s.uri_b().filter(|_| !args.common.pin) {
-            // Site B's region of the both-sites job, written at B (geomirror:
-            // B owns it from then on).
-            let j = Job { name: "prefill-b".into(), extra: vec![format!("--offset={REGION_BYTES}")], ..j.clone() };
-            fio::run(&j, &uri_b, dir)?;
-        }
-        let settle = s.settle()?;
-        eprintln!(
-            "prefilled {REGION_TEXT} of {} at {:.0} MB/s{}",
-            s.label,
-            run.stats.write.bw_bytes / 1e6,
-            settle.map_or(String::new(), |d| format!(", site B caught up {:.2} s later", d.as_secs_f64()))
-        );
-        prefill_mb_per_s.insert(s.label, run.stats.write.bw_bytes / 1e6);
-    }
+    let mut lineup = start_systems(geomirror, dir, rtt)?;
+    let link_settings = lineup.link_settings();
+    // Site B's region of the both-sites job, written at B (geomirror: B
+    // owns it from then on).
+    let b_offset = (!args.common.pin).then_some(REGION_BYTES);
+    let prefill_mb_per_s = lineup.prefill(b_offset, dir)?;
 
     let mut probes = BTreeMap::new();
     let mut rng = XorShift::new(0x5eed ^ rtt.as_micros() as u64);
-    for s in &mut systems {
+    for s in &mut lineup.systems {
         if let Some((a, b)) = s.probe_addresses() {
             let p = freshness(&a, &b, args.probes, &mut rng).with_context(|| format!("freshness probes of {}", s.label))?;
             let fresh = p.iter().filter(|p| p.fresh).count();
@@ -368,92 +167,19 @@ fn run_rtt(args: &Args, geomirror: &Path, dir: &Path, rtt_text: &str, rtt: Durat
     let mut runs = Vec::new();
     for round in 1..=args.rounds {
         for w in &WORKLOADS {
-            let j = Job {
-                name: w.key.into(),
-                rw: w.rw,
-                block_size: w.bs,
-                iodepth: w.iodepth,
-                size: REGION.into(),
-                timing: Timing::TimeBased { runtime_s: args.runtime, ramp_s: RAMP_S },
-                extra: vec![],
-            };
+            let j = lineup::timed_job(w.key, w.rw, w.bs, w.iodepth, args.runtime, vec![]);
             if w.both_sites && args.common.pin {
                 continue;
             }
-            let n = systems.len();
-            for k in 0..n {
-                let index = (k + round as usize - 1) % n;
-                let s = &mut systems[index];
-                let uri_b = s.uri_b();
-                if w.both_sites && uri_b.is_none() {
-                    continue;
-                }
-                for attempt in 0..=args.common.retries {
-                    s.check_alive()?;
-                    let claims_before = match &s.kind {
-                        Kind::Geomirror(p) => Some(p.a.status()?.replication(EXPORT)?.claim_round_trips),
-                        _ => None,
-                    };
-                    let probe = load::Probe::start(&all_pids);
-                    let run = match uri_b.as_deref().filter(|_| w.both_sites) {
-                        Some(uri_b) => fio::run_two_sites(&j, &s.uri_a(), uri_b, REGION_BYTES, dir),
-                        None => fio::run(&j, &s.uri_a(), dir),
-                    }
-                    .with_context(|| format!("{} on {}", w.key, s.label))?;
-                    let load = probe.finish();
-                    let claim_round_trips = match (&s.kind, claims_before) {
-                        (Kind::Geomirror(p), Some(b)) => Some(p.a.status()?.replication(EXPORT)?.claim_round_trips.saturating_sub(b)),
-                        _ => None,
-                    };
-                    let settle_seconds = s.settle()?.map(|d| d.as_secs_f64());
-                    let system_cpus = load.cpus_per_process.get(ranges[index].clone()).map_or(0.0, |c| c.iter().sum());
-                    let site_a_cpus = load.cpus_per_process.get(ranges[index].start).copied().unwrap_or(0.0);
-                    let d = &run.stats.write;
-                    eprintln!(
-                        "rtt {rtt_text} round {round}/{} {:<17} {:<19} IOPS {:.0}, {:.0} MB/s, clat p50 {} µs, lat p50 {} µs{}{}, other load {}, steal {}",
-                        args.rounds,
-                        w.key,
-                        s.label,
-                        d.iops,
-                        d.bw_bytes / 1e6,
-                        table::cell(d.clat_p50_us, Format::OneDecimal),
-                        table::cell(d.lat_p50_us, Format::OneDecimal),
-                        claim_round_trips.map_or(String::new(), |c| format!(", claims {c}")),
-                        settle_seconds.map_or(String::new(), |x| format!(", B caught up after {x:.2} s")),
-                        load.other_cpus.map_or_else(|| "n/a".into(), |c| format!("{c:.2} CPUs")),
-                        load.steal_cpus.map_or_else(|| "n/a".into(), |c| format!("{c:.2} CPUs")),
-                    );
-                    // Only the QD1 latency runs are repeated (their p50 is what the
-                    // targets compare; throughput is less sensitive), which bounds the run time.
-                    let retry = w.iodepth == 1 && load.disturbed() && attempt < args.common.retries;
-                    runs.push(RunRecord {
-                        rtt: rtt_text.to_string(),
-                        system: s.label,
-                        workload: w.key,
-                        round,
-                        attempt,
-                        used: !retry,
-                        stats: run.stats,
-                        load,
-                        settle_seconds,
-                        claim_round_trips,
-                        system_cpus,
-                        site_a_cpus,
-                        fio: run.raw,
-                    });
-                    if !retry {
-                        break;
-                    }
-                    eprintln!("  other load above {OTHER_LOAD_FLAG} CPUs or steal above {STEAL_FLAG} CPUs: repeating this run");
-                }
-            }
+            let info = RoundInfo { rtt: rtt_text, workload: w.key, round, rounds: args.rounds, retries: args.common.retries };
+            runs.extend(lineup.round(&j, w.both_sites.then_some(REGION_BYTES), &info, dir)?);
         }
     }
 
     let mut identical_at_end = BTreeMap::new();
-    for s in &mut systems {
+    for s in &mut lineup.systems {
         if let Kind::Mirror(m) = &mut s.kind {
-            let verdict = match m.finish_and_compare(dir, SETTLE_TIMEOUT) {
+            let verdict = match m.finish_and_compare(dir, lineup::SETTLE_TIMEOUT) {
                 Ok(true) => "identical".to_string(),
                 Ok(false) => "DIFFERENT".to_string(),
                 Err(e) => format!("not checked: {e:#}"),
@@ -462,7 +188,7 @@ fn run_rtt(args: &Args, geomirror: &Path, dir: &Path, rtt_text: &str, rtt: Durat
             identical_at_end.insert(s.label, verdict);
         }
     }
-    drop(systems);
+    drop(lineup);
     Ok(RttResult { rtt: rtt_text.to_string(), link_settings, prefill_mb_per_s, probes, identical_at_end, runs })
 }
 
@@ -511,19 +237,9 @@ fn cpu_per_write(cpus: f64, x: &RunRecord) -> Option<f64> {
     (x.stats.write.iops > 0.0).then(|| cpus / x.stats.write.iops * 1e6)
 }
 
-fn runs_of<'a>(r: &'a RttResult, system: &str, workload: &str) -> Vec<&'a RunRecord> {
-    r.runs.iter().filter(|x| x.used && x.system == system && x.workload == workload).collect()
-}
-
-fn med(runs: &[&RunRecord], f: impl Fn(&RunRecord) -> Option<f64>) -> Option<f64> {
-    median_of_present(&runs.iter().map(|r| f(r)).collect::<Vec<_>>())
-}
-
 fn print_report(report: &Report) {
-    let m = &report.machine;
-    m.print_header("side-by-side", &report.loadavg_at_end, &report.tools, &report.command);
-    println!("- total time: {:.0} s", report.seconds_total);
-    if report.pinned {
+    report.header.print();
+    if report.header.pinned {
         println!("  (here: qemu-nbd and qemu-storage-daemon at site A on CPU 0; site B's qemu-nbd on CPU 1)");
     }
     println!();
@@ -573,12 +289,12 @@ fn print_report(report: &Report) {
             ),
         ];
         let mut rows = Vec::new();
-        let value = |label: &str, workload: &str, pick: Pick| med(&runs_of(r, label, workload), pick);
+        let value = |label: &str, workload: &str, pick: Pick| med(&runs_of(&r.runs, label, workload), pick);
         for (name, workload, pick, format) in figures {
             let mut row = vec![name.to_string()];
             row.extend(LABELS.iter().map(|l| {
                 let v = value(l, workload, pick);
-                let flag = runs_of(r, l, workload).iter().any(|x| x.load.disturbed());
+                let flag = any_disturbed(&runs_of(&r.runs, l, workload));
                 table::cell(v, format) + if flag && v.is_some() { " *" } else { "" }
             }));
             rows.push(row);
@@ -618,10 +334,10 @@ fn print_report(report: &Report) {
             value(
                 label,
                 "randwrite-4k-qd1",
-                if report.pinned { |x: &RunRecord| x.stats.write.lat_p50_us } else { |x: &RunRecord| x.stats.write.clat_p50_us },
+                if report.header.pinned { |x: &RunRecord| x.stats.write.lat_p50_us } else { |x: &RunRecord| x.stats.write.clat_p50_us },
             )
         };
-        let lat_kind = if report.pinned { "total lat" } else { "clat" };
+        let lat_kind = if report.header.pinned { "total lat" } else { "clat" };
         let (g50, q50, wb50) = (p50(LABELS[0]), p50(LABELS[1]), p50(LABELS[2]));
         let gl50 = value(LABELS[0], "randwrite-4k-qd1", |x| x.stats.write.lat_p50_us);
         let ql50 = value(LABELS[1], "randwrite-4k-qd1", |x| x.stats.write.lat_p50_us);
@@ -635,15 +351,9 @@ fn print_report(report: &Report) {
             f(ratio(wb50, g50)),
             f(ratio(wbl50, gl50)),
         );
-        let claims: u64 = r.runs.iter().filter(|x| x.used && x.system == LABELS[0]).filter_map(|x| x.claim_round_trips).sum();
-        let other: Vec<f64> = r.runs.iter().filter(|x| x.used).filter_map(|x| x.load.other_cpus).collect();
-        let steal: Vec<f64> = r.runs.iter().filter(|x| x.used).filter_map(|x| x.load.steal_cpus).collect();
-        let repeated = r.runs.iter().filter(|x| !x.used).count();
+        let claims = lineup::claims(&r.runs, LABELS[0]);
         let identical: Vec<String> = r.identical_at_end.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-        let delay = r.link_settings.as_ref().map_or_else(
-            || "the configured".into(),
-            |s| format!("{:.1} + {:.1} ms one-way", s.delay_ab_us as f64 / 1e3, s.delay_ba_us as f64 / 1e3),
-        );
+        let delay = lineup::link_delay(r.link_settings.as_ref());
         println!(
             "\nHow: every replicated system had its own `geomirror sim` ({delay}, bandwidth unlimited) between site A and site B. geomirror: two \
              nodes (async; volume `vol0` 1 GiB, 1 MiB extents, predict_extents 8, release_after 5m so the prefilled region stays owned by A \
@@ -659,20 +369,14 @@ fn print_report(report: &Report) {
              (ramp and connection included, so an estimate). Both sites writing (unpinned runs only; not the QEMU mirrors, whose site B \
              is a replica): one fio process with a job at A over the region and one at B over the next {REGION_TEXT} (geomirror: written \
              at B once before, so B owns it; qemu-nbd: both jobs on the one server), IOPS summed. geomirror claims during its \
-             measured runs: {claims}. Replica check (`qemu-img compare` after `block-job-cancel` completed the job): {}. Other load (CPU of \
-             user-space processes not under test): median {} CPUs, max {} CPUs; hypervisor steal: median {} CPUs, max {} CPUs (QD1 latency \
-             follows steal on this VM). A QD1 run with more than {OTHER_LOAD_FLAG} CPUs of other load or {STEAL_FLAG} CPUs of steal was \
-             repeated (at most --retries times; {repeated} repeated); `*`: a disturbed run was kept.\n",
-            report.runtime_s,
-            report.rounds,
+             measured runs: {claims}. Replica check (`qemu-img compare` after `block-job-cancel` completed the job): {}. {}\n",
+            report.header.runtime_s,
+            report.header.rounds,
             report.probes,
             POLL_EVERY.as_millis(),
             POLL_FOR.as_secs(),
             if identical.is_empty() { "n/a".into() } else { identical.join("; ") },
-            median(&other).map_or_else(|| "n/a".into(), |x| format!("{x:.2}")),
-            other.iter().copied().reduce(f64::max).map_or_else(|| "n/a".into(), |x| format!("{x:.2}")),
-            median(&steal).map_or_else(|| "n/a".into(), |x| format!("{x:.2}")),
-            steal.iter().copied().reduce(f64::max).map_or_else(|| "n/a".into(), |x| format!("{x:.2}")),
+            lineup::machine_state(&r.runs),
         );
         if let Some(x) = ratio(g50, q50) {
             checks.push(format!(
@@ -710,7 +414,7 @@ fn print_report(report: &Report) {
                 checks.push(format!("{} RTT {}: {name}, geomirror / qemu-nbd = {x:.2} (target {op} {bound})", verdict(pass), r.rtt));
             }
         };
-        if report.pinned {
+        if report.header.pinned {
             target("pinned 4 KiB QD1 IOPS", both("randwrite-4k-qd1", iops), false, 0.95);
             target("pinned 4 KiB QD1 total lat p50", both("randwrite-4k-qd1", |x| x.stats.write.lat_p50_us), true, 1.05);
             target("pinned 4 KiB QD1 total lat p99", both("randwrite-4k-qd1", |x| x.stats.write.lat_p99_us), true, 1.5);

@@ -178,6 +178,15 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// `--rtt` lists: each entry as given (trimmed) and parsed; at least one.
+pub fn parse_rtts(list: &[String]) -> Result<Vec<(String, Duration)>> {
+    let rtts: Vec<(String, Duration)> = list.iter().map(|t| Ok((t.trim().to_string(), parse_duration(t)?))).collect::<Result<_>>()?;
+    if rtts.is_empty() {
+        bail!("--rtt needs at least one round-trip time");
+    }
+    Ok(rtts)
+}
+
 impl Sim {
     /// Starts `binary sim --listen 127.0.0.1:0 --to upstream --rtt rtt
     /// [--bandwidth b] --control 127.0.0.1:0` with its log in `dir/<label>.log`
@@ -289,6 +298,9 @@ mod tests {
         assert_eq!(parse_duration("250us").unwrap(), Duration::from_micros(250));
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert!(parse_duration("20").is_err());
+        let rtts = parse_rtts(&["2ms".into(), " 80ms".into()]).unwrap();
+        assert_eq!(rtts, vec![("2ms".to_string(), Duration::from_millis(2)), ("80ms".to_string(), Duration::from_millis(80))]);
+        assert!(parse_rtts(&[]).is_err());
         assert_eq!(bandwidth_json(Some(1000)), r#"{"bandwidth_bps":1000}"#);
         assert_eq!(bandwidth_json(None), r#"{"bandwidth_bps":null}"#);
     }

@@ -401,12 +401,7 @@ pub fn run(args: &Args) -> Result<()> {
     };
     print_report(&report, &comparison, &cost, &series);
 
-    if let Some(path) = &common.json {
-        let text = serde_json::to_string_pretty(&report).context("serialise the results")?;
-        std::fs::write(path, text + "\n").with_context(|| format!("write {}", path.display()))?;
-        eprintln!("raw results saved to {}", path.display());
-    }
-    Ok(())
+    common.save_json(&report)
 }
 
 /// Writes the first `REGION` bytes of `system`'s export once, sequentially.

@@ -344,12 +344,7 @@ pub fn run(args: &Args) -> Result<()> {
         seconds_total: started.elapsed().as_secs_f64(),
     };
     print_report(&report);
-    if let Some(path) = &common.json {
-        let text = serde_json::to_string_pretty(&report).context("serialise the results")?;
-        std::fs::write(path, text + "\n").with_context(|| format!("write {}", path.display()))?;
-        eprintln!("raw results saved to {}", path.display());
-    }
-    Ok(())
+    common.save_json(&report)
 }
 
 /// The systems of the owned-extent latency comparison.

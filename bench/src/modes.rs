@@ -1,0 +1,519 @@
+//! The `modes` scenario: what each replication mode costs at site A, per
+//! RTT. One geomirror pair with three volumes, one per mode (`async`,
+//! `sync-memory`, `sync`), behind one `geomirror sim`; plain qemu-nbd (the
+//! local limit); QEMU's write-blocking mirror behind its own simulator with
+//! the same RTT. All are written at site A through fio's nbd engine,
+//! alternating systems within each round ([`crate::lineup`]). Beside them,
+//! on the same machine in the same run, the latency of one fdatasync after
+//! a 4 KiB write on the temp dir's filesystem, so that the mode targets can
+//! be stated in this machine's figures:
+//!
+//! * `sync` 4 KiB QD1 p50 ≤ 1.05 × (RTT + local write p50 + fdatasync p50)
+//! * `sync` QD32 IOPS ≥ 20 × its QD1 IOPS
+//! * `sync-memory` 4 KiB QD1 p50 ≤ 1.05 × (RTT + local write p50)
+//!
+//! (latencies are fio's total latency, submit + completion; the local write
+//! is qemu-nbd's 4 KiB QD1 p50).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use geomirror_config::ReplicationMode;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::CommonArgs;
+use crate::fio::{self, Job, JobStats, Timing};
+use crate::lineup::{self, Header, Kind, Lineup, RAMP_S, REGION_TEXT, RoundInfo, RunRecord, System, any_disturbed, med, runs_of};
+use crate::load::{self, Load};
+use crate::pair::{self, VolumeSpec};
+use crate::qemu_mirror::{CopyMode, QemuMirror};
+use crate::sim;
+use crate::stats::median;
+use crate::systems;
+use crate::table::{self, Format};
+
+/// Options of `modes`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    /// Round-trip times of the simulated WAN, comma-separated; every system
+    /// is measured at each.
+    #[arg(long, default_value = "2ms,20ms,80ms", value_delimiter = ',')]
+    rtt: Vec<String>,
+    /// Rounds per RTT; each runs every job once per system, the order of the
+    /// systems rotated every round.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// Measured seconds per fio job (after a 1 s ramp that is not counted).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    runtime: u32,
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+}
+
+/// Size of the file the fdatasync latency is measured on.
+const SYNC_FILE: &str = "64m";
+
+/// One geomirror volume of the pair.
+struct ModeVolume {
+    label: &'static str,
+    volume: &'static str,
+    mode: ReplicationMode,
+}
+
+const MODES: [ModeVolume; 3] = [
+    ModeVolume { label: "geomirror async", volume: "m-async", mode: ReplicationMode::Async },
+    ModeVolume { label: "geomirror sync-memory", volume: "m-sync-memory", mode: ReplicationMode::SyncMemory },
+    ModeVolume { label: "geomirror sync", volume: "m-sync", mode: ReplicationMode::Sync },
+];
+const LOCAL: &str = "qemu-nbd (local)";
+const WRITE_BLOCKING: &str = "QEMU write-blocking";
+/// Row order in the tables (and the systems' order in the first round).
+const LABELS: [&str; 5] = [MODES[0].label, MODES[1].label, MODES[2].label, LOCAL, WRITE_BLOCKING];
+
+struct Workload {
+    key: &'static str,
+    rw: &'static str,
+    bs: &'static str,
+    iodepth: u32,
+    /// fio `--fsync=1`: an NBD FLUSH after every write.
+    flush: bool,
+}
+
+const QD1: &str = "randwrite-4k-qd1";
+const QD32: &str = "randwrite-4k-qd32";
+const SEQ: &str = "write-1m-qd8";
+const FLUSH: &str = "randwrite-4k-qd1-flush";
+
+const WORKLOADS: [Workload; 4] = [
+    Workload { key: QD1, rw: "randwrite", bs: "4k", iodepth: 1, flush: false },
+    Workload { key: QD32, rw: "randwrite", bs: "4k", iodepth: 32, flush: false },
+    Workload { key: SEQ, rw: "write", bs: "1m", iodepth: 8, flush: false },
+    Workload { key: FLUSH, rw: "randwrite", bs: "4k", iodepth: 1, flush: true },
+];
+
+/// One fdatasync measurement (a round's).
+#[derive(Serialize)]
+struct FdatasyncRun {
+    round: u32,
+    /// fdatasync latency percentiles, µs.
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
+    stats: JobStats,
+    load: Load,
+    fio: Value,
+}
+
+/// Results of one RTT.
+#[derive(Serialize)]
+struct RttResult {
+    rtt: String,
+    rtt_us: f64,
+    link_settings: Option<sim::Settings>,
+    prefill_mb_per_s: BTreeMap<&'static str, f64>,
+    fdatasync: Vec<FdatasyncRun>,
+    runs: Vec<RunRecord>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    #[serde(flatten)]
+    header: Header,
+    results: Vec<RttResult>,
+}
+
+/// Runs the scenario and prints its report on stdout (progress on stderr).
+pub fn run(args: &Args) -> Result<()> {
+    // 5 systems × 4 jobs per round, plus the fdatasync job, start-up and prefill.
+    let per_rtt = f64::from(args.rounds) * 21.0 * (f64::from(args.runtime + RAMP_S) + 1.0) + 40.0;
+    let (header, results) =
+        lineup::run_rtts("modes", &args.common, &args.rtt, (args.rounds, args.runtime), per_rtt, |geomirror, dir, text, rtt| {
+            run_rtt(args, geomirror, dir, text, rtt)
+        })?;
+    let report = Report { header, results };
+    print_report(&report);
+    args.common.save_json(&report)
+}
+
+/// The volumes of the pair: one per mode, each kept owned by A for the
+/// whole RTT (release_after 1h: idle between its runs, an extent released
+/// after the default 30 s would add claims to the figures).
+fn volumes() -> Vec<VolumeSpec> {
+    MODES.iter().map(|m| VolumeSpec { release_after: "1h", mode: m.mode, ..VolumeSpec::default_named(m.volume) }).collect()
+}
+
+fn start_systems(geomirror: &Path, dir: &Path, rtt: Duration) -> Result<Lineup> {
+    let pair = pair::start(geomirror, &dir.join("geomirror"), &volumes(), rtt, None).context("start geomirror (two sites)")?;
+    let pair = Rc::new(RefCell::new(pair));
+    let local = systems::start_qemu_nbd(dir).context("start qemu-nbd")?;
+    let wb = QemuMirror::start(geomirror, dir, "qsd-write-blocking", CopyMode::WriteBlocking, rtt)
+        .context("start the write-blocking QEMU mirror")?;
+    let mut systems: Vec<System> = MODES.iter().map(|m| System::geomirror(m.label, &pair, m.volume)).collect();
+    systems.push(System { label: LOCAL, kind: Kind::Local(local) });
+    systems.push(System { label: WRITE_BLOCKING, kind: Kind::Mirror(Box::new(wb)) });
+    Ok(Lineup::new(systems))
+}
+
+fn run_rtt(args: &Args, geomirror: &Path, dir: &Path, rtt_text: &str, rtt: Duration) -> Result<RttResult> {
+    eprintln!("== RTT {rtt_text}: starting geomirror (2 sites, 3 volumes + sim), qemu-nbd, qemu-storage-daemon + qemu-nbd + sim");
+    let mut lineup = start_systems(geomirror, dir, rtt)?;
+    let link_settings = lineup.link_settings();
+    let prefill_mb_per_s = lineup.prefill(None, dir)?;
+
+    let mut fdatasync = Vec::new();
+    let mut runs = Vec::new();
+    for round in 1..=args.rounds {
+        fdatasync.push(measure_fdatasync(args, dir, round)?);
+        for w in &WORKLOADS {
+            let extra = if w.flush { vec!["--fsync=1".into()] } else { vec![] };
+            let j = lineup::timed_job(w.key, w.rw, w.bs, w.iodepth, args.runtime, extra);
+            let info = RoundInfo { rtt: rtt_text, workload: w.key, round, rounds: args.rounds, retries: args.common.retries };
+            runs.extend(lineup.round(&j, None, &info, dir)?);
+        }
+    }
+    drop(lineup);
+    Ok(RttResult { rtt: rtt_text.to_string(), rtt_us: rtt.as_secs_f64() * 1e6, link_settings, prefill_mb_per_s, fdatasync, runs })
+}
+
+/// One fdatasync after a 4 KiB write, on a file in `dir` (the temp dir's
+/// filesystem): fio's psync engine, random 4 KiB writes at QD1 over a
+/// [`SYNC_FILE`] file (laid out by fio first), `--fdatasync=1`.
+fn measure_fdatasync(args: &Args, dir: &Path, round: u32) -> Result<FdatasyncRun> {
+    let j = Job {
+        name: "fdatasync".into(),
+        rw: "randwrite",
+        block_size: "4k",
+        iodepth: 1,
+        size: SYNC_FILE.into(),
+        timing: Timing::TimeBased { runtime_s: args.runtime, ramp_s: RAMP_S },
+        extra: vec!["--fdatasync=1".into()],
+    };
+    let probe = load::Probe::start(&[]);
+    let run = fio::run_file(&j, &dir.join("fdatasync.dat"), dir).context("measure fdatasync")?;
+    let load = probe.finish();
+    let (p50_us, p99_us) = (fio::sync_latency_us(&run.raw, 50.0), fio::sync_latency_us(&run.raw, 99.0));
+    eprintln!(
+        "round {round}/{}: one fdatasync after a 4 KiB write: p50 {} µs, p99 {} µs",
+        args.rounds,
+        table::cell(p50_us, Format::OneDecimal),
+        table::cell(p99_us, Format::OneDecimal)
+    );
+    Ok(FdatasyncRun { round, p50_us, p99_us, stats: run.stats, load, fio: run.raw })
+}
+
+// ---------------------------------------------------------------- report
+
+type Pick = fn(&RunRecord) -> Option<f64>;
+
+/// The figures of the per-RTT table: column, workload, value, format.
+const FIGURES: [(&str, &str, Pick, Format); 9] = [
+    ("4 KiB QD1 IOPS", QD1, |x| Some(x.stats.write.iops), Format::Integer),
+    ("4 KiB QD1 clat p50 µs", QD1, |x| x.stats.write.clat_p50_us, Format::OneDecimal),
+    ("4 KiB QD1 clat p99 µs", QD1, |x| x.stats.write.clat_p99_us, Format::OneDecimal),
+    ("4 KiB QD1 total lat p50 µs", QD1, |x| x.stats.write.lat_p50_us, Format::OneDecimal),
+    ("4 KiB QD32 IOPS", QD32, |x| Some(x.stats.write.iops), Format::Integer),
+    ("1 MiB seq QD8 MB/s", SEQ, |x| Some(x.stats.write.bw_bytes / 1e6), Format::Integer),
+    ("write+FLUSH QD1, writes/s", FLUSH, |x| Some(x.stats.write.iops), Format::Integer),
+    ("write+FLUSH: write total lat p50 µs", FLUSH, |x| x.stats.write.lat_p50_us, Format::OneDecimal),
+    ("write+FLUSH: FLUSH lat p50 µs", FLUSH, |x| fio::sync_latency_us(&x.fio, 50.0), Format::OneDecimal),
+];
+
+/// The median of `pick` over the kept runs of `system` for `workload`.
+fn value(r: &RttResult, system: &str, workload: &str, pick: Pick) -> Option<f64> {
+    med(&runs_of(&r.runs, system, workload), pick)
+}
+
+/// One target: what was measured against its limit.
+struct Check {
+    what: String,
+    measured: Option<f64>,
+    limit: Option<f64>,
+    /// How the limit was computed.
+    limit_text: String,
+    unit: &'static str,
+    format: Format,
+    at_most: bool,
+    /// False when the mode's QD1 writes completed faster than one round
+    /// trip: the simulator did not delay them, so the check says nothing.
+    valid: bool,
+}
+
+impl Check {
+    /// `Some(true)` when met, `None` when not measured or not valid.
+    fn met(&self) -> Option<bool> {
+        let (m, l) = (self.measured?, self.limit?);
+        self.valid.then_some(if self.at_most { m <= l } else { m >= l })
+    }
+
+    fn verdict(&self) -> &'static str {
+        match self.met() {
+            Some(true) => "met",
+            Some(false) => "missed",
+            None if !self.valid => "not valid †",
+            None => "not measured",
+        }
+    }
+
+    fn row(&self) -> Vec<String> {
+        let with_unit = |v: Option<f64>| table::cell(v, self.format) + self.unit;
+        let op = if self.at_most { "≤" } else { "≥" };
+        vec![
+            self.what.clone(),
+            with_unit(self.measured),
+            format!("{op} {} = {}", self.limit_text, with_unit(self.limit)),
+            self.verdict().to_string(),
+        ]
+    }
+}
+
+/// The systems whose writes wait for site B: none can complete a write in
+/// less than one round trip.
+const WAIT_FOR_B: [&str; 3] = [MODES[1].label, MODES[2].label, WRITE_BLOCKING];
+
+/// Whether `system`'s 4 KiB QD1 total latency p50 is below the RTT
+/// although its writes wait for site B: then the simulator did not delay
+/// them as configured.
+fn faster_than_the_link(r: &RttResult, system: &str) -> bool {
+    WAIT_FOR_B.contains(&system) && value(r, system, QD1, |x| x.stats.write.lat_p50_us).is_some_and(|v| v < r.rtt_us)
+}
+
+/// The median fdatasync p50 of an RTT's rounds.
+fn fdatasync_p50(r: &RttResult) -> Option<f64> {
+    median(&r.fdatasync.iter().filter_map(|f| f.p50_us).collect::<Vec<_>>())
+}
+
+fn checks(r: &RttResult) -> Vec<Check> {
+    let lat: Pick = |x| x.stats.write.lat_p50_us;
+    let iops: Pick = |x| Some(x.stats.write.iops);
+    let local = value(r, LOCAL, QD1, lat);
+    let sync_file = fdatasync_p50(r);
+    let rtt = r.rtt_us;
+    let f = |x: Option<f64>| table::cell(x, Format::OneDecimal);
+    let (sync, sync_memory) = (MODES[2].label, MODES[1].label);
+    let sync_qd1 = value(r, sync, QD1, iops);
+    let valid = !faster_than_the_link(r, sync);
+    let valid_memory = !faster_than_the_link(r, sync_memory);
+    vec![
+        Check {
+            what: "sync: 4 KiB QD1 total lat p50".into(),
+            measured: value(r, sync, QD1, lat),
+            limit: local.zip(sync_file).map(|(l, s)| 1.05 * (rtt + l + s)),
+            limit_text: format!("1.05 × ({} + {} + {})", f(Some(rtt)), f(local), f(sync_file)),
+            unit: " µs",
+            format: Format::OneDecimal,
+            at_most: true,
+            valid,
+        },
+        Check {
+            what: "sync: 4 KiB QD32 IOPS".into(),
+            measured: value(r, sync, QD32, iops),
+            limit: sync_qd1.map(|q| 20.0 * q),
+            limit_text: format!("20 × {}", table::cell(sync_qd1, Format::Integer)),
+            unit: "",
+            format: Format::Integer,
+            at_most: false,
+            valid,
+        },
+        Check {
+            what: "sync-memory: 4 KiB QD1 total lat p50".into(),
+            measured: value(r, sync_memory, QD1, lat),
+            limit: local.map(|l| 1.05 * (rtt + l)),
+            limit_text: format!("1.05 × ({} + {})", f(Some(rtt)), f(local)),
+            unit: " µs",
+            format: Format::OneDecimal,
+            at_most: true,
+            valid: valid_memory,
+        },
+    ]
+}
+
+fn print_report(report: &Report) {
+    report.header.print();
+    println!();
+    let mut summary = Vec::new();
+    for r in &report.results {
+        println!("## RTT {}\n", r.rtt);
+        let mut rows = Vec::new();
+        for label in LABELS {
+            let mut row = vec![label.to_string() + if faster_than_the_link(r, label) { " †" } else { "" }];
+            row.extend(FIGURES.iter().map(|&(_, workload, pick, format)| {
+                let runs = runs_of(&r.runs, label, workload);
+                let v = med(&runs, pick);
+                table::cell(v, format) + if any_disturbed(&runs) && v.is_some() { " *" } else { "" }
+            }));
+            let geomirror = MODES.iter().any(|m| m.label == label);
+            row.push(if geomirror { lineup::claims(&r.runs, label).to_string() } else { "—".into() });
+            rows.push(row);
+        }
+        let mut header = vec!["system"];
+        header.extend(FIGURES.iter().map(|f| f.0));
+        header.push("claims during the runs");
+        print!("{}", table::plain_markdown(&header, &rows));
+
+        let local = value(r, LOCAL, QD1, |x| x.stats.write.lat_p50_us);
+        let local_clat = value(r, LOCAL, QD1, |x| x.stats.write.clat_p50_us);
+        let sync_p99 = median(&r.fdatasync.iter().filter_map(|f| f.p99_us).collect::<Vec<_>>());
+        let steal: Vec<f64> = r.fdatasync.iter().filter_map(|f| f.load.steal_cpus).collect();
+        println!(
+            "\nReferences on this machine in this run: local write (qemu-nbd 4 KiB randwrite QD1) total lat p50 {} µs (clat {} µs); one \
+             fdatasync after a 4 KiB write on the temp dir's filesystem p50 {} µs, p99 {} µs (fio psync, --fdatasync=1, random 4 KiB writes \
+             over a {SYNC_FILE} file, {} s per round, median over {} round(s); steal meanwhile median {} CPUs).",
+            table::cell(local, Format::OneDecimal),
+            table::cell(local_clat, Format::OneDecimal),
+            table::cell(fdatasync_p50(r), Format::OneDecimal),
+            table::cell(sync_p99, Format::OneDecimal),
+            report.header.runtime_s,
+            r.fdatasync.len(),
+            table::cell(median(&steal), Format::TwoDecimals),
+        );
+        println!(
+            "\nHow: geomirror: two nodes with three 1 GiB volumes (one per mode, 1 MiB extents, predict_extents 8, release_after 1h so the \
+             prefilled region stays owned by A) and one `geomirror sim` ({}, bandwidth unlimited) between them. QEMU write-blocking: \
+             qemu-storage-daemon at A exporting a raw file with a blockdev-mirror job (sync none, copy-mode write-blocking) to site B's \
+             qemu-nbd through its own simulator with the same settings. qemu-nbd (local): one qemu-nbd at A on a raw file, no \
+             replication. Each export's first {REGION_TEXT} was written once at A (1 MiB QD8), then every system was let catch up. fio's nbd \
+             engine at A, one connection, over those {REGION_TEXT}, {} s after a {RAMP_S} s ramp, {} round(s) with the order of systems \
+             rotated each round, medians over rounds; after every run the benchmark waited (outside the measurement) until site B held \
+             everything. write+FLUSH: 4 KiB randwrite QD1 with fio's --fsync=1, an NBD FLUSH after every write (writes/s counts write+FLUSH \
+             pairs). clat: fio's completion latency; total lat: submit + completion, what an application waits; the targets use total \
+             latency. Claims: claim round trips at A during the measured runs (0: every write went to an owned extent). {}\n",
+            lineup::link_delay(r.link_settings.as_ref()),
+            report.header.runtime_s,
+            report.header.rounds,
+            lineup::machine_state(&r.runs),
+        );
+        if LABELS.iter().any(|l| faster_than_the_link(r, l)) {
+            println!(
+                "**†: not valid at this RTT.** These systems wait for site B on every write, yet their 4 KiB QD1 total latency p50 is below \
+                 the {} µs round trip: the simulator did not delay their traffic as configured, so their figures (and the targets that use \
+                 them) say nothing about a {} WAN. (`geomirror sim` aims each delivery early by its measured wake-up lateness, up to 2 ms; \
+                 once that lead exceeds the one-way delay, e.g. after a heavy run, no delivery waits any more and the lead is never measured \
+                 down again.)\n",
+                table::cell(Some(r.rtt_us), Format::Integer),
+                r.rtt
+            );
+        }
+        println!("### Targets at RTT {}\n", r.rtt);
+        let checks = checks(r);
+        print!(
+            "{}",
+            table::plain_markdown(&["target", "measured", "limit", "verdict"], &checks.iter().map(Check::row).collect::<Vec<_>>())
+        );
+        println!();
+        summary.extend(checks.iter().map(|c| format!("{} RTT {}: {} = {}", c.verdict(), r.rtt, c.what, c.row()[1..3].join(", limit "))));
+    }
+    print_modes(report);
+    println!();
+    table::print_targets(&summary);
+}
+
+/// What each mode costs and guarantees, with its measured QD1 latency.
+fn print_modes(report: &Report) {
+    println!("## What each mode costs and guarantees\n");
+    let texts: [(&str, &str, &str, &str); 3] = [
+        ("written here (page cache)", "a local write", "durable here", "the writes not yet sent to B are lost if site A dies"),
+        (
+            "durable here (a grouped fdatasync while the copy travels) and applied in B's memory",
+            "RTT + B's write (the local fdatasync overlaps the round trip)",
+            "durable at both sites",
+            "nothing, unless both sites crash within ~50 ms (B destages in groups of up to 50 ms)",
+        ),
+        ("durable at both sites", "RTT + B's write + max(local, B's fdatasync)", "durable at both sites", "nothing"),
+    ];
+    let mut header = vec!["mode", "a write is acknowledged once", "a write costs about", "a FLUSH waits until", "lost on a site loss"];
+    let columns: Vec<String> = report.results.iter().map(|r| format!("QD1 total lat p50 at {} µs", r.rtt)).collect();
+    header.extend(columns.iter().map(String::as_str));
+    let rows: Vec<Vec<String>> = MODES
+        .iter()
+        .zip(texts)
+        .map(|(m, (acked, cost, flush, lost))| {
+            let mut row = vec![format!("`{}`", m.mode.as_str()), acked.into(), cost.into(), flush.into(), lost.into()];
+            row.extend(
+                report.results.iter().map(|r| table::cell(value(r, m.label, QD1, |x| x.stats.write.lat_p50_us), Format::OneDecimal)),
+            );
+            row
+        })
+        .collect();
+    print!("{}", table::plain_markdown(&header, &rows));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_volume_per_mode_within_the_ownership_limit() {
+        let vols = volumes();
+        let modes: Vec<ReplicationMode> = vols.iter().map(|v| v.mode).collect();
+        assert_eq!(modes, [ReplicationMode::Async, ReplicationMode::SyncMemory, ReplicationMode::Sync]);
+        for v in &vols {
+            assert!(lineup::REGION_BYTES <= v.size_bytes);
+            assert!(lineup::REGION_BYTES.div_ceil(v.extent_bytes) <= u64::from(v.max_owned_extents), "no claim round trip is measured");
+        }
+        assert_eq!(LABELS.len(), 5);
+    }
+
+    fn record(system: &'static str, workload: &'static str, iops: f64, lat_p50_us: f64) -> RunRecord {
+        let mut stats = JobStats::default();
+        stats.write.iops = iops;
+        stats.write.lat_p50_us = Some(lat_p50_us);
+        RunRecord {
+            rtt: "20ms".into(),
+            system,
+            workload,
+            round: 1,
+            attempt: 0,
+            used: true,
+            stats,
+            load: Load::default(),
+            settle_seconds: None,
+            claim_round_trips: None,
+            system_cpus: 0.0,
+            site_a_cpus: 0.0,
+            fio: Value::Null,
+        }
+    }
+
+    #[test]
+    fn targets_follow_the_local_figures() {
+        let raw: Value = serde_json::from_str(r#"{"jobs":[{"sync":{"lat_ns":{"percentile":{"50.000000":200000}}}}]}"#).unwrap();
+        let r = RttResult {
+            rtt: "20ms".into(),
+            rtt_us: 20_000.0,
+            link_settings: None,
+            prefill_mb_per_s: BTreeMap::new(),
+            fdatasync: vec![FdatasyncRun {
+                round: 1,
+                p50_us: fio::sync_latency_us(&raw, 50.0),
+                p99_us: None,
+                stats: JobStats::default(),
+                load: Load::default(),
+                fio: raw.clone(),
+            }],
+            runs: vec![
+                record(LOCAL, QD1, 20_000.0, 50.0),
+                record(MODES[2].label, QD1, 48.0, 21_000.0),
+                record(MODES[2].label, QD32, 900.0, 0.0),
+                record(MODES[1].label, QD1, 49.0, 21_500.0),
+            ],
+        };
+        let c = checks(&r);
+        assert_eq!(c[0].limit, Some(1.05 * 20_250.0));
+        assert_eq!(c[0].met(), Some(true), "21,000 ≤ 21,262.5");
+        assert_eq!(c[1].limit, Some(960.0));
+        assert_eq!(c[1].met(), Some(false), "900 < 20 × 48");
+        assert_eq!(c[2].limit, Some(1.05 * 20_050.0));
+        assert_eq!(c[2].met(), Some(false), "21,500 > 21,052.5");
+        assert_eq!(c[0].row()[2], "≤ 1.05 × (20,000.0 + 50.0 + 200.0) = 21,262.5 µs");
+        assert_eq!(c[1].row(), ["sync: 4 KiB QD32 IOPS", "900", "≥ 20 × 48 = 960", "missed"]);
+        // Writes that wait for B finishing within less than the RTT: the
+        // simulator did not delay them; no verdict.
+        let r = RttResult { rtt_us: 30_000.0, ..r };
+        assert!(faster_than_the_link(&r, MODES[2].label) && !faster_than_the_link(&r, LOCAL));
+        assert!(checks(&r).iter().all(|c| c.met().is_none() && c.verdict() == "not valid †"));
+    }
+}
