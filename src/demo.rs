@@ -282,6 +282,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("  {bin} sim set --control {ctl} --rtt 80ms     # a longer WAN");
     println!("  {bin} sim partition --control {ctl}          # cut the link (heal: sim heal); the witness picks one survivor");
     println!("  fio --name=w --ioengine=nbd --uri=nbd://{a}/{volume} --rw=randwrite --bs=4k --size=64m --runtime=10 --time_based");
+    println!(
+        "  {bin} mode --admin {} --volume {volume} --set sync   # acknowledge writes once durable at both sites (async, sync-memory)",
+        args.admin_a
+    );
     println!();
     println!("The day a site dies (type these here, then Enter):");
     println!("  kill a      # kill -9 site A; B becomes the survivor within ~5 s and writes anywhere but A's extents");

@@ -8,8 +8,11 @@
 //!
 //! Waking a thread and then a task still takes time (about 0.1–0.3 ms on a small VM, more
 //! under load). So each sleep aims early by the measured wake-up lateness: an exponentially
-//! weighted average of how late past sleeps completed, capped at [`TIMER_LEAD_MAX`]. On
-//! average a sleep then ends at its deadline; a single one may end up to the lead early.
+//! weighted average of how late past sleeps completed, capped at [`TIMER_LEAD_MAX`] and at
+//! half the time left until the deadline. On average a sleep then ends at its deadline; a
+//! single one may end up to the lead early. A sleep that the lead alone made ready at once
+//! (its deadline still ahead) counts as a sleep that was not late: after a burst of load has
+//! raised the lead, it decays again instead of staying above short delays for good.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -145,20 +148,23 @@ fn record_lateness(late: Duration) {
     WAKE_LATENESS_NANOS.store(new, Ordering::Relaxed);
 }
 
-/// Completes at about `deadline` (aiming early by [`lead`]), or at once if that has passed.
+/// Completes at about `deadline` (aiming early by [`lead`], at most half the time left), or
+/// at once if that has passed.
 pub(crate) fn sleep_until(deadline: Instant) -> PreciseSleep {
-    let target = deadline.checked_sub(lead()).unwrap_or(deadline);
+    let left = deadline.saturating_duration_since(Instant::now());
+    let target = deadline.checked_sub(lead().min(left / 2)).unwrap_or(deadline);
     match timer() {
-        Some(_) => PreciseSleep::Thread { deadline: target, slot: None },
+        Some(_) => PreciseSleep::Thread { deadline: target, wanted: deadline, slot: None },
         None => PreciseSleep::Tokio(Box::pin(tokio::time::sleep_until(deadline.into()))),
     }
 }
 
 /// Future returned by [`sleep_until`].
 pub(crate) enum PreciseSleep {
-    /// `deadline` is the aimed-at instant (the caller's deadline minus the lead).
+    /// `deadline` is the aimed-at instant (the caller's deadline, `wanted`, minus the lead).
     Thread {
         deadline: Instant,
+        wanted: Instant,
         slot: Option<Arc<Slot>>,
     },
     Tokio(Pin<Box<tokio::time::Sleep>>),
@@ -170,12 +176,15 @@ impl Future for PreciseSleep {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         match self.get_mut() {
             PreciseSleep::Tokio(sleep) => sleep.as_mut().poll(cx),
-            PreciseSleep::Thread { deadline, slot } => {
+            PreciseSleep::Thread { deadline, wanted, slot } => {
                 let now = Instant::now();
                 if now >= *deadline {
-                    // Only a sleep that actually waited measures wake-up lateness.
                     if slot.is_some() {
+                        // It waited: how late the wake-up was.
                         record_lateness(now - *deadline);
+                    } else if now < *wanted {
+                        // Ready only because of the lead: no lateness seen.
+                        record_lateness(Duration::ZERO);
                     }
                     return Poll::Ready(());
                 }
@@ -233,6 +242,25 @@ mod tests {
         late.sort();
         // The median lateness must be well under tokio's 1 ms tick.
         assert!(late[2] < Duration::from_micros(700), "lateness {late:?}");
+    }
+
+    #[tokio::test]
+    async fn after_a_burst_of_lateness_the_lead_decays_and_short_delays_hold_again() {
+        // As after heavy load: the lead at its cap, above a 1 ms delay.
+        WAKE_LATENESS_NANOS.store(u64::try_from(TIMER_LEAD_MAX.as_nanos()).unwrap(), Ordering::Relaxed);
+        let delay = Duration::from_millis(1);
+        for _ in 0..40 {
+            sleep_until(Instant::now() + delay).await;
+        }
+        assert!(lead() < delay / 2, "the lead stayed at {:?}", lead());
+        let mut took = Vec::new();
+        for _ in 0..9 {
+            let start = Instant::now();
+            sleep_until(start + delay).await;
+            took.push(start.elapsed());
+        }
+        took.sort();
+        assert!(took[4] >= delay * 3 / 4, "a 1 ms sleep took {:?} (median)", took[4]);
     }
 
     #[tokio::test]

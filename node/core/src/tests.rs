@@ -422,25 +422,29 @@ fn sends(outputs: &[Output]) -> Vec<&Message> {
 
 /// An accepter whose session is synced (two rounds answered).
 fn ready_accepter() -> NodeCore {
-    let mut b = NodeCore::new(config(false), vec![ClaimsFileContents::default()], t(0));
-    b.handle(t(0), Input::LinkUp { session: S, role: Role::Accepter, volume_errors: vec![None] });
-    b.handle(t(0), Input::BulkUp { session: S });
-    for id in 1..=2 {
+    ready_accepter_in(ReplicationMode::Async, PeerLossPolicy::Suspend)
+}
+
+/// Session `session` comes up at accepter `b` and the peer's two sync
+/// rounds (request ids `first_id`, +1) say it believes `b` owns `record`.
+fn sync_session(b: &mut NodeCore, at: Time, session: SessionGen, first_id: u64, record: Vec<ExtentClaim>) -> Vec<Output> {
+    b.handle(at, Input::LinkUp { session, role: Role::Accepter, volume_errors: vec![None] });
+    b.handle(at, Input::BulkUp { session });
+    let counter = Epoch(record.iter().map(|c| c.epoch.0).max().unwrap_or(0));
+    for id in first_id..first_id + 2 {
         let sync = Message::Sync {
             id: RequestId(id),
             volume: V,
-            counter: Epoch(0),
+            counter,
             own: vec![],
-            record: vec![],
+            record: record.clone(),
             gives: vec![],
             generation: 0,
             taken: vec![],
         };
-        b.handle(t(0), Input::Frame { session: S, lane: Lane::Priority, message: sync });
+        b.handle(at, Input::Frame { session, lane: Lane::Priority, message: sync });
     }
-    drain(&mut b);
-    assert!(b.is_ready());
-    b
+    drain(b)
 }
 
 #[test]
@@ -603,22 +607,7 @@ fn ready_accepter_in(mode: ReplicationMode, on_peer_loss: PeerLossPolicy) -> Nod
     c.volumes[0].mode = mode;
     c.volumes[0].on_peer_loss = on_peer_loss;
     let mut b = NodeCore::new(c, vec![ClaimsFileContents::default()], t(0));
-    b.handle(t(0), Input::LinkUp { session: S, role: Role::Accepter, volume_errors: vec![None] });
-    b.handle(t(0), Input::BulkUp { session: S });
-    for id in 1..=2 {
-        let sync = Message::Sync {
-            id: RequestId(id),
-            volume: V,
-            counter: Epoch(0),
-            own: vec![],
-            record: vec![],
-            gives: vec![],
-            generation: 0,
-            taken: vec![],
-        };
-        b.handle(t(0), Input::Frame { session: S, lane: Lane::Priority, message: sync });
-    }
-    drain(&mut b);
+    sync_session(&mut b, t(0), S, 1, vec![]);
     assert!(b.is_ready());
     b
 }
@@ -810,4 +799,36 @@ fn a_copy_that_asks_for_durability_is_synced_at_once_and_one_for_memory_is_repor
             }
         }
     }
+}
+
+#[test]
+fn a_degraded_volume_returns_to_its_mode_once_the_peer_has_every_degraded_write() {
+    let mut b = writer_owning_extent_1(ReplicationMode::Sync, PeerLossPolicy::Degrade);
+    b.handle(t(10), Input::LinkDown { session: S, reason: "cut".into() });
+    drain(&mut b);
+    let out = write_block_4(&mut b, 2, t(11), false);
+    let out = run_io_except(&mut b, t(11), out, |_| false);
+    assert_eq!(replies(&out), vec![(HostRequestId(2), true)], "acknowledged without the peer");
+    // The peer returns: a new session, synced.
+    let s2 = SessionGen(2);
+    let out = sync_session(&mut b, t(20), s2, 11, vec![ExtentClaim { extent: Extent(1), epoch: Epoch(1) }]);
+    let mut out = run_io_except(&mut b, t(20), out, |_| false);
+    assert!(b.is_ready());
+    b.handle(t(30), Input::Tick);
+    out.extend(drain(&mut b));
+    let out = run_io_except(&mut b, t(30), out, |_| false);
+    let (seq, _) = copy_sent(&out).expect("the degraded write goes to the peer");
+    assert!(b.status().volumes[0].replication.degraded_for.is_some(), "still degraded: the peer does not have it durably");
+    assert!(
+        sends(&out).iter().any(|m| matches!(m, Message::Destage { upto, .. } if *upto >= seq)),
+        "catching up asks for durability: {out:?}"
+    );
+    b.handle(
+        t(31),
+        Input::Frame { session: s2, lane: Lane::Priority, message: Message::CopyProgress { volume: V, received: seq, durable: seq } },
+    );
+    let out = drain(&mut b);
+    assert!(out.iter().any(|o| matches!(o, Output::Event(crate::io::Event::CaughtUp { .. }))), "{out:?}");
+    assert!(b.status().volumes[0].replication.degraded_for.is_none());
+    assert!(b.try_write(t(32), V, EXTENT, BLOCK).is_none(), "writes wait for the peer again");
 }
