@@ -1,6 +1,7 @@
 //! `geomirror`: the one binary. Thin CLI dispatch; each subcommand calls
 //! into a crate of the workspace.
 
+mod console;
 mod demo;
 mod ops;
 
@@ -50,6 +51,9 @@ enum Command {
     Takeover(ops::TakeoverArgs),
     /// Change a volume's replication mode on a running node.
     Mode(ops::ModeArgs),
+    /// A running node's health, link and volumes at a glance (exit code 1
+    /// when anything is not healthy).
+    Status(console::StatusArgs),
     /// The blocks a returning site saved before the survivor's data
     /// replaced them.
     #[command(subcommand)]
@@ -82,6 +86,7 @@ fn main() -> std::process::ExitCode {
         Command::Witness { config } => runtime().and_then(|rt| rt.block_on(run_witness(config))),
         Command::Takeover(args) => runtime().and_then(|rt| rt.block_on(ops::takeover(args))),
         Command::Mode(args) => runtime().and_then(|rt| rt.block_on(ops::mode(args))),
+        Command::Status(args) => runtime().and_then(|rt| rt.block_on(console::status(args))),
         Command::Conflicts(cmd) => ops::conflicts(cmd),
     };
     match result {

@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod engine;
+pub mod events;
 pub mod limits;
 pub mod metrics;
 pub mod nbd;

@@ -6,6 +6,10 @@ use std::time::Duration;
 /// requests per read; a large WRITE payload is read straight into its own
 /// buffer past what this holds (so at most this much of it is copied twice).
 pub const NBD_READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Recent events a node keeps for `GET /events` (each also logged); past
+/// it the oldest go, and a reader that asks from before them is told how
+/// many it missed.
+pub const EVENTS_KEPT: usize = 1024;
 /// Bytes of buffered socket output per host connection; replies larger than
 /// this bypass the buffer.
 pub const NBD_WRITE_BUFFER_BYTES: usize = 256 * 1024;

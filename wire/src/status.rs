@@ -82,6 +82,10 @@ pub struct PeerStatus {
     pub connect: String,
     /// Where this node accepts the peer.
     pub listen: String,
+    /// The round trip of the last heartbeat, in milliseconds (the dialing
+    /// node measures it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
 }
 
 /// Replication figures of one volume in [`VolumeStatus`].
@@ -89,6 +93,9 @@ pub struct PeerStatus {
 pub struct ReplicationStatus {
     /// Extents this node owns (may hold writes the peer lacks).
     pub owned_extents: u64,
+    /// The most it may own (`max_owned_extents`).
+    #[serde(default)]
+    pub max_owned_extents: u64,
     /// Extents the peer owns (reads of them are pulled).
     pub peer_owned_extents: u64,
     /// Bytes written here and not yet sent.
@@ -221,4 +228,139 @@ pub struct VolumeStatus {
     /// Replication figures, for a two-site node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication: Option<ReplicationStatus>,
+}
+
+/// What happened, in a node's recent events (`GET /events`): a closed set,
+/// each also logged once by the node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum NodeEvent {
+    /// The peer link is up and the claims are synced.
+    LinkUp,
+    /// The peer session ended.
+    LinkDown {
+        /// Why.
+        reason: String,
+    },
+    /// A volume is served again (it matches the peer's).
+    VolumeServing,
+    /// A volume is not served: it differs from the peer's.
+    VolumeNotServed {
+        /// Why.
+        reason: String,
+    },
+    /// A volume stopped after a fault (until restart).
+    VolumeStopped {
+        /// Why.
+        reason: String,
+    },
+    /// A store fault the node carried on through.
+    StoreFault {
+        /// What was being done.
+        doing: String,
+        /// The fault.
+        fault: String,
+    },
+    /// The peer refused a request (a claim, a handover, a pull).
+    PeerRefused {
+        /// What was asked.
+        request: String,
+        /// The peer's message.
+        message: String,
+    },
+    /// A handover never applied here was revoked at the next session.
+    HandoverRevoked {
+        /// The extent.
+        extent: u64,
+    },
+    /// The node's health changed.
+    Health {
+        /// The new health.
+        health: String,
+        /// Why.
+        reason: String,
+    },
+    /// The witness refused or failed a request.
+    WitnessProblem {
+        /// What it said.
+        message: String,
+    },
+    /// This node acts alone (survivor of an outage).
+    ActingAlone {
+        /// The outage generation.
+        generation: u64,
+    },
+    /// An operator took over the lost peer's extents.
+    TookOver {
+        /// How many extents.
+        extents: u64,
+        /// The outage generation.
+        generation: u64,
+    },
+    /// Blocks replaced after an outage were saved to the conflict file.
+    ConflictsSaved {
+        /// The extent.
+        extent: u64,
+        /// Blocks saved.
+        blocks: u64,
+    },
+    /// A resync finished.
+    ResyncDone {
+        /// Extents compared.
+        extents: u64,
+        /// Blocks that differed.
+        blocks_differing: u64,
+    },
+    /// The outage is over at the witness.
+    OutageResolved {
+        /// Its generation.
+        generation: u64,
+    },
+    /// A sync volume acknowledges without the peer (`on_peer_loss = degrade`).
+    Degraded {
+        /// Its mode.
+        mode: String,
+        /// Why.
+        reason: String,
+    },
+    /// A degraded volume's mode holds again.
+    CaughtUp {
+        /// Its mode.
+        mode: String,
+        /// How long it was degraded.
+        after_seconds: f64,
+    },
+    /// An operator changed a volume's mode.
+    ModeChanged {
+        /// Before.
+        from: String,
+        /// Now.
+        to: String,
+    },
+}
+
+/// One recent event of a node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Position in the node's event sequence, from 1.
+    pub seq: u64,
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// The volume it concerns, if one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+    /// What happened.
+    pub event: NodeEvent,
+}
+
+/// What `GET /events?since=N` answers: the events after `N` still held.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EventsPage {
+    /// Oldest first.
+    pub events: Vec<EventRecord>,
+    /// The `since` to ask next (the newest sequence number so far).
+    pub last: u64,
+    /// Events after `since` that fell out of the node's ring before they
+    /// were asked for.
+    pub missed: u64,
 }

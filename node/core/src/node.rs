@@ -311,6 +311,9 @@ pub struct SessionView {
     pub ready: bool,
     /// Our requests awaiting answers.
     pub requests_in_flight: usize,
+    /// The round trip of the last answered heartbeat (only the dialer
+    /// sends them).
+    pub rtt: Option<std::time::Duration>,
 }
 
 /// What [`NodeCore::status`] returns.
@@ -511,7 +514,12 @@ impl NodeCore {
     /// What `/status` shows.
     pub fn status(&self) -> CoreStatus {
         CoreStatus {
-            session: self.session.as_ref().map(|s| SessionView { session: s.id, ready: s.ready, requests_in_flight: s.requests.len() }),
+            session: self.session.as_ref().map(|s| SessionView {
+                session: s.id,
+                ready: s.ready,
+                requests_in_flight: s.requests.len(),
+                rtt: s.last_rtt,
+            }),
             volumes: self
                 .volumes
                 .iter()

@@ -336,8 +336,11 @@ impl NodeCore {
             }
             (Pending::ResyncNeed { volume, extent }, Message::Ack { .. }) => self.on_resync_acked(volume, extent),
             (Pending::Heartbeat, Message::HeartbeatReply { .. }) => {
-                if let Some(s) = &mut self.session {
-                    s.heartbeat = None;
+                let now = self.now;
+                if let Some(s) = &mut self.session
+                    && let Some((_, sent)) = s.heartbeat.take()
+                {
+                    s.last_rtt = Some(now.since(sent));
                 }
             }
             (pending, Message::Error { message, .. }) => self.on_refused(pending, message),

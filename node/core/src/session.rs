@@ -54,6 +54,8 @@ pub(crate) struct Session {
     pub next_heartbeat: Time,
     /// The heartbeat awaiting its answer, and when it was sent.
     pub heartbeat: Option<(RequestId, Time)>,
+    /// The round trip of the last answered heartbeat (the dialer sends them).
+    pub last_rtt: Option<std::time::Duration>,
     /// Priority frames held back behind one that must wait (in order).
     pub held: VecDeque<Message>,
     /// The peer's requests waiting on our I/O.
@@ -73,6 +75,7 @@ impl Session {
             last_frame: now,
             next_heartbeat: now + config.heartbeat_interval,
             heartbeat: None,
+            last_rtt: None,
             held: VecDeque::new(),
             peer_requests: 0,
         }

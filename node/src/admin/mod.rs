@@ -2,7 +2,8 @@
 //! (JSON [`NodeStatus`]), and for two-site nodes `GET /takeover?volume=NAME`
 //! (what an operator's takeover would take) and `POST
 //! /takeover?volume=NAME&confirm=yes[&peer_is_down=yes]` (take it), and
-//! `POST /mode?volume=NAME&set=MODE` (change a volume's replication mode).
+//! `POST /mode?volume=NAME&set=MODE` (change a volume's replication mode),
+//! and `GET /events?since=N` (recent events, [`crate::events`]).
 //! Binds to loopback by default.
 
 use std::sync::Arc;
@@ -60,6 +61,7 @@ impl AdminState {
                         let f = &view.figures;
                         ReplicationStatus {
                             owned_extents: f.owned_extents,
+                            max_owned_extents: self.engine.as_ref().map_or(0, |e| e.max_owned(v.name())),
                             peer_owned_extents: f.peer_owned_extents,
                             unsent_bytes: f.unsent_blocks * block,
                             not_durable_at_peer_bytes: f.not_durable_blocks * block,
@@ -121,6 +123,7 @@ impl AdminState {
                     dials: link.config.dials(),
                     connect: link.config.connect.to_string(),
                     listen: link.config.listen.to_string(),
+                    rtt_ms: core.as_ref().and_then(|c| c.session.and_then(|s| s.rtt)).map(|d| d.as_secs_f64() * 1e3),
                 }
             }),
             standing: core.as_ref().map(|c| StandingStatus {
@@ -199,6 +202,19 @@ async fn takeover_post(
     }
 }
 
+/// The query of `GET /events`.
+#[derive(Debug, serde::Deserialize)]
+pub struct EventsQuery {
+    /// Only events after this position (0: all still held).
+    #[serde(default)]
+    pub since: u64,
+}
+
+/// The node's recent events after `since` (a single-site node has none).
+async fn events_handler(State(state): State<Arc<AdminState>>, Query(q): Query<EventsQuery>) -> Json<geomirror_wire::status::EventsPage> {
+    Json(state.engine.as_ref().map(|e| e.events.since(q.since)).unwrap_or_default())
+}
+
 /// The query of `POST /mode`.
 #[derive(Debug, serde::Deserialize)]
 pub struct ModeQuery {
@@ -252,6 +268,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: Canc
         .route("/status", get(status_handler))
         .route("/takeover", get(takeover_get).post(takeover_post))
         .route("/mode", axum::routing::post(mode_post))
+        .route("/events", get(events_handler))
         .with_state(state);
     axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
 }

@@ -107,6 +107,8 @@ pub struct Engine {
     room: Notify,
     /// The witness connection, while up.
     witness: Mutex<Option<WitnessIo>>,
+    /// Recent events, for `GET /events`.
+    pub events: crate::events::EventRing,
     handle: tokio::runtime::Handle,
     /// The node's span (the caller's at [`Engine::new`]): the parent of
     /// every line the engine logs and of its blocking I/O, whichever task
@@ -135,6 +137,7 @@ impl Engine {
             timer_at: AtomicU64::new(u64::MAX),
             timer: Notify::new(),
             room: Notify::new(),
+            events: crate::events::EventRing::default(),
             witness: Mutex::new(None),
             handle: tokio::runtime::Handle::current(),
             span: tracing::Span::current(),
@@ -352,7 +355,49 @@ impl Engine {
         });
     }
 
+    /// Keeps `event` in the ring of recent events (`GET /events`); stale
+    /// copies dropped are only counted (they come in bursts and are harmless).
+    fn record_event(&self, event: &Event) {
+        use geomirror_wire::status::NodeEvent as E;
+        let name = |v: &VolumeIndex| self.volumes.get(v.0 as usize).map(|x| x.name.as_str());
+        let (volume, record) = match event {
+            Event::SessionReady { .. } => (None, E::LinkUp),
+            Event::SessionEnded { reason, .. } => (None, E::LinkDown { reason: reason.clone() }),
+            Event::Serving { volume, problem: None } => (name(volume), E::VolumeServing),
+            Event::Serving { volume, problem: Some(p) } => (name(volume), E::VolumeNotServed { reason: p.clone() }),
+            Event::VolumeStopped { volume, reason } => (name(volume), E::VolumeStopped { reason: reason.clone() }),
+            Event::StoreFault { volume, doing, fault } => {
+                (name(volume), E::StoreFault { doing: doing.to_string(), fault: fault.to_string() })
+            }
+            Event::PeerRefused { volume, request, message } => {
+                (name(volume), E::PeerRefused { request: request.to_string(), message: message.clone() })
+            }
+            Event::StaleCopiesDropped { .. } => return,
+            Event::HandoverRevoked { volume, extent } => (name(volume), E::HandoverRevoked { extent: extent.0 }),
+            Event::HealthChanged { health, reason } => (None, E::Health { health: health.as_str().into(), reason: reason.clone() }),
+            Event::WitnessProblem { message } => (None, E::WitnessProblem { message: message.clone() }),
+            Event::ActingAlone { generation } => (None, E::ActingAlone { generation: *generation }),
+            Event::TookOver { volume, extents, generation } => {
+                (name(volume), E::TookOver { extents: *extents as u64, generation: *generation })
+            }
+            Event::ConflictsSaved { volume, extent, blocks, .. } => (name(volume), E::ConflictsSaved { extent: extent.0, blocks: *blocks }),
+            Event::ResyncDone { volume, extents, blocks_differing } => {
+                (name(volume), E::ResyncDone { extents: *extents, blocks_differing: *blocks_differing })
+            }
+            Event::OutageResolved { generation } => (None, E::OutageResolved { generation: *generation }),
+            Event::Degraded { volume, mode, reason } => (name(volume), E::Degraded { mode: mode.as_str().into(), reason: reason.clone() }),
+            Event::CaughtUp { volume, mode, after } => {
+                (name(volume), E::CaughtUp { mode: mode.as_str().into(), after_seconds: after.as_secs_f64() })
+            }
+            Event::ModeChanged { volume, from, to } => {
+                (name(volume), E::ModeChanged { from: from.as_str().into(), to: to.as_str().into() })
+            }
+        };
+        self.events.push(volume, record);
+    }
+
     fn log_event(&self, event: Event) {
+        self.record_event(&event);
         let name = |v: VolumeIndex| self.volumes.get(v.0 as usize).map_or("?", |x| x.name.as_str());
         let parent = &self.span;
         match event {
@@ -553,6 +598,12 @@ impl Engine {
         for (v, m) in status.volumes.iter().zip(&self.metrics) {
             m.set(v, self.volume_block_bytes(&v.name));
         }
+    }
+
+    /// A volume's `max_owned_extents` (0: no such volume).
+    pub fn max_owned(&self, name: &str) -> u64 {
+        let core = self.core.lock().expect("core lock");
+        core.config().volumes.iter().find(|v| v.name == name).map_or(0, |v| v.knobs.max_owned as u64)
     }
 
     fn volume_block_bytes(&self, name: &str) -> u64 {
