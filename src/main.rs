@@ -4,6 +4,7 @@
 mod console;
 mod demo;
 mod ops;
+mod top;
 
 /// Threads of the blocking pool (store I/O); more requests queue for them.
 const BLOCKING_THREADS_MAX: usize = 64;
@@ -54,6 +55,9 @@ enum Command {
     /// A running node's health, link and volumes at a glance (exit code 1
     /// when anything is not healthy).
     Status(console::StatusArgs),
+    /// Both sites side by side in the terminal: health, link, exposure,
+    /// lag, claim rates, resync, recent events.
+    Top(top::TopArgs),
     /// The blocks a returning site saved before the survivor's data
     /// replaced them.
     #[command(subcommand)]
@@ -87,6 +91,7 @@ fn main() -> std::process::ExitCode {
         Command::Takeover(args) => runtime().and_then(|rt| rt.block_on(ops::takeover(args))),
         Command::Mode(args) => runtime().and_then(|rt| rt.block_on(ops::mode(args))),
         Command::Status(args) => runtime().and_then(|rt| rt.block_on(console::status(args))),
+        Command::Top(args) => runtime().and_then(|rt| rt.block_on(top::run(args))),
         Command::Conflicts(cmd) => ops::conflicts(cmd),
     };
     match result {

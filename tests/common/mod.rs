@@ -2,6 +2,7 @@
 //! ready, run real NBD clients with deadlines, a small NBD client of our own.
 #![allow(dead_code)]
 
+pub mod demo;
 pub mod linearizability;
 pub mod nbd_client;
 pub mod two_site;
