@@ -184,6 +184,8 @@ pub(crate) mod tests {
                 extent_bytes: 1 << 20,
                 reads_total: 10,
                 writes_total: 20,
+                read_bytes_total: 40960,
+                write_bytes_total: 81920,
                 serving: true,
                 replication: Some(ReplicationStatus {
                     owned_extents: 12,
@@ -197,6 +199,7 @@ pub(crate) mod tests {
                     handovers: 1,
                     problem: None,
                     tracking_bytes: 0,
+                    copy_sent_bytes_total: 0,
                     taken_extents: 0,
                     resync: None,
                     mode: mode.into(),

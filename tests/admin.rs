@@ -37,3 +37,70 @@ fn status_and_metrics_follow_client_traffic() {
         assert!(metrics.contains(&format!("# HELP {name} ")), "no HELP line for {name}:\n{metrics}");
     }
 }
+
+/// Prometheus conventions, checked on a two-site node after real traffic:
+/// every series has `# HELP` and `# TYPE`; counters end in `_total`; sizes
+/// are in bytes and times in seconds, named so; labels are from one small
+/// set (`volume`, `peer`, `lane`, ...).
+#[test]
+fn metrics_follow_prometheus_conventions() {
+    require_tool("qemu-io");
+    let s = common::two_site::TwoSites::start(common::two_site::TwoSiteOptions::default());
+    qemu_io(&s.a.uri("vol0"), &["write -P 1 0 64k".into(), "read -P 1 0 4k".into(), "flush".into()]);
+    let metrics = s.a.admin_get("/metrics");
+    let mut types = std::collections::BTreeMap::new();
+    let mut helped = std::collections::BTreeSet::new();
+    for line in metrics.lines() {
+        let parts: Vec<&str> = line.splitn(4, ' ').collect();
+        match parts.as_slice() {
+            ["#", "TYPE", name, kind] => {
+                types.insert(name.to_string(), kind.to_string());
+            }
+            ["#", "HELP", name, ..] => {
+                helped.insert(name.to_string());
+            }
+            _ => {}
+        }
+    }
+    assert!(types.len() >= 20, "a two-site node exports its figures: {types:?}");
+    let allowed = ["volume", "peer", "lane", "op", "health", "mode", "step", "from", "le", "quantile"];
+    for (name, kind) in &types {
+        assert!(name.starts_with("geomirror_"), "{name}: one prefix");
+        assert!(helped.contains(name), "{name}: no # HELP");
+        if kind == "counter" {
+            assert!(name.ends_with("_total"), "{name}: a counter ends in _total");
+        }
+        if name.contains("bytes") {
+            assert!(name.ends_with("_bytes") || name.ends_with("_bytes_total"), "{name}: bytes as the unit suffix");
+        }
+        if name.contains("second") || name.contains("latency") {
+            assert!(name.ends_with("_seconds") || name.ends_with("_seconds_total"), "{name}: seconds as the unit suffix");
+        }
+        assert!(!["_ms", "_us", "_millis", "_kib", "_mib"].iter().any(|u| name.contains(u)), "{name}: base units only");
+    }
+    // The Grafana dashboard asks only for series the node exports (some
+    // appear at their first occurrence: those must at least be defined).
+    let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/grafana-dashboard.json")).unwrap();
+    let defined = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/node/src/metrics.rs")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let mut asked = 0;
+    for panel in json["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (at, _) in expr.match_indices("geomirror_") {
+                let name: String = expr[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                let series = name.trim_end_matches("_bucket").to_string();
+                assert!(types.contains_key(&series) || defined.contains(&format!("\"{series}\"")), "the dashboard asks for `{name}`");
+                asked += 1;
+            }
+        }
+    }
+    assert!(asked >= 20, "the dashboard's panels query the node ({asked} series)");
+    for line in metrics.lines().filter(|l| !l.starts_with('#') && l.contains('{')) {
+        let labels = &line[line.find('{').unwrap() + 1..line.find('}').unwrap()];
+        for pair in labels.split(',').filter(|p| !p.is_empty()) {
+            let key = pair.split('=').next().unwrap();
+            assert!(allowed.contains(&key), "label `{key}` in `{line}`");
+        }
+    }
+}

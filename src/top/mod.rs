@@ -154,6 +154,8 @@ mod tests {
         m.apply(1, 1.0, Ok((b_of(a.clone()), EventsPage::default())));
         let mut a2 = a.clone();
         a2.volumes[0].writes_total += 500;
+        a2.volumes[0].write_bytes_total += 500 * 4096;
+        a2.volumes[0].replication.as_mut().unwrap().copy_sent_bytes_total += 1 << 20;
         a2.volumes[0].replication.as_mut().unwrap().claim_round_trips += 2;
         m.apply(0, 2.0, Ok((a2, EventsPage::default())));
         m
@@ -171,7 +173,8 @@ mod tests {
             "sync · serving",
             "owned 12/1024 extents · exposed 12.0 MiB",
             "not durable at peer 3.0 MiB",
-            "host writes 500/s",
+            "host writes 500/s 2.0 MiB/s",
+            "copying 1.0 MiB/s",
             "claims 2.0/s",
             "01:00:00 site-a peer link up",
             "q quit",

@@ -17,6 +17,9 @@ pub const EVENTS_LEN: usize = 50;
 pub struct Rates {
     pub writes: f64,
     pub reads: f64,
+    pub write_bytes: f64,
+    pub read_bytes: f64,
+    pub copy_bytes: f64,
     pub claims: f64,
     pub pulls: f64,
     pub handovers: f64,
@@ -115,6 +118,9 @@ impl Model {
                     Rates {
                         writes: per(v.writes_total, old.writes_total),
                         reads: per(v.reads_total, old.reads_total),
+                        write_bytes: per(v.write_bytes_total, old.write_bytes_total),
+                        read_bytes: per(v.read_bytes_total, old.read_bytes_total),
+                        copy_bytes: rep(|r| r.copy_sent_bytes_total),
                         claims: rep(|r| r.claim_round_trips),
                         pulls: rep(|r| r.pulls),
                         handovers: rep(|r| r.handovers),

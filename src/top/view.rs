@@ -139,7 +139,13 @@ fn node_lines<'a>(s: &NodeStatus, node: &NodeView, ui: &UiState) -> Vec<Line<'a>
         format!("volume {} ({}/{count}) · {} · {mode} · {serving}", v.name, ui.volume + 1, bytes(v.size_bytes)),
         Style::default().add_modifier(Modifier::BOLD),
     )));
-    lines.push(Line::from(format!("host writes {:.0}/s · reads {:.0}/s", rates.writes, rates.reads)));
+    lines.push(Line::from(format!(
+        "host writes {:.0}/s {}/s · reads {:.0}/s {}/s",
+        rates.writes,
+        bytes(rates.write_bytes as u64),
+        rates.reads,
+        bytes(rates.read_bytes as u64)
+    )));
     if let Some(r) = &v.replication {
         let limit = if r.max_owned_extents > 0 { format!("/{}", r.max_owned_extents) } else { String::new() };
         lines.push(Line::from(format!(
@@ -148,7 +154,12 @@ fn node_lines<'a>(s: &NodeStatus, node: &NodeView, ui: &UiState) -> Vec<Line<'a>
             bytes(r.owned_extents * u64::from(v.extent_bytes)),
             r.peer_owned_extents
         )));
-        lines.push(Line::from(format!("unsent {} · not durable at peer {}", bytes(r.unsent_bytes), bytes(r.not_durable_at_peer_bytes))));
+        lines.push(Line::from(format!(
+            "unsent {} · not durable at peer {} · copying {}/s",
+            bytes(r.unsent_bytes),
+            bytes(r.not_durable_at_peer_bytes),
+            bytes(rates.copy_bytes as u64)
+        )));
         lines.push(Line::from(format!("claims {:.1}/s · pulls {:.1}/s · handovers {:.1}/s", rates.claims, rates.pulls, rates.handovers)));
         if let Some(d) = r.degraded_seconds {
             lines.push(Line::from(Span::styled(format!("DEGRADED for {}", duration(d)), Style::default().fg(Color::Red))));

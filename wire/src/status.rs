@@ -117,6 +117,9 @@ pub struct ReplicationStatus {
     /// with unsent or in-flight blocks, and copies in flight).
     #[serde(default)]
     pub tracking_bytes: u64,
+    /// Block bytes sent on the copy stream since start (zero runs not counted).
+    #[serde(default)]
+    pub copy_sent_bytes_total: u64,
     /// Extents this node claimed alone or took over in an outage and has not
     /// resynced to the peer yet.
     #[serde(default)]
@@ -223,6 +226,12 @@ pub struct VolumeStatus {
     pub reads_total: u64,
     /// Host writes acknowledged since start.
     pub writes_total: u64,
+    /// Bytes read by hosts since start.
+    #[serde(default)]
+    pub read_bytes_total: u64,
+    /// Bytes written by hosts (acknowledged) since start.
+    #[serde(default)]
+    pub write_bytes_total: u64,
     /// Whether hosts are being served (false while a volume is fenced or mismatched).
     pub serving: bool,
     /// Replication figures, for a two-site node.

@@ -71,6 +71,7 @@ impl AdminState {
                             handovers: view.counters.handovers_received,
                             problem: view.problem.clone(),
                             tracking_bytes: f.tracking_bytes,
+                            copy_sent_bytes_total: view.counters.copy_sent_bytes,
                             taken_extents: view.taken_extents,
                             resync: view.resync.started_at.map(|started| {
                                 let r = view.resync;
@@ -108,6 +109,8 @@ impl AdminState {
                         extent_bytes: v.meta().extent_bytes,
                         reads_total: v.reads_total(),
                         writes_total: v.writes_total(),
+                        read_bytes_total: v.read_bytes_total(),
+                        write_bytes_total: v.write_bytes_total(),
                         serving: view.is_none_or(|view| view.problem.is_none()),
                         replication,
                     }

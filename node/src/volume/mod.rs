@@ -58,6 +58,8 @@ pub struct Volume {
     metrics: VolumeMetrics,
     reads_total: AtomicU64,
     writes_total: AtomicU64,
+    read_bytes_total: AtomicU64,
+    write_bytes_total: AtomicU64,
     /// The engine and this volume's index in it, for a two-site node.
     engine: Option<(Arc<Engine>, VolumeIndex)>,
     failures: FailureLog,
@@ -102,6 +104,8 @@ impl Volume {
             metrics,
             reads_total: AtomicU64::new(0),
             writes_total: AtomicU64::new(0),
+            read_bytes_total: AtomicU64::new(0),
+            write_bytes_total: AtomicU64::new(0),
             engine: None,
             failures: FailureLog::default(),
         }
@@ -153,6 +157,16 @@ impl Volume {
         self.writes_total.load(Ordering::Relaxed)
     }
 
+    /// Bytes read by hosts since start.
+    pub fn read_bytes_total(&self) -> u64 {
+        self.read_bytes_total.load(Ordering::Relaxed)
+    }
+
+    /// Bytes written by hosts (acknowledged) since start.
+    pub fn write_bytes_total(&self) -> u64 {
+        self.write_bytes_total.load(Ordering::Relaxed)
+    }
+
     /// Checks a request range against the volume.
     pub fn check_range(&self, offset: u64, length: u64) -> Result<(), StoreError> {
         self.store.check_range(offset, length)
@@ -166,6 +180,7 @@ impl Volume {
             None => crate::store::read(&self.store, offset, length as usize).await?,
         };
         self.reads_total.fetch_add(1, Ordering::Relaxed);
+        self.read_bytes_total.fetch_add(length.into(), Ordering::Relaxed);
         self.metrics.reads.increment(1);
         self.metrics.read_bytes.increment(length.into());
         Ok(data)
@@ -187,6 +202,7 @@ impl Volume {
             }
         }
         self.writes_total.fetch_add(1, Ordering::Relaxed);
+        self.write_bytes_total.fetch_add(len, Ordering::Relaxed);
         self.metrics.writes.increment(1);
         self.metrics.write_bytes.increment(len);
         Ok(())
