@@ -77,15 +77,7 @@ pub fn summary(s: &NodeStatus) -> (String, Problems) {
 }
 
 fn volume(out: &mut String, problems: &mut Problems, v: &VolumeStatus) {
-    let mode = v.replication.as_ref().map_or("", |r| r.mode.as_str());
-    let _ = writeln!(
-        out,
-        "  {}  {}  {}  {}",
-        v.name,
-        bytes(v.size_bytes),
-        if mode.is_empty() { "single site" } else { mode },
-        if v.serving { "serving" } else { "NOT SERVING" }
-    );
+    let _ = writeln!(out, "  {}  {}  {}  {}", v.name, bytes(v.size_bytes), mode_of(v), if v.serving { "serving" } else { "NOT SERVING" });
     if !v.serving {
         let why = v.replication.as_ref().and_then(|r| r.problem.clone()).unwrap_or_else(|| "not serving".into());
         problems.push(format!("volume {}: {why}", v.name));
@@ -100,11 +92,14 @@ fn volume(out: &mut String, problems: &mut Problems, v: &VolumeStatus) {
         bytes(r.owned_extents * extent),
         r.peer_owned_extents
     );
+    let age = |s: Option<f64>| s.map_or(String::new(), |s| format!(" (oldest {})", duration(s)));
     let _ = writeln!(
         out,
-        "    behind   {} unsent, {} not yet durable at the peer ({} of it in the peer's memory)",
+        "    behind   {} unsent{}, {} not yet durable at the peer{} ({} of it in the peer's memory)",
         bytes(r.unsent_bytes),
+        age(r.oldest_unsent_seconds),
         bytes(r.not_durable_at_peer_bytes),
+        age(r.oldest_not_durable_seconds),
         bytes(r.received_not_durable_bytes)
     );
     let _ = writeln!(out, "    wan      {} claim round trips, {} pulls, {} handovers received", r.claim_round_trips, r.pulls, r.handovers);
@@ -137,6 +132,16 @@ fn volume(out: &mut String, problems: &mut Problems, v: &VolumeStatus) {
     }
     if r.taken_extents > 0 {
         let _ = writeln!(out, "    taken    {} extents claimed alone or taken over, not yet resynced to the peer", r.taken_extents);
+    }
+}
+
+/// A volume's mode as shown: `single site`, or its replication mode (a node
+/// older than the modes reports none: it mirrors asynchronously).
+pub fn mode_of(v: &VolumeStatus) -> &str {
+    match &v.replication {
+        None => "single site",
+        Some(r) if r.mode.is_empty() => "async",
+        Some(r) => &r.mode,
     }
 }
 
@@ -200,6 +205,8 @@ pub(crate) mod tests {
                     problem: None,
                     tracking_bytes: 0,
                     copy_sent_bytes_total: 0,
+                    oldest_unsent_seconds: None,
+                    oldest_not_durable_seconds: Some(0.25),
                     taken_extents: 0,
                     resync: None,
                     mode: mode.into(),
@@ -242,7 +249,7 @@ pub(crate) mod tests {
             "peer site-b: link up for 12.0s, rtt 20.4 ms",
             "vol0  1.0 GiB  sync  serving",
             "12 extents owned here of 1024 (12.0 MiB); the peer owns 3",
-            "8.0 KiB unsent, 3.0 MiB not yet durable at the peer",
+            "8.0 KiB unsent, 3.0 MiB not yet durable at the peer (oldest 0.2s)",
             "34 claim round trips, 2 pulls",
             "witness connected, lease 1.8 s left",
         ] {
@@ -265,6 +272,24 @@ pub(crate) mod tests {
         assert!(text.contains("DEGRADED for 1m15s") && text.contains("NOT SERVING"), "{text}");
         assert!(text.contains("last error: the peer did not answer a heartbeat"), "{text}");
         assert!(problems.iter().any(|p| p.contains("the peer's volume differs")));
+    }
+
+    #[test]
+    fn a_node_of_an_older_version_without_the_newer_fields_still_reads() {
+        let mut json = serde_json::to_value(sample("async")).unwrap();
+        let r = json["volumes"][0]["replication"].as_object_mut().unwrap();
+        for newer in
+            ["mode", "on_peer_loss", "max_owned_extents", "writes_waiting_for_peer", "copy_sent_bytes_total", "oldest_not_durable_seconds"]
+        {
+            r.remove(newer);
+        }
+        json["peer"].as_object_mut().unwrap().remove("rtt_ms");
+        json["volumes"][0].as_object_mut().unwrap().remove("write_bytes_total");
+        let old: NodeStatus = serde_json::from_value(json).expect("an older /status is read with defaults");
+        let (text, problems) = summary(&old);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(text.contains("12 extents owned here (12.0 MiB)") && !text.contains("rtt"), "{text}");
+        assert!(text.contains("vol0  1.0 GiB  async  serving"), "{text}");
     }
 
     #[test]

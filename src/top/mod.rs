@@ -163,7 +163,7 @@ mod tests {
 
     #[test]
     fn a_healthy_pair_shows_both_sites_their_figures_and_rates() {
-        let text = screen(&healthy(), &UiState::default(), 140, 40);
+        let text = screen(&healthy(), &UiState::default(), 180, 40);
         for want in [
             "site-a",
             "site-b",
@@ -172,7 +172,7 @@ mod tests {
             "volume vol0 (1/1)",
             "sync · serving",
             "owned 12/1024 extents · exposed 12.0 MiB",
-            "not durable at peer 3.0 MiB",
+            "not durable at peer 3.0 MiB (oldest 0.2s)",
             "host writes 500/s 2.0 MiB/s",
             "copying 1.0 MiB/s",
             "claims 2.0/s",

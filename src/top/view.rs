@@ -133,7 +133,7 @@ fn node_lines<'a>(s: &NodeStatus, node: &NodeView, ui: &UiState) -> Vec<Line<'a>
         return lines;
     };
     let rates = node.rates.get(ui.volume).copied().unwrap_or_default();
-    let mode = v.replication.as_ref().map_or("single site", |r| r.mode.as_str());
+    let mode = crate::console::mode_of(v);
     let serving = if v.serving { "serving" } else { "NOT SERVING" };
     lines.push(Line::from(Span::styled(
         format!("volume {} ({}/{count}) · {} · {mode} · {serving}", v.name, ui.volume + 1, bytes(v.size_bytes)),
@@ -154,10 +154,13 @@ fn node_lines<'a>(s: &NodeStatus, node: &NodeView, ui: &UiState) -> Vec<Line<'a>
             bytes(r.owned_extents * u64::from(v.extent_bytes)),
             r.peer_owned_extents
         )));
+        let age = |s: Option<f64>| s.map_or(String::new(), |s| format!(" (oldest {})", duration(s)));
         lines.push(Line::from(format!(
-            "unsent {} · not durable at peer {} · copying {}/s",
+            "unsent {}{} · not durable at peer {}{} · copying {}/s",
             bytes(r.unsent_bytes),
+            age(r.oldest_unsent_seconds),
             bytes(r.not_durable_at_peer_bytes),
+            age(r.oldest_not_durable_seconds),
             bytes(rates.copy_bytes as u64)
         )));
         lines.push(Line::from(format!("claims {:.1}/s · pulls {:.1}/s · handovers {:.1}/s", rates.claims, rates.pulls, rates.handovers)));

@@ -117,6 +117,12 @@ pub struct ReplicationStatus {
     /// with unsent or in-flight blocks, and copies in flight).
     #[serde(default)]
     pub tracking_bytes: u64,
+    /// Seconds blocks have waited to be sent (since the queue was last empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_unsent_seconds: Option<f64>,
+    /// Seconds since the oldest copy not yet durable at the peer was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_not_durable_seconds: Option<f64>,
     /// Block bytes sent on the copy stream since start (zero runs not counted).
     #[serde(default)]
     pub copy_sent_bytes_total: u64,

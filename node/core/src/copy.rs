@@ -122,6 +122,8 @@ impl NodeCore {
         let s = self.session.as_ref().expect("checked");
         let session = s.id;
         let now = self.now;
+        let v = &mut self.volumes[vi];
+        v.sender.unsent_since = if v.claims.has_unsent() { Some(v.sender.unsent_since.unwrap_or(now)) } else { None };
         let durable = self.volumes[vi].file.durable;
         let released = self.volumes[vi].claims.take_releases(durable);
         if !released.is_empty() {
@@ -156,6 +158,7 @@ impl NodeCore {
             }
             let Some((seq, runs)) = v.claims.next_copy_batch((COPY_BATCH_BYTES_MAX / block).max(1), COPY_BATCH_RUNS_MAX) else { return };
             v.sender.reads_in_flight += 1;
+            v.sender.sent_at.push_back((seq, now));
             let ranges = runs.iter().map(|r| (r.first.0 * block, r.count * block)).collect();
             let (_, place) = self.reserve(Lane::Bulk).expect("a ready session");
             self.io(vi, IoOp::Read { ranges, for_copy: true }, IoPurpose::CopyRead { volume: vi, session, place, seq, runs });

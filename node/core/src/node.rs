@@ -133,6 +133,11 @@ pub(crate) struct Sender {
     pub idle: bool,
     /// When the linger ends.
     pub linger_until: Option<Time>,
+    /// Blocks have waited to be sent since then (the queue was last empty).
+    pub unsent_since: Option<Time>,
+    /// When each copy not yet durable at the peer was sent, oldest first
+    /// (at most `COPY_INFLIGHT_MESSAGES_MAX`).
+    pub sent_at: VecDeque<(geomirror_wire::peer::CopySeq, Time)>,
 }
 
 /// Counters of one volume, for status and metrics.
@@ -300,6 +305,10 @@ pub struct VolumeView {
     pub taken_extents: u64,
     /// Replication mode and figures.
     pub replication: ReplicationView,
+    /// How long blocks have waited to be sent (since the queue was last empty).
+    pub oldest_unsent: Option<std::time::Duration>,
+    /// How long ago the oldest copy not yet durable at the peer was sent.
+    pub oldest_not_durable: Option<std::time::Duration>,
 }
 
 /// A view of the session for status.
@@ -431,7 +440,7 @@ impl NodeCore {
                 parked: BTreeSet::new(),
                 gives: BTreeMap::new(),
                 receiver: Receiver::default(),
-                sender: Sender { reads_in_flight: 0, idle: true, linger_until: None },
+                sender: Sender { reads_in_flight: 0, idle: true, linger_until: None, unsent_since: None, sent_at: VecDeque::new() },
                 counters: VolumeCounters::default(),
                 syncs: StoreSyncs::default(),
                 held_sends: Vec::new(),
@@ -535,6 +544,8 @@ impl NodeCore {
                     resync: v.resync.figures,
                     taken_extents: v.claims.taken_list().len() as u64,
                     replication: self.replication_view(vi),
+                    oldest_unsent: v.sender.unsent_since.map(|t| self.now.since(t)),
+                    oldest_not_durable: v.sender.sent_at.front().map(|(_, t)| self.now.since(*t)),
                 })
                 .collect(),
             health: self.standing.health,

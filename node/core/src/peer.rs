@@ -78,6 +78,10 @@ impl NodeCore {
                 let c = &mut self.volumes[vi].claims;
                 c.on_copy_received(received);
                 c.on_copy_durable(durable);
+                let sent = &mut self.volumes[vi].sender.sent_at;
+                while sent.front().is_some_and(|(seq, _)| *seq <= durable) {
+                    sent.pop_front();
+                }
                 self.changed.insert(vi);
             }
 

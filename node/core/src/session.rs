@@ -279,6 +279,7 @@ impl NodeCore {
         for vi in 0..self.volumes.len() {
             let v = &mut self.volumes[vi];
             v.claims.on_copy_session_reset();
+            v.sender.sent_at.clear();
             v.sender.idle = true;
             v.sender.linger_until = None;
             self.changed.insert(vi);

@@ -72,6 +72,8 @@ impl AdminState {
                             problem: view.problem.clone(),
                             tracking_bytes: f.tracking_bytes,
                             copy_sent_bytes_total: view.counters.copy_sent_bytes,
+                            oldest_unsent_seconds: view.oldest_unsent.map(|d| d.as_secs_f64()),
+                            oldest_not_durable_seconds: view.oldest_not_durable.map(|d| d.as_secs_f64()),
                             taken_extents: view.taken_extents,
                             resync: view.resync.started_at.map(|started| {
                                 let r = view.resync;
