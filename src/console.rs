@@ -226,6 +226,7 @@ pub(crate) mod tests {
                 connect: "127.0.0.1:7002".into(),
                 listen: "127.0.0.1:7001".into(),
                 rtt_ms: Some(20.4),
+                admin: Some("127.0.0.1:9091".into()),
             }),
             standing: Some(StandingStatus {
                 health: "connected".into(),

@@ -152,14 +152,16 @@ struct SiteConfig<'a> {
     listen: &'a str,
     connect: &'a str,
     witness: SocketAddr,
+    /// The peer's admin address (for `geomirror top` given one node).
+    peer_admin: SocketAddr,
 }
 
 fn write_config(dir: &Path, site: SiteConfig<'_>, volume: &str, size: &str) -> anyhow::Result<PathBuf> {
-    let SiteConfig { own, peer, nbd, admin, listen, connect, witness } = site;
+    let SiteConfig { own, peer, nbd, admin, listen, connect, witness, peer_admin } = site;
     let path = dir.join(format!("{own}.toml"));
     let text = format!(
         "# geomirror demo: {own}\n[node]\nname = \"{own}\"\ndata_dir = \"{own}\"\n\n[nbd]\nlisten = \"{nbd}\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
-         [peer]\nname = \"{peer}\"\nlisten = \"{listen}\"\nconnect = \"{connect}\"\npeer_timeout = \"10s\"\n\n\
+         [peer]\nname = \"{peer}\"\nlisten = \"{listen}\"\nconnect = \"{connect}\"\npeer_timeout = \"10s\"\nadmin = \"{peer_admin}\"\n\n\
          [witness]\nname = \"witness\"\nconnect = \"{witness}\"\n\n\
          [tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{own}.pem\"\nkey = \"certs/{own}-key.pem\"\n\n\
          [[volume]]\nname = \"{volume}\"\nsize = \"{size}\"\n"
@@ -250,11 +252,28 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let via = proxy.local_addr().to_string();
     // site-a dials site-b (names sort that way) through the simulator; both
     // reach the witness directly.
-    let a = SiteConfig { own: "site-a", peer: "site-b", nbd: args.nbd_a, admin: args.admin_a, listen: &a_peer, connect: &via, witness };
+    let a = SiteConfig {
+        own: "site-a",
+        peer: "site-b",
+        nbd: args.nbd_a,
+        admin: args.admin_a,
+        listen: &a_peer,
+        connect: &via,
+        witness,
+        peer_admin: args.admin_b,
+    };
     let a_config = write_config(&dir, a, volume, size)?;
     let b_listen = b_peer.to_string();
-    let b =
-        SiteConfig { own: "site-b", peer: "site-a", nbd: args.nbd_b, admin: args.admin_b, listen: &b_listen, connect: &a_peer, witness };
+    let b = SiteConfig {
+        own: "site-b",
+        peer: "site-a",
+        nbd: args.nbd_b,
+        admin: args.admin_b,
+        listen: &b_listen,
+        connect: &a_peer,
+        witness,
+        peer_admin: args.admin_a,
+    };
     let b_config = write_config(&dir, b, volume, size)?;
     let w_config = write_witness_config(&dir, witness)?;
     let mut sites = vec![

@@ -202,6 +202,10 @@ pub struct PeerSection {
     /// answer to a heartbeat, for this long).
     #[serde(default = "defaults::heartbeat_timeout")]
     pub heartbeat_timeout: HumanDuration,
+    /// The peer's admin address, for operators' tools only (`/status`
+    /// reports it, so `geomirror top` given one node shows both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<SocketAddr>,
 }
 
 /// `[witness]` of a node: the third-site process that grants leases and

@@ -151,6 +151,7 @@ async fn serve(
                 listen: peer.listen,
                 connect: peer.connect,
                 peer_timeout: peer.peer_timeout.get(),
+                peer_admin: peer.admin,
             };
             link = Some(PeerLink::new(link_config, peer_tls, infos, e.clone()));
             for (i, (_, meta, store)) in opened.into_iter().enumerate() {

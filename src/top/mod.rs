@@ -22,7 +22,9 @@ use self::view::UiState;
 /// `geomirror top`.
 #[derive(Args, Debug)]
 pub struct TopArgs {
-    /// A node's admin address; give one per site (at most two).
+    /// A node's admin address; one per site (at most two). Given one, its
+    /// peer is shown too if the node knows the peer's admin address
+    /// (`[peer] admin` in its config).
     #[arg(long, required = true)]
     pub admin: Vec<SocketAddr>,
     /// Seconds between polls.
@@ -68,14 +70,25 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
         bail!("--interval must be between 0.1 and 60 seconds");
     }
     let interval = Duration::from_secs_f64(args.interval);
+    let mut admins = args.admin.clone();
+    if admins.len() == 1 {
+        // The node may know its peer's admin address (`[peer] admin`).
+        let client = geomirror_sim::client::ControlClient::new(admins[0]);
+        if let Ok(raw) = client.request("GET", "/status", None).await
+            && let Ok(status) = serde_json::from_value::<NodeStatus>(raw)
+            && let Some(peer) = status.peer.and_then(|p| p.admin).and_then(|a| a.parse::<SocketAddr>().ok())
+        {
+            admins.push(peer);
+        }
+    }
     let start = Instant::now();
     let (tx, rx) = mpsc::channel(16);
     let mut pollers = Vec::new();
-    for (n, admin) in args.admin.iter().enumerate() {
+    for (n, admin) in admins.iter().enumerate() {
         pollers.push(tokio::spawn(poll_node(n, *admin, interval, start, tx.clone())));
     }
     drop(tx);
-    let admins: Vec<String> = args.admin.iter().map(ToString::to_string).collect();
+    let admins: Vec<String> = admins.iter().map(ToString::to_string).collect();
     let result = tokio::task::spawn_blocking(move || ui_loop(Model::new(&admins), rx)).await.context("the terminal loop")?;
     for p in pollers {
         p.abort();

@@ -86,6 +86,9 @@ pub struct PeerStatus {
     /// node measures it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtt_ms: Option<f64>,
+    /// The peer's admin address, if configured (`[peer] admin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
 }
 
 /// Replication figures of one volume in [`VolumeStatus`].

@@ -129,6 +129,7 @@ impl AdminState {
                     connect: link.config.connect.to_string(),
                     listen: link.config.listen.to_string(),
                     rtt_ms: core.as_ref().and_then(|c| c.session.and_then(|s| s.rtt)).map(|d| d.as_secs_f64() * 1e3),
+                    admin: link.config.peer_admin.map(|a| a.to_string()),
                 }
             }),
             standing: core.as_ref().map(|c| StandingStatus {

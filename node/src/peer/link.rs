@@ -44,6 +44,8 @@ pub struct LinkConfig {
     pub connect: SocketAddr,
     /// Bounds the TLS handshake and the hello of a new connection.
     pub peer_timeout: Duration,
+    /// The peer's admin address, reported in `/status` for operators' tools.
+    pub peer_admin: Option<SocketAddr>,
 }
 
 impl LinkConfig {
