@@ -83,7 +83,11 @@ fn top_shows_a_write_at_site_a_and_then_the_partitioned_link() {
     assert!(after.contains("host writes") && after.contains("1024 extents"), "{after}");
     // The WAN is cut: the link goes down on screen, and the event is listed.
     run_ok(30, bin.to_str().unwrap(), &["sim", "partition", "--control", control]);
+    let cut_at = std::time::Instant::now();
     let cut = tmux.wait_for("link down", Duration::from_secs(30));
+    // A silent partition is noticed by the heartbeats (1.5 s by default),
+    // not seconds later.
+    assert!(cut_at.elapsed() < Duration::from_secs(5), "the link showed down only after {:?}", cut_at.elapsed());
     assert!(cut.contains("peer link down"), "the event list shows the loss:\n{cut}");
     tmux.keys("q");
     assert!(eventually(Duration::from_secs(10), || !tmux.screen().contains("q quit")), "q quits");
