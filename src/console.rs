@@ -27,7 +27,7 @@ pub type Problems = Vec<String>;
 /// Prints the node's status; fails (exit code 1) when the node or a volume
 /// is not healthy, naming why.
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let client = geomirror_sim::client::ControlClient::new(args.admin);
+    let client = crate::ops::admin_client(args.admin);
     let raw = client.request("GET", "/status", None).await.with_context(|| format!("ask the node at {} for its status", args.admin))?;
     let status: NodeStatus = serde_json::from_value(raw.clone()).context("read the node's status")?;
     let (text, problems) = summary(&status);

@@ -16,6 +16,14 @@ use geomirror_node::store::file::DataDirLock;
 use geomirror_node::store::meta::VolumeMeta;
 use geomirror_wire::status::{ModeChange, TakeoverStatus};
 
+/// A client of a node's admin API; with `GEOMIRROR_ADMIN_TOKEN` set, its
+/// requests carry that bearer token (a node with `admin.token_file`
+/// requires it).
+pub fn admin_client(admin: SocketAddr) -> geomirror_sim::client::ControlClient {
+    let token = std::env::var("GEOMIRROR_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
+    geomirror_sim::client::ControlClient::new(admin).with_token(token)
+}
+
 /// `geomirror takeover`.
 #[derive(Args, Debug)]
 pub struct TakeoverArgs {
@@ -56,7 +64,7 @@ pub struct ModeArgs {
 /// `geomirror mode`: changes a volume's replication mode on a running node;
 /// a switch to a sync mode returns once the backlog is durable at the peer.
 pub async fn mode(args: ModeArgs) -> anyhow::Result<()> {
-    let client = geomirror_sim::client::ControlClient::new(args.admin);
+    let client = crate::ops::admin_client(args.admin);
     let path = format!("/mode?volume={}&set={}", args.volume, args.set.as_str());
     let answer = client.request("POST", &path, None).await.context("the node did not change the mode")?;
     let change: ModeChange = serde_json::from_value(answer)?;
@@ -151,7 +159,7 @@ pub async fn takeover(args: TakeoverArgs) -> anyhow::Result<()> {
 }
 
 async fn online(admin: SocketAddr, args: &TakeoverArgs) -> anyhow::Result<()> {
-    let client = geomirror_sim::client::ControlClient::new(admin);
+    let client = crate::ops::admin_client(admin);
     let volume = &args.volume;
     let mut query = format!("/takeover?volume={volume}");
     if args.peer_is_down {

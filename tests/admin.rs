@@ -104,3 +104,44 @@ fn metrics_follow_prometheus_conventions() {
         }
     }
 }
+
+/// With `admin.token_file`, every admin request needs the bearer token:
+/// refused (401, and logged) without it, served with it; the operator's
+/// commands send it from `GEOMIRROR_ADMIN_TOKEN`. A token too short to be
+/// one stops the node at start.
+#[test]
+fn an_admin_token_guards_every_endpoint_and_the_commands_send_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "s3cret-admin-token-0123456789";
+    std::fs::write(dir.path().join("admin.token"), format!("{token}\n")).unwrap();
+    let config = single_node_config(&dir.path().join("data"), "vol0", "16MiB")
+        .replace("[admin]\nlisten = \"127.0.0.1:0\"\n", "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n");
+    let path = dir.path().join("node.toml");
+    std::fs::write(&path, &config).unwrap();
+    let node = NodeProcess::start(&path);
+    for endpoint in ["/status", "/metrics", "/events"] {
+        let refused = try_http_get(node.admin, endpoint).unwrap_err();
+        assert!(refused.contains("401"), "{endpoint} without the token: {refused}");
+    }
+    let status = |token: Option<&str>| {
+        let mut command = std::process::Command::new(geomirror_bin());
+        command.args(["status", "--admin", &node.admin.to_string()]).env_remove("GEOMIRROR_ADMIN_TOKEN");
+        if let Some(t) = token {
+            command.env("GEOMIRROR_ADMIN_TOKEN", t);
+        }
+        let out = command.output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (ok, text) = status(None);
+    assert!(!ok && text.contains("Authorization: Bearer"), "{text}");
+    let (ok, text) = status(Some("wrong-token-but-long-enough"));
+    assert!(!ok && text.contains("wrong admin token"), "{text}");
+    let (ok, text) = status(Some(token));
+    assert!(ok && text.contains("vol0  16.0 MiB  single site  serving"), "{text}");
+    assert!(node.logs().iter().any(|l| l.contains("admin request refused")), "every refusal is logged");
+    drop(node);
+
+    std::fs::write(dir.path().join("admin.token"), "short\n").unwrap();
+    let log = NodeProcess::start_fails(&path);
+    assert!(log.contains("at least 16 characters"), "{log}");
+}

@@ -173,11 +173,23 @@ impl Default for NbdSection {
 pub struct AdminSection {
     /// Address of the admin HTTP server (`GET /metrics`, `GET /status`).
     pub listen: SocketAddr,
+    /// A file holding a bearer token: when set, every admin request must
+    /// carry `Authorization: Bearer <token>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Listen on a non-loopback address without a token (anyone who reaches
+    /// it reads the status; changes are still refused from other hosts).
+    #[serde(default)]
+    pub allow_unauthenticated_remote: bool,
 }
 
 impl Default for AdminSection {
     fn default() -> Self {
-        AdminSection { listen: defaults::ADMIN_LISTEN.parse().expect("default address parses") }
+        AdminSection {
+            listen: defaults::ADMIN_LISTEN.parse().expect("default address parses"),
+            token_file: None,
+            allow_unauthenticated_remote: false,
+        }
     }
 }
 
@@ -316,6 +328,9 @@ impl NodeConfig {
             }
         };
         anchor(&mut self.node.data_dir);
+        if let Some(token) = &mut self.admin.token_file {
+            anchor(token);
+        }
         if let Some(tls) = &mut self.tls {
             anchor(&mut tls.ca);
             anchor(&mut tls.cert);
@@ -327,6 +342,16 @@ impl NodeConfig {
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |key: String, reason: String| ConfigError::Invalid { path: path.to_path_buf(), key, reason };
         check_name(&self.node.name).map_err(|r| invalid("node.name".into(), r))?;
+        if !self.admin.listen.ip().is_loopback() && self.admin.token_file.is_none() && !self.admin.allow_unauthenticated_remote {
+            return Err(invalid(
+                "admin.listen".into(),
+                format!(
+                    "{} is reachable from other hosts and the admin API has no authentication: set admin.token_file, \
+                     or admin.allow_unauthenticated_remote = true to accept that",
+                    self.admin.listen
+                ),
+            ));
+        }
         if self.node.data_dir.as_os_str().is_empty() {
             return Err(invalid("node.data_dir".into(), "must not be empty".into()));
         }

@@ -174,3 +174,15 @@ fn load_reports_missing_files() {
     assert!(matches!(err, ConfigError::Read { .. }));
     assert!(err.to_string().contains("/nonexistent/geomirror.toml"));
 }
+
+#[test]
+fn an_admin_listener_reachable_from_other_hosts_needs_authentication_or_an_explicit_yes() {
+    let remote = EXAMPLE.replace("listen = \"127.0.0.1:9090\"", "listen = \"0.0.0.0:9090\"");
+    assert_eq!(invalid_key(&remote), "admin.listen");
+    let with_token = remote.replace("listen = \"0.0.0.0:9090\"", "listen = \"0.0.0.0:9090\"\ntoken_file = \"admin.token\"");
+    let c = parse(&with_token).unwrap();
+    assert_eq!(c.admin.token_file.as_deref(), Some(Path::new("/etc/geomirror/admin.token")), "relative to the config file");
+    let allowed = remote.replace("listen = \"0.0.0.0:9090\"", "listen = \"0.0.0.0:9090\"\nallow_unauthenticated_remote = true");
+    assert!(parse(&allowed).is_ok());
+    assert!(parse(&EXAMPLE.replace("127.0.0.1:9090", "127.0.0.2:9090")).is_ok(), "loopback needs nothing");
+}

@@ -190,6 +190,17 @@ async fn serve(
         max_request_bytes: config.nbd.max_request_size.bytes() as u32,
     };
     let nbd_task = tasks::spawn(nbd::serve(nbd_listener, exports.clone(), limits, shutdown.clone()));
+    let token = match &config.admin.token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("read admin.token_file {}", path.display()))?;
+            let token = text.trim().to_string();
+            if token.len() < 16 || token.chars().any(char::is_whitespace) {
+                anyhow::bail!("admin.token_file {}: the token must be at least 16 characters, on one line", path.display());
+            }
+            Some(token)
+        }
+        None => None,
+    };
     let admin_state = Arc::new(admin::AdminState {
         name: config.node.name.clone(),
         started,
@@ -198,6 +209,7 @@ async fn serve(
         prometheus,
         link: link.clone(),
         engine: engine.clone(),
+        token,
     });
     let admin_task = tasks::spawn(admin::serve(admin_listener, admin_state, shutdown.clone()));
     match (&config.peer, bound.peer) {

@@ -49,15 +49,24 @@ pub enum ControlError {
 }
 
 /// A client of one simulator's control API.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ControlClient {
     addr: SocketAddr,
+    /// Sent as `Authorization: Bearer <token>` (a geomirror node's admin
+    /// API may require one).
+    token: Option<String>,
 }
 
 impl ControlClient {
     /// A client for the control API at `addr`.
     pub fn new(addr: SocketAddr) -> Self {
-        ControlClient { addr }
+        ControlClient { addr, token: None }
+    }
+
+    /// The same client, sending `token` as a bearer token.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
     }
 
     /// `GET /link`, typed.
@@ -107,8 +116,9 @@ impl ControlClient {
 
     async fn exchange(&self, method: &str, path: &str, body: String) -> std::io::Result<Vec<u8>> {
         let mut stream = TcpStream::connect(self.addr).await?;
+        let authorization = self.token.as_ref().map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{authorization}\
              Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             self.addr,
             body.len()

@@ -37,7 +37,7 @@ type Answer = (usize, f64, Result<(NodeStatus, EventsPage), String>);
 
 /// Polls one node forever: its status and the events after the last seen.
 async fn poll_node(n: usize, admin: SocketAddr, interval: Duration, start: Instant, tx: mpsc::Sender<Answer>) {
-    let client = geomirror_sim::client::ControlClient::new(admin);
+    let client = crate::ops::admin_client(admin);
     let mut since = 0u64;
     loop {
         let answer = async {
@@ -73,7 +73,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     let mut admins = args.admin.clone();
     if admins.len() == 1 {
         // The node may know its peer's admin address (`[peer] admin`).
-        let client = geomirror_sim::client::ControlClient::new(admins[0]);
+        let client = crate::ops::admin_client(admins[0]);
         if let Ok(raw) = client.request("GET", "/status", None).await
             && let Ok(status) = serde_json::from_value::<NodeStatus>(raw)
             && let Some(peer) = status.peer.and_then(|p| p.admin).and_then(|a| a.parse::<SocketAddr>().ok())

@@ -40,6 +40,8 @@ pub struct AdminState {
     pub link: Option<Arc<crate::peer::link::PeerLink>>,
     /// The engine, for a two-site node.
     pub engine: Option<Arc<crate::engine::Engine>>,
+    /// The bearer token every request must carry, if one is configured.
+    pub token: Option<String>,
 }
 
 impl AdminState {
@@ -267,6 +269,52 @@ impl AdminState {
     }
 }
 
+/// Whether a request may be served: with a token configured, it must carry
+/// it; without one, anything that changes the node (every method but GET)
+/// must come from this host.
+pub fn check_access(
+    token: Option<&str>,
+    method: &axum::http::Method,
+    client: std::net::IpAddr,
+    authorization: Option<&axum::http::HeaderValue>,
+) -> Result<(), (StatusCode, String)> {
+    match token {
+        Some(token) => {
+            let given = authorization.and_then(|h| h.to_str().ok()).and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("");
+            // Compared in time independent of where they differ.
+            let same = given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+            if same {
+                Ok(())
+            } else if authorization.is_none() {
+                Err((StatusCode::UNAUTHORIZED, "this admin API needs `Authorization: Bearer <token>` (admin.token_file)".into()))
+            } else {
+                Err((StatusCode::UNAUTHORIZED, "wrong admin token".into()))
+            }
+        }
+        None if method != axum::http::Method::GET && !client.is_loopback() => Err((
+            StatusCode::FORBIDDEN,
+            "changes through the admin API are accepted only from this host unless admin.token_file is set".into(),
+        )),
+        None => Ok(()),
+    }
+}
+
+async fn authorize(
+    State(state): State<Arc<AdminState>>,
+    axum::extract::ConnectInfo(client): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let header = request.headers().get(header::AUTHORIZATION);
+    match check_access(state.token.as_deref(), request.method(), client.ip(), header) {
+        Ok(()) => next.run(request).await,
+        Err((code, why)) => {
+            tracing::warn!(client = %client, method = %request.method(), path = request.uri().path(), reason = why, "admin request refused");
+            (code, why).into_response()
+        }
+    }
+}
+
 /// Serves the admin API on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) -> std::io::Result<()> {
     let app = Router::new()
@@ -275,8 +323,11 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: Canc
         .route("/takeover", get(takeover_get).post(takeover_post))
         .route("/mode", axum::routing::post(mode_post))
         .route("/events", get(events_handler))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state);
-    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
 }
 
 async fn metrics_handler(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
@@ -288,4 +339,28 @@ async fn metrics_handler(State(state): State<Arc<AdminState>>) -> impl IntoRespo
 
 async fn status_handler(State(state): State<Arc<AdminState>>) -> Json<NodeStatus> {
     Json(state.status())
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{HeaderValue, Method};
+
+    use super::*;
+
+    #[test]
+    fn without_a_token_changes_come_only_from_this_host_and_with_one_every_request_needs_it() {
+        let local: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let remote: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        assert!(check_access(None, &Method::GET, remote, None).is_ok(), "reading is open where the operator allowed it");
+        assert!(check_access(None, &Method::POST, local, None).is_ok());
+        assert_eq!(check_access(None, &Method::POST, remote, None).unwrap_err().0, StatusCode::FORBIDDEN);
+        let token = Some("0123456789abcdef");
+        let right = HeaderValue::from_static("Bearer 0123456789abcdef");
+        let wrong = HeaderValue::from_static("Bearer 0123456789abcdeX");
+        let short = HeaderValue::from_static("Bearer 0123");
+        assert!(check_access(token, &Method::POST, remote, Some(&right)).is_ok());
+        for (given, method) in [(None, Method::GET), (Some(&wrong), Method::GET), (Some(&short), Method::POST)] {
+            assert_eq!(check_access(token, &method, local, given).unwrap_err().0, StatusCode::UNAUTHORIZED, "{given:?}");
+        }
+    }
 }
