@@ -227,6 +227,7 @@ pub(crate) mod tests {
                 listen: "127.0.0.1:7001".into(),
                 rtt_ms: Some(20.4),
                 admin: Some("127.0.0.1:9091".into()),
+                sent_bytes_total: 0,
             }),
             standing: Some(StandingStatus {
                 health: "connected".into(),

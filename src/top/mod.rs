@@ -169,6 +169,7 @@ mod tests {
         a2.volumes[0].writes_total += 500;
         a2.volumes[0].write_bytes_total += 500 * 4096;
         a2.volumes[0].replication.as_mut().unwrap().copy_sent_bytes_total += 1 << 20;
+        a2.peer.as_mut().unwrap().sent_bytes_total += 2 << 20;
         a2.volumes[0].replication.as_mut().unwrap().claim_round_trips += 2;
         m.apply(0, 2.0, Ok((a2, EventsPage::default())));
         m
@@ -188,6 +189,7 @@ mod tests {
             "not durable at peer 3.0 MiB (oldest 0.2s)",
             "host writes 500/s 2.0 MiB/s",
             "copying 1.0 MiB/s",
+            "sending 2.0 MiB/s",
             "claims 2.0/s",
             "01:00:00 site-a peer link up",
             "q quit",

@@ -54,6 +54,8 @@ pub struct NodeView {
     pub events_seen: u64,
     /// Events the node dropped before `top` asked for them.
     pub events_missed: u64,
+    /// Bytes per second the node sent to its peer (all frames).
+    pub link_bytes_per_second: f64,
 }
 
 impl NodeView {
@@ -68,6 +70,7 @@ impl NodeView {
             events: VecDeque::new(),
             events_seen: 0,
             events_missed: 0,
+            link_bytes_per_second: 0.0,
         }
     }
 
@@ -133,6 +136,11 @@ impl Model {
             push_bounded(&mut h.lag_bytes, v.replication.as_ref().map_or(0, |r| r.not_durable_at_peer_bytes));
             push_bounded(&mut h.claims_milli, (rates.claims * 1000.0) as u64);
         }
+        let sent = |s: &NodeStatus| s.peer.as_ref().map_or(0, |p| p.sent_bytes_total);
+        node.link_bytes_per_second = match (dt, &node.last) {
+            (Some(dt), Some(old)) => sent(&status).saturating_sub(sent(old)) as f64 / dt,
+            _ => 0.0,
+        };
         node.last = Some(status);
         node.answered_at = Some(at);
         node.events_missed += page.missed;

@@ -120,7 +120,13 @@ fn node_lines<'a>(s: &NodeStatus, node: &NodeView, ui: &UiState) -> Vec<Line<'a>
     let mut first = format!("up {} · v{}", duration(s.uptime_seconds), s.version);
     if let Some(p) = &s.peer {
         let rtt = p.rtt_ms.map_or(String::new(), |r| format!(" · rtt {r:.1} ms"));
-        first = format!("peer {} link {} {}{rtt} · {first}", p.name, p.link, duration(p.since_seconds));
+        first = format!(
+            "peer {} link {} {}{rtt} · sending {}/s · {first}",
+            p.name,
+            p.link,
+            duration(p.since_seconds),
+            bytes(node.link_bytes_per_second as u64)
+        );
     }
     lines.push(Line::from(first));
     if let Some(st) = &s.standing {

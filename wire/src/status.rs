@@ -89,6 +89,9 @@ pub struct PeerStatus {
     /// The peer's admin address, if configured (`[peer] admin`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<String>,
+    /// Frame bytes sent to the peer since start, both lanes (without TLS).
+    #[serde(default)]
+    pub sent_bytes_total: u64,
 }
 
 /// Replication figures of one volume in [`VolumeStatus`].

@@ -132,6 +132,7 @@ impl AdminState {
                     listen: link.config.listen.to_string(),
                     rtt_ms: core.as_ref().and_then(|c| c.session.and_then(|s| s.rtt)).map(|d| d.as_secs_f64() * 1e3),
                     admin: link.config.peer_admin.map(|a| a.to_string()),
+                    sent_bytes_total: self.engine.as_ref().map_or(0, |e| e.link_sent_bytes.load(std::sync::atomic::Ordering::Relaxed)),
                 }
             }),
             standing: core.as_ref().map(|c| StandingStatus {

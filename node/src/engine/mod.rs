@@ -109,6 +109,8 @@ pub struct Engine {
     witness: Mutex<Option<WitnessIo>>,
     /// Recent events, for `GET /events`.
     pub events: crate::events::EventRing,
+    /// Frame bytes sent to the peer on both lanes (without TLS).
+    pub link_sent_bytes: AtomicU64,
     handle: tokio::runtime::Handle,
     /// The node's span (the caller's at [`Engine::new`]): the parent of
     /// every line the engine logs and of its blocking I/O, whichever task
@@ -138,6 +140,7 @@ impl Engine {
             timer: Notify::new(),
             room: Notify::new(),
             events: crate::events::EventRing::default(),
+            link_sent_bytes: AtomicU64::new(0),
             witness: Mutex::new(None),
             handle: tokio::runtime::Handle::current(),
             span: tracing::Span::current(),
@@ -574,10 +577,12 @@ impl Engine {
         }
     }
 
-    /// Bytes of a frame sent, for the per-volume counters.
+    /// Bytes of a frame sent: the link's total, and the per-volume
+    /// counters of the bulk lane's copy-stream messages.
     pub fn count_sent(&self, message: &Message, bytes: usize) {
+        self.link_sent_bytes.fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         let volume = match message {
-            Message::Copy { volume, .. } | Message::CopyProgress { volume, .. } | Message::Release { volume, .. } => *volume,
+            Message::Copy { volume, .. } | Message::Release { volume, .. } | Message::Destage { volume, .. } => *volume,
             _ => return,
         };
         if let Some(m) = self.metrics.get(volume.0 as usize) {

@@ -1,0 +1,9 @@
+//! `claims_file`: the body is `harness::claims_file` (`fuzz/harness.rs`), which the test
+//! suite also runs over the kept corpus on stable Rust.
+#![no_main]
+
+#[path = "../harness.rs"]
+#[allow(dead_code)]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::claims_file(data));
