@@ -11,8 +11,11 @@ use geomirror_wire::nbd;
 use geomirror_wire::peer::Message;
 use geomirror_wire::witness::WitnessMessage;
 
+/// A target's body.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its corpus directory.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("nbd_decode", nbd_decode),
     ("peer_frame", peer_frame),
     ("witness_frame", witness_frame),
