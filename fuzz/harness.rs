@@ -35,6 +35,11 @@ pub fn nbd_decode(data: &[u8]) {
     let _ = nbd::decode_string(data);
     let _ = nbd::decode_option_reply_header(data);
     let _ = nbd::decode_reply_header(data);
+    if let Ok(request) = nbd::decode_meta_context_request(data) {
+        let mut out = bytes::BytesMut::new();
+        nbd::encode_meta_context_request(&mut out, &request);
+        assert_eq!(nbd::decode_meta_context_request(&out).expect("a re-encoded meta context request decodes"), request);
+    }
     if let Ok(request) = nbd::decode_request(data) {
         let mut out = bytes::BytesMut::new();
         nbd::encode_request(&mut out, &request);

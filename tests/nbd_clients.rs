@@ -140,3 +140,67 @@ fn several_clients_at_once_see_each_others_writes() {
     let status: serde_json::Value = serde_json::from_str(&n.node.admin_get("/status")).unwrap();
     assert_eq!(status["volumes"][0]["writes_total"], 48);
 }
+
+/// `nbdinfo --map` output as (offset, length, hole) runs, neighbours merged.
+pub fn allocation_map(uri: &str) -> Vec<(u64, u64, bool)> {
+    let out = run_ok(30, "nbdinfo", &["--map", uri]);
+    let mut runs: Vec<(u64, u64, bool)> = Vec::new();
+    for line in out.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (offset, length, flags): (u64, u64, u32) = (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].parse().unwrap());
+        let hole = flags & 1 != 0;
+        match runs.last_mut() {
+            Some((o, l, h)) if *h == hole && *o + *l == offset => *l += length,
+            _ => runs.push((offset, length, hole)),
+        }
+    }
+    runs
+}
+
+#[test]
+fn block_status_maps_holes_and_data_as_written_and_qemu_img_and_nbdcopy_use_it() {
+    require_tool("nbdinfo");
+    require_tool("qemu-img");
+    let n = SingleNode::start("vol0", "16MiB");
+    let uri = n.node.uri("vol0");
+    qemu_io(&uri, &["write -P 0xab 0 64k".into(), "write -P 0xcd 1M 4k".into(), "write -P 0xef 8M 1M".into()]);
+    let m = 1u64 << 20;
+    assert_eq!(
+        allocation_map(&uri),
+        vec![
+            (0, 65536, false),
+            (65536, m - 65536, true),
+            (m, 4096, false),
+            (m + 4096, 7 * m - 4096, true),
+            (8 * m, m, false),
+            (9 * m, 7 * m, true)
+        ],
+        "the map follows what was written"
+    );
+    let map = run_ok(30, "qemu-img", &["map", "--output=json", "-f", "raw", &uri]);
+    let extents: serde_json::Value = serde_json::from_str(&map).unwrap();
+    let data: Vec<(u64, u64)> = extents
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["data"] == true)
+        .map(|e| (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(data, vec![(0, 65536), (m, 4096), (8 * m, m)], "qemu-img map sees the same: {map}");
+    // nbdcopy skips the holes: the copy is sparse and equal.
+    require_tool("nbdcopy");
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("copy.raw");
+    std::fs::File::create(&copy).unwrap().set_len(16 * m).unwrap();
+    run_ok(60, "nbdcopy", &[&uri, copy.to_str().unwrap()]);
+    let compared = run_with_deadline(60, "qemu-img", &["compare", "-f", "raw", "-F", "raw", &uri, copy.to_str().unwrap()]);
+    assert!(compared.status.success(), "the copy equals the volume: {}", String::from_utf8_lossy(&compared.stdout));
+    use std::os::unix::fs::MetadataExt;
+    let allocated = std::fs::metadata(&copy).unwrap().blocks() * 512;
+    assert!(allocated <= 2 * m, "nbdcopy wrote only the data ({allocated} bytes allocated of {})", 16 * m);
+    // A trimmed range becomes a hole again; zeroes written with NO_HOLE stay data.
+    qemu_io(&uri, &["discard 8M 1M".into(), "write -z 2M 64k".into()]);
+    let runs = allocation_map(&uri);
+    assert!(runs.iter().any(|&(o, l, h)| h && o <= 8 * m && o + l >= 9 * m), "8M..9M trimmed to a hole: {runs:?}");
+    n.node.assert_no_unexpected_warnings(&[]);
+}

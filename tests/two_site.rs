@@ -341,3 +341,36 @@ fn the_owned_extent_limit_holds_and_applies_back_pressure() {
     let cmds: Vec<String> = (0..10u64).map(|i| format!("read -P {:#x} {} 256k", 0x60 + i, i << 20)).collect();
     qemu_io(&uri(&s.b), &cmds);
 }
+
+/// `nbdinfo --map` as (offset, length, hole) runs, neighbours merged.
+fn allocation_map(uri: &str) -> Vec<(u64, u64, bool)> {
+    let out = run_ok(30, "nbdinfo", &["--map", uri]);
+    let mut runs: Vec<(u64, u64, bool)> = Vec::new();
+    for line in out.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (offset, length, flags): (u64, u64, u32) = (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].parse().unwrap());
+        match runs.last_mut() {
+            Some((o, l, h)) if *h == (flags & 1 != 0) && *o + *l == offset => *l += length,
+            _ => runs.push((offset, length, flags & 1 != 0)),
+        }
+    }
+    runs
+}
+
+#[test]
+fn block_status_at_the_other_site_never_calls_the_owners_fresh_data_a_hole() {
+    require_tool("nbdinfo");
+    require_tool("qemu-io");
+    let s = TwoSites::start(TwoSiteOptions { rtt: Some("80ms"), predict_extents: 0, ..Default::default() });
+    let m = 1u64 << 20;
+    // A writes in extent 3; its copy is still on its way to B (40 ms one way).
+    qemu_io(&uri(&s.a), &["write -P 0x3c 3M 64k".into()]);
+    let at_b = allocation_map(&uri(&s.b));
+    let covering = |runs: &[(u64, u64, bool)], o: u64, l: u64| runs.iter().find(|r| r.0 <= o && r.0 + r.1 >= o + l).copied();
+    assert_eq!(covering(&at_b, 3 * m, m).map(|r| r.2), Some(false), "A owns extent 3: data at B, never a hole: {at_b:?}");
+    assert_eq!(covering(&at_b, 0, 3 * m).map(|r| r.2), Some(true), "B's own untouched extents are holes: {at_b:?}");
+    // At A, the map is exact.
+    let at_a = allocation_map(&uri(&s.a));
+    assert_eq!(covering(&at_a, 3 * m, 65536).map(|r| r.2), Some(false), "{at_a:?}");
+    assert_eq!(covering(&at_a, 3 * m + 65536, m - 65536).map(|r| r.2), Some(true), "{at_a:?}");
+}

@@ -10,6 +10,9 @@ pub const NBD_READ_BUFFER_BYTES: usize = 64 * 1024;
 /// it the oldest go, and a reader that asks from before them is told how
 /// many it missed.
 pub const EVENTS_KEPT: usize = 1024;
+/// Descriptors in one BLOCK_STATUS reply; a range with more runs is
+/// answered in part (the client asks again from where it ends).
+pub const NBD_BLOCK_STATUS_DESCRIPTORS_MAX: usize = 4096;
 /// Bytes of buffered socket output per host connection; replies larger than
 /// this bypass the buffer.
 pub const NBD_WRITE_BUFFER_BYTES: usize = 256 * 1024;

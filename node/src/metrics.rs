@@ -133,6 +133,8 @@ pub enum Op {
     Trim,
     /// WRITE_ZEROES
     WriteZeroes,
+    /// BLOCK_STATUS
+    BlockStatus,
 }
 
 /// Metric handles of one volume.
@@ -149,7 +151,7 @@ pub struct VolumeMetrics {
     pub flushes: Counter,
     /// Trims and zero-writes.
     pub discards: Counter,
-    latency: [Histogram; 5],
+    latency: [Histogram; 6],
 }
 
 impl VolumeMetrics {
@@ -164,7 +166,7 @@ impl VolumeMetrics {
             write_bytes: counter!(HOST_WRITE_BYTES, "volume" => v.clone()),
             flushes: counter!(HOST_FLUSHES, "volume" => v.clone()),
             discards: counter!(HOST_DISCARDS, "volume" => v.clone()),
-            latency: [lat("read"), lat("write"), lat("flush"), lat("trim"), lat("write_zeroes")],
+            latency: [lat("read"), lat("write"), lat("flush"), lat("trim"), lat("write_zeroes"), lat("block_status")],
         }
     }
 

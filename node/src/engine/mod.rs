@@ -491,6 +491,12 @@ impl Engine {
         self.request(volume, HostRequest::Write { offset, data, fua }).await.map(|_| ())
     }
 
+    /// Whether `offset..offset+length` can be read from this store now (no
+    /// extent of it owned by the peer or being received).
+    pub fn read_is_local(&self, volume: VolumeIndex, offset: u64, length: u64) -> bool {
+        self.core.lock().expect("core lock").read_is_local(volume, offset, length)
+    }
+
     /// A host read; a read of extents the peer does not own is served
     /// from the store directly.
     pub async fn read(self: &Arc<Self>, volume: VolumeIndex, offset: u64, length: u32) -> Result<Bytes, HostError> {

@@ -1,15 +1,18 @@
 //! The fixed newstyle handshake: greeting, client flags, then options until
 //! GO or EXPORT_NAME enters transmission (or ABORT ends it).
 //!
-//! Supported options: EXPORT_NAME, ABORT, LIST, INFO, GO, STRUCTURED_REPLY.
-//! Others (STARTTLS, meta contexts, extended headers) get `NBD_REP_ERR_UNSUP`
-//! so clients fall back. A hostile handshake (bad magic, an option payload
+//! Supported options: EXPORT_NAME, ABORT, LIST, INFO, GO, STRUCTURED_REPLY,
+//! LIST_META_CONTEXT and SET_META_CONTEXT (the one context served is
+//! `base:allocation`, for BLOCK_STATUS). Others (STARTTLS, extended headers)
+//! get `NBD_REP_ERR_UNSUP` so clients fall back. A hostile handshake (bad magic, an option payload
 //! beyond [`OPTION_BYTES_MAX`], endless options) closes the connection.
 
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use geomirror_wire::nbd::{self as w, InfoRequest, OPTION_BYTES_MAX, OPTION_HEADER_BYTES, handshake as hs, info, opt, rep, tflag};
+use geomirror_wire::nbd::{
+    self as w, InfoRequest, OPTION_BYTES_MAX, OPTION_HEADER_BYTES, allocation, handshake as hs, info, opt, rep, tflag,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::Exports;
@@ -22,6 +25,18 @@ pub struct Session {
     pub volume: Arc<Volume>,
     /// Whether structured replies were negotiated.
     pub structured: bool,
+    /// Whether the `base:allocation` context was selected (BLOCK_STATUS is
+    /// answered for it, with id [`ALLOCATION_CONTEXT_ID`]).
+    pub allocation: bool,
+}
+
+/// The id this server gives the `base:allocation` context.
+pub const ALLOCATION_CONTEXT_ID: u32 = 1;
+
+/// Whether `query` (of a LIST or SET_META_CONTEXT) names `base:allocation`;
+/// for LIST, a bare `base:` lists the whole namespace.
+fn names_allocation(query: &str, listing: bool) -> bool {
+    query == allocation::CONTEXT || (listing && query == "base:")
 }
 
 /// How a handshake ended without error.
@@ -90,6 +105,10 @@ where
     }
     let no_zeroes = client_flags & hs::C_NO_ZEROES != 0;
     let mut structured = false;
+    // The export the last SET_META_CONTEXT was for, and whether it chose
+    // base:allocation (it holds only if the client then enters that export).
+    let mut meta: Option<(String, bool)> = None;
+    let chosen = |meta: &Option<(String, bool)>, export: &str| meta.as_ref().is_some_and(|(e, on)| *on && e == export);
 
     for _ in 0..NBD_HANDSHAKE_OPTIONS_MAX {
         let mut header = [0u8; OPTION_HEADER_BYTES];
@@ -116,7 +135,8 @@ where
                 w::encode_export_name_reply(&mut out, volume.size(), transmission_flags(structured), no_zeroes);
                 writer.write_all(&out).await?;
                 writer.flush().await?;
-                return Ok(Outcome::Transmission(Session { volume: volume.clone(), structured }));
+                let allocation = structured && chosen(&meta, &name);
+                return Ok(Outcome::Transmission(Session { volume: volume.clone(), structured, allocation }));
             }
             opt::ABORT => {
                 w::encode_option_reply(&mut out, code, rep::ACK, &[]);
@@ -154,10 +174,37 @@ where
                         if code == opt::GO {
                             writer.write_all(&out).await?;
                             writer.flush().await?;
-                            return Ok(Outcome::Transmission(Session { volume: volume.clone(), structured }));
+                            let allocation = structured && chosen(&meta, &request.name);
+                            return Ok(Outcome::Transmission(Session { volume: volume.clone(), structured, allocation }));
                         }
                     }
                 },
+            },
+            opt::LIST_META_CONTEXT | opt::SET_META_CONTEXT => match w::decode_meta_context_request(&payload) {
+                Err(e) => error(&mut out, rep::ERR_INVALID, &format!("malformed request: {e}")),
+                Ok(_) if code == opt::SET_META_CONTEXT && !structured => {
+                    error(&mut out, rep::ERR_INVALID, "NBD_OPT_SET_META_CONTEXT needs structured replies first")
+                }
+                Ok(request) if exports.get(&request.export).is_none() => {
+                    error(&mut out, rep::ERR_UNKNOWN, &format!("no export named `{}`", request.export))
+                }
+                Ok(request) => {
+                    let listing = code == opt::LIST_META_CONTEXT;
+                    // An empty LIST asks for every context; an empty SET selects none.
+                    let on = (listing && request.queries.is_empty()) || request.queries.iter().any(|q| names_allocation(q, listing));
+                    if on {
+                        w::encode_option_reply(
+                            &mut out,
+                            code,
+                            rep::META_CONTEXT,
+                            &w::meta_context_payload(ALLOCATION_CONTEXT_ID, allocation::CONTEXT),
+                        );
+                    }
+                    if !listing {
+                        meta = Some((request.export, on));
+                    }
+                    w::encode_option_reply(&mut out, code, rep::ACK, &[]);
+                }
             },
             opt::STARTTLS => error(&mut out, rep::ERR_UNSUP, "TLS is not configured for NBD on this node"),
             _ => error(&mut out, rep::ERR_UNSUP, "option not supported"),

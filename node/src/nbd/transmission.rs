@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::handshake::Session;
 use super::{ServerLimits, errno_for};
-use crate::limits::NBD_WRITE_BUFFER_BYTES;
+use crate::limits::{NBD_BLOCK_STATUS_DESCRIPTORS_MAX, NBD_WRITE_BUFFER_BYTES};
 use crate::metrics::Op;
 use crate::store::ZeroMode;
 use crate::volume::Volume;
@@ -124,7 +124,12 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let depth = limits.max_inflight_per_connection;
-    let ctx = Context { volume: session.volume, structured: session.structured, max_request_bytes: limits.max_request_bytes };
+    let ctx = Context {
+        volume: session.volume,
+        structured: session.structured,
+        allocation: session.allocation,
+        max_request_bytes: limits.max_request_bytes,
+    };
     let ctx = &ctx;
     let mut out = BufWriter::with_capacity(NBD_WRITE_BUFFER_BYTES, writer);
     let mut inflight = FuturesUnordered::new();
@@ -209,6 +214,8 @@ async fn read_payload<R: AsyncRead + Unpin>(reader: &mut R, len: usize) -> std::
 struct Context {
     volume: Arc<Volume>,
     structured: bool,
+    /// `base:allocation` was negotiated: BLOCK_STATUS is answered.
+    allocation: bool,
     max_request_bytes: u32,
 }
 
@@ -244,7 +251,50 @@ impl Context {
 }
 
 impl Context {
+    /// BLOCK_STATUS for `base:allocation`: one final chunk of descriptors
+    /// (holes are holes and read as zeroes), or an error.
+    async fn block_status(&self, request: Request, received: Instant) -> Result<Reply, Errno> {
+        let (offset, length) = (request.offset, u64::from(request.length));
+        let command = request.command;
+        if !self.allocation {
+            return Err(self.refused(command, offset, length, Errno::Inval, "BLOCK_STATUS without a negotiated base:allocation context"));
+        }
+        if length == 0 {
+            return Err(self.refused(command, offset, length, Errno::Inval, "a BLOCK_STATUS of length 0"));
+        }
+        let runs = self.volume.allocation(offset, length).await.map_err(|e| self.failed(command, offset, length, &e))?;
+        let take = if request.flags & cflag::REQ_ONE != 0 { 1 } else { NBD_BLOCK_STATUS_DESCRIPTORS_MAX };
+        let descriptors: Vec<(u32, u32)> = runs
+            .into_iter()
+            .take(take)
+            .map(|(len, hole)| {
+                let flags = if hole { w::allocation::HOLE | w::allocation::ZERO } else { 0 };
+                (u32::try_from(len).expect("runs of a u32 request fit a u32"), flags)
+            })
+            .collect();
+        let mut header = BytesMut::with_capacity(w::CHUNK_HEADER_BYTES + 4 + 8 * descriptors.len());
+        w::encode_block_status(&mut header, request.cookie, super::handshake::ALLOCATION_CONTEXT_ID, &descriptors);
+        self.volume.metrics().record_latency(Op::BlockStatus, received.elapsed().as_secs_f64());
+        Ok(Reply { header, data: None })
+    }
+
     async fn execute(&self, request: Request, payload: Option<Bytes>, received: Instant) -> Reply {
+        if request.command == Command::BlockStatus && request.flags & cflag::PAYLOAD_LEN == 0 {
+            match self.block_status(request, received).await {
+                Ok(reply) => return reply,
+                Err(errno) => {
+                    metrics::counter!(crate::metrics::NBD_ERRORS, "volume" => self.volume.name().to_string(), "error" => format!("{errno:?}"))
+                        .increment(1);
+                    let mut header = BytesMut::with_capacity(64);
+                    if self.structured {
+                        w::encode_structured_error(&mut header, request.cookie, errno as u32, &format!("BlockStatus failed: {errno:?}"));
+                    } else {
+                        w::encode_simple_reply(&mut header, errno as u32, request.cookie);
+                    }
+                    return Reply { header, data: None };
+                }
+            }
+        }
         let volume = &self.volume;
         let (offset, length) = (request.offset, u64::from(request.length));
         let fua = request.flags & cflag::FUA != 0;
@@ -363,7 +413,7 @@ mod tests {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let (server_read, server_write) = tokio::io::split(server);
         let limits = ServerLimits { max_connections: 1, max_inflight_per_connection: 4, max_request_bytes: 1 << 20 };
-        let session = Session { volume, structured: false };
+        let session = Session { volume, structured: false, allocation: false };
         let served = tokio::spawn(serve(server_read, server_write, session, limits, CancellationToken::new()));
         let (mut from_server, mut to_server) = tokio::io::split(client);
 
@@ -420,8 +470,13 @@ mod tests {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let (server_read, server_write) = tokio::io::split(server);
         let limits = ServerLimits { max_connections: 1, max_inflight_per_connection: 4, max_request_bytes: 4096 };
-        let served =
-            tokio::spawn(serve(server_read, server_write, Session { volume, structured: false }, limits, CancellationToken::new()));
+        let served = tokio::spawn(serve(
+            server_read,
+            server_write,
+            Session { volume, structured: false, allocation: false },
+            limits,
+            CancellationToken::new(),
+        ));
         let (_from_server, mut to_server) = tokio::io::split(client);
         to_server.write_all(&request(Command::Write, 1, 0, 8192)).await.unwrap();
         let reason = served.await.unwrap();

@@ -232,6 +232,41 @@ impl BlockStore for FileStore {
         self.size
     }
 
+    /// From the file's holes (`SEEK_DATA`/`SEEK_HOLE`).
+    fn allocation(&self, offset: u64, length: u64) -> Result<Vec<(u64, bool)>, StoreError> {
+        self.check_range(offset, length)?;
+        let fd = self.file.as_raw_fd();
+        let end = offset + length;
+        let seek = |at: u64, whence: libc::c_int| -> std::io::Result<Option<u64>> {
+            // SAFETY: lseek(2) on our own open file descriptor.
+            let r = unsafe { libc::lseek(fd, at as libc::off_t, whence) };
+            if r >= 0 {
+                return Ok(Some(r as u64));
+            }
+            let e = std::io::Error::last_os_error();
+            // No data at or after `at`: the rest is a hole.
+            if e.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(e) }
+        };
+        let mut runs: Vec<(u64, bool)> = Vec::new();
+        let mut push = |len: u64, hole: bool| match runs.last_mut() {
+            Some((l, h)) if *h == hole => *l += len,
+            _ => runs.push((len, hole)),
+        };
+        let mut at = offset;
+        while at < end {
+            let data = seek(at, libc::SEEK_DATA)?.unwrap_or(end).min(end);
+            if data > at {
+                push(data - at, true);
+                at = data;
+                continue;
+            }
+            let hole = seek(at, libc::SEEK_HOLE)?.unwrap_or(end).min(end).max(at + 1);
+            push(hole - at, false);
+            at = hole;
+        }
+        Ok(runs)
+    }
+
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), StoreError> {
         self.check_range(offset, buf.len() as u64)?;
         Ok(self.file.read_exact_at(buf, offset)?)

@@ -86,6 +86,14 @@ pub trait BlockStore: Send + Sync + 'static {
     /// [`StoreError::NotFast`] instead of writing zeroes slowly.
     fn write_zeroes(&self, offset: u64, length: u64, mode: ZeroMode, fast_only: bool) -> Result<(), StoreError>;
 
+    /// How `offset..offset+length` is allocated, in order: `(length,
+    /// holey)` runs, `holey` where the store holds no data (reads as zeroes).
+    /// The default reports it all as data (never wrongly as a hole).
+    fn allocation(&self, offset: u64, length: u64) -> Result<Vec<(u64, bool)>, StoreError> {
+        self.check_range(offset, length)?;
+        Ok(vec![(length, false)])
+    }
+
     /// Checks that `offset..offset+length` lies inside the volume.
     fn check_range(&self, offset: u64, length: u64) -> Result<(), StoreError> {
         match offset.checked_add(length) {

@@ -172,6 +172,44 @@ impl Volume {
         self.store.check_range(offset, length)
     }
 
+    /// How `offset..offset+length` is allocated, as `(length, holey)` runs.
+    /// On a two-site volume, a range that is not local (the peer may hold
+    /// newer data there) is reported as data, never as a hole.
+    pub async fn allocation(&self, offset: u64, length: u64) -> Result<Vec<(u64, bool)>, VolumeError> {
+        self.check_range(offset, length)?;
+        let Some((engine, index)) = &self.engine else {
+            let store = self.store.clone();
+            return Ok(blocking(move || store.allocation(offset, length)).await?);
+        };
+        // Extent by extent: local stretches from the store, the rest as data.
+        let extent = u64::from(self.meta.extent_bytes);
+        let end = offset + length;
+        let next = |at: u64| ((at / extent + 1) * extent).min(end);
+        let mut runs: Vec<(u64, bool)> = Vec::new();
+        let mut at = offset;
+        while at < end {
+            let local = engine.read_is_local(*index, at, next(at) - at);
+            let mut stop = next(at);
+            while stop < end && engine.read_is_local(*index, stop, next(stop) - stop) == local {
+                stop = next(stop);
+            }
+            let part = if local {
+                let store = self.store.clone();
+                blocking(move || store.allocation(at, stop - at)).await?
+            } else {
+                vec![(stop - at, false)]
+            };
+            for (len, hole) in part {
+                match runs.last_mut() {
+                    Some((l, h)) if *h == hole => *l += len,
+                    _ => runs.push((len, hole)),
+                }
+            }
+            at = stop;
+        }
+        Ok(runs)
+    }
+
     /// Reads `length` bytes at `offset`.
     pub async fn read(&self, offset: u64, length: u32) -> Result<Bytes, VolumeError> {
         self.check_range(offset, length.into())?;

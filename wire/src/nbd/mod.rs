@@ -174,6 +174,92 @@ pub mod chunk {
     pub const ERROR: u16 = (1 << 15) | 1;
     /// As ERROR, plus the offset (64) it applies to.
     pub const ERROR_OFFSET: u16 = (1 << 15) | 2;
+    /// A metadata context's id (32), then (length 32, flags 32) descriptors.
+    pub const BLOCK_STATUS: u16 = 5;
+}
+
+/// The `base:allocation` metadata context: its name and the flags of its
+/// block status descriptors.
+pub mod allocation {
+    /// The context's name.
+    pub const CONTEXT: &str = "base:allocation";
+    /// Flag: the range is a hole (not allocated).
+    pub const HOLE: u32 = 1 << 0;
+    /// Flag: the range reads as zeroes.
+    pub const ZERO: u32 = 1 << 1;
+}
+
+/// Most queries one `LIST`/`SET_META_CONTEXT` may carry.
+pub const META_QUERIES_MAX: usize = 128;
+
+/// The payload of `NBD_OPT_LIST_META_CONTEXT` / `NBD_OPT_SET_META_CONTEXT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetaContextRequest {
+    /// The export the contexts are for.
+    pub export: String,
+    /// The queries (`namespace:` or `namespace:leaf`).
+    pub queries: Vec<String>,
+}
+
+/// Decodes a meta context option's payload.
+pub fn decode_meta_context_request(b: &[u8]) -> Result<MetaContextRequest, DecodeError> {
+    need(b, 4)?;
+    let name_len = be_u32(b, 0) as usize;
+    if name_len > STRING_BYTES_MAX {
+        return Err(DecodeError::TooLong { what: "export name", len: name_len, max: STRING_BYTES_MAX });
+    }
+    need(b, 4 + name_len + 4)?;
+    let export = decode_string(&b[4..4 + name_len])?;
+    let count = be_u32(b, 4 + name_len) as usize;
+    if count > META_QUERIES_MAX {
+        return Err(DecodeError::TooLong { what: "meta context query list", len: count, max: META_QUERIES_MAX });
+    }
+    let mut at = 8 + name_len;
+    let mut queries = Vec::with_capacity(count);
+    for _ in 0..count {
+        need(b, at + 4)?;
+        let len = be_u32(b, at) as usize;
+        if len > STRING_BYTES_MAX {
+            return Err(DecodeError::TooLong { what: "meta context query", len, max: STRING_BYTES_MAX });
+        }
+        need(b, at + 4 + len)?;
+        queries.push(decode_string(&b[at + 4..at + 4 + len])?);
+        at += 4 + len;
+    }
+    if at != b.len() {
+        return Err(DecodeError::Malformed("bytes after the meta context queries"));
+    }
+    Ok(MetaContextRequest { export, queries })
+}
+
+/// Encodes a meta context option's payload (client side).
+pub fn encode_meta_context_request(out: &mut BytesMut, request: &MetaContextRequest) {
+    out.put_u32(request.export.len() as u32);
+    out.put_slice(request.export.as_bytes());
+    out.put_u32(request.queries.len() as u32);
+    for q in &request.queries {
+        out.put_u32(q.len() as u32);
+        out.put_slice(q.as_bytes());
+    }
+}
+
+/// The payload of an `NBD_REP_META_CONTEXT` reply: the id, then the name.
+pub fn meta_context_payload(id: u32, name: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + name.len());
+    v.extend_from_slice(&id.to_be_bytes());
+    v.extend_from_slice(name.as_bytes());
+    v
+}
+
+/// Encodes a final `BLOCK_STATUS` chunk for context `id`: `(length, flags)`
+/// descriptors in order from the request's offset.
+pub fn encode_block_status(out: &mut BytesMut, cookie: u64, id: u32, descriptors: &[(u32, u32)]) {
+    encode_chunk_header(out, chunk::FLAG_DONE, chunk::BLOCK_STATUS, cookie, 4 + 8 * descriptors.len() as u32);
+    out.put_u32(id);
+    for (length, flags) in descriptors {
+        out.put_u32(*length);
+        out.put_u32(*flags);
+    }
 }
 
 /// NBD error numbers (the protocol's own values, not the host's errno).

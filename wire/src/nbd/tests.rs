@@ -169,6 +169,16 @@ proptest! {
         let _ = decode_option_reply_header(&bytes);
         let _ = decode_request(&bytes);
         let _ = decode_reply_header(&bytes);
+        let _ = decode_meta_context_request(&bytes);
+    }
+
+    #[test]
+    fn meta_context_requests_round_trip(export in "[a-z0-9._-]{0,40}", queries in proptest::collection::vec("[a-z:]{0,20}", 0..6)) {
+        let req = MetaContextRequest { export, queries };
+        let mut out = BytesMut::new();
+        encode_meta_context_request(&mut out, &req);
+        prop_assert_eq!(decode_meta_context_request(&out).unwrap(), req.clone());
+        prop_assert!(decode_meta_context_request(&out[..out.len() - 1]).is_err(), "a cut request is refused");
     }
 
     #[test]
@@ -178,4 +188,24 @@ proptest! {
         encode_info_request(&mut out, &req);
         prop_assert_eq!(decode_info_request(&out).unwrap(), req);
     }
+}
+
+#[test]
+fn hostile_meta_context_requests_are_refused_without_allocating() {
+    // A query count of 2^32 - 1 and a name length past the limit.
+    assert!(matches!(decode_meta_context_request(&[0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]), Err(DecodeError::TooLong { .. })));
+    assert!(matches!(decode_meta_context_request(&[0, 1, 0, 0]), Err(DecodeError::TooLong { .. })));
+    let mut out = BytesMut::new();
+    encode_meta_context_request(&mut out, &MetaContextRequest { export: "vol0".into(), queries: vec!["base:".into()] });
+    out.extend_from_slice(b"junk");
+    assert!(decode_meta_context_request(&out).is_err(), "trailing bytes");
+}
+
+#[test]
+fn a_block_status_chunk_carries_its_context_and_descriptors() {
+    let mut out = BytesMut::new();
+    encode_block_status(&mut out, 9, 1, &[(4096, 0), (8192, allocation::HOLE | allocation::ZERO)]);
+    let header = decode_reply_header(&out).unwrap();
+    assert_eq!(header, ReplyHeader::Chunk { flags: chunk::FLAG_DONE, chunk_type: chunk::BLOCK_STATUS, cookie: 9, length: 4 + 16 });
+    assert_eq!(&out[CHUNK_HEADER_BYTES..], &[0, 0, 0, 1, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0, 0, 0, 3]);
 }
