@@ -14,6 +14,7 @@
 //! before it is durable; no input from the network can panic the node.
 
 pub mod admin;
+pub mod admission;
 pub mod engine;
 pub mod events;
 pub mod limits;

@@ -6,6 +6,20 @@ use std::time::Duration;
 /// requests per read; a large WRITE payload is read straight into its own
 /// buffer past what this holds (so at most this much of it is copied twice).
 pub const NBD_READ_BUFFER_BYTES: usize = 64 * 1024;
+/// NBD connections one source address may have in their handshake at once
+/// (past it, a new one is closed at accept with a WARN line); at most
+/// [`NBD_HANDSHAKES_MAX`] in all. A flood of slow or silent connections from
+/// one place thus leaves the handshake open to everyone else.
+pub const NBD_HANDSHAKES_PER_SOURCE_MAX: usize = 8;
+/// NBD connections in their handshake at once, from all sources.
+pub const NBD_HANDSHAKES_MAX: usize = 256;
+/// Incoming peer connections one source address may have before their hello
+/// is authenticated; the real peer needs two (one per lane), and more while
+/// it reconnects.
+pub const PEER_SETUPS_PER_SOURCE_MAX: usize = 8;
+/// Incoming peer connections being set up at once, from all sources.
+pub const PEER_SETUPS_MAX: usize = 64;
+const _: () = assert!(NBD_HANDSHAKES_MAX >= NBD_HANDSHAKES_PER_SOURCE_MAX && PEER_SETUPS_MAX >= PEER_SETUPS_PER_SOURCE_MAX);
 /// Recent events a node keeps for `GET /events` (each also logged); past
 /// it the oldest go, and a reader that asks from before them is told how
 /// many it missed.

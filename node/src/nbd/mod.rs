@@ -73,6 +73,8 @@ pub struct ServerLimits {
 pub async fn serve(listener: TcpListener, exports: Arc<Exports>, limits: ServerLimits, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let open = metrics::gauge!(m::NBD_CONNECTIONS_OPEN);
+    let admission = crate::admission::Admission::new(crate::limits::NBD_HANDSHAKES_PER_SOURCE_MAX, crate::limits::NBD_HANDSHAKES_MAX);
+    let refusals = crate::admission::RefusalLog::default();
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -91,6 +93,17 @@ pub async fn serve(listener: TcpListener, exports: Arc<Exports>, limits: ServerL
             },
         };
         metrics::counter!(m::NBD_CONNECTIONS).increment(1);
+        let ticket = match admission.admit(peer.ip()) {
+            Ok(ticket) => ticket,
+            Err(refused) => {
+                metrics::counter!(m::NBD_PROTOCOL_ERRORS).increment(1);
+                if let Some(count) = refusals.note() {
+                    warn!(%peer, reason = %refused, refused_since_last = count, "host connection refused at accept");
+                }
+                drop(stream);
+                continue;
+            }
+        };
         open.increment(1.0);
         let exports = exports.clone();
         let shutdown = shutdown.clone();
@@ -98,7 +111,7 @@ pub async fn serve(listener: TcpListener, exports: Arc<Exports>, limits: ServerL
         let span = tracing::info_span!("host", %peer);
         crate::tasks::spawn(
             async move {
-                serve_connection(stream, exports, limits, shutdown).await;
+                serve_connection(stream, ticket, exports, limits, shutdown).await;
                 open.decrement(1.0);
                 drop(permit);
             }
@@ -107,7 +120,13 @@ pub async fn serve(listener: TcpListener, exports: Arc<Exports>, limits: ServerL
     }
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, exports: Arc<Exports>, limits: ServerLimits, shutdown: CancellationToken) {
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    handshaking: crate::admission::Ticket,
+    exports: Arc<Exports>,
+    limits: ServerLimits,
+    shutdown: CancellationToken,
+) {
     let _ = stream.set_nodelay(true);
     let (read_half, mut write_half) = stream.into_split();
     let mut reader = tokio::io::BufReader::with_capacity(crate::limits::NBD_READ_BUFFER_BYTES, read_half);
@@ -138,6 +157,8 @@ async fn serve_connection(stream: tokio::net::TcpStream, exports: Arc<Exports>, 
             return;
         }
     };
+    // Past the handshake: its place goes to the next one.
+    drop(handshaking);
     let span = tracing::info_span!("export", volume = %session.volume.name());
     async move {
         info!(structured = session.structured, "host entered transmission");

@@ -228,6 +228,8 @@ impl PeerLink {
     // ---------------------------------------------------------------- accepter
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        let admission = crate::admission::Admission::new(crate::limits::PEER_SETUPS_PER_SOURCE_MAX, crate::limits::PEER_SETUPS_MAX);
+        let refusals = crate::admission::RefusalLog::default();
         loop {
             let (tcp, addr) = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -236,17 +238,26 @@ impl PeerLink {
                     Err(e) => { warn!(error = %e, "peer accept failed"); tokio::time::sleep(Duration::from_millis(50)).await; continue }
                 },
             };
+            let setting_up = match admission.admit(addr.ip()) {
+                Ok(ticket) => ticket,
+                Err(refused) => {
+                    if let Some(count) = refusals.note() {
+                        warn!(%addr, reason = %refused, refused_since_last = count, "refused a peer connection at accept");
+                    }
+                    continue;
+                }
+            };
             let _ = tcp.set_nodelay(true);
             let link = self.clone();
             crate::tasks::spawn(async move {
-                if let Err(e) = link.clone().serve_incoming(tcp).await {
+                if let Err(e) = link.clone().serve_incoming(tcp, setting_up).await {
                     warn!(%addr, reason = %format!("{e:#}"), "refused a peer connection");
                 }
             });
         }
     }
 
-    async fn serve_incoming(self: Arc<Self>, tcp: TcpStream) -> anyhow::Result<()> {
+    async fn serve_incoming(self: Arc<Self>, tcp: TcpStream, setting_up: crate::admission::Ticket) -> anyhow::Result<()> {
         let mut tls = tokio::time::timeout(self.config.peer_timeout, self.tls.accept(tcp))
             .await
             .map_err(|_| anyhow::anyhow!("the TLS handshake timed out after {:?}", self.config.peer_timeout))??;
@@ -260,6 +271,8 @@ impl PeerLink {
         let Message::Hello { protocol_version, node, lane, volumes } = Message::decode(&hello)? else {
             anyhow::bail!("the first message was not a hello");
         };
+        // Authenticated (TLS) and speaking the protocol: its setup place goes.
+        drop(setting_up);
         let mut refusal = String::new();
         if protocol_version != PROTOCOL_VERSION {
             refusal = format!("protocol version {protocol_version} is not supported (this node speaks {PROTOCOL_VERSION})");
