@@ -68,8 +68,14 @@ enum Command {
         #[arg(long, default_value = "certs")]
         out: PathBuf,
         /// A node name; repeat for each node.
-        #[arg(long = "node", required = true)]
+        #[arg(long = "node", required_unless_present = "hosts")]
         nodes: Vec<String>,
+        /// A host that reaches a node's NBD server over TLS; repeat for each.
+        /// Writes OUT/NAME/ with `ca-cert.pem`, `client-cert.pem` and
+        /// `client-key.pem`: the directory QEMU's `tls-creds-x509` and
+        /// libnbd's `tls-certificates=` read.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
     },
 }
 
@@ -86,7 +92,7 @@ fn main() -> std::process::ExitCode {
         Command::Node { config } => runtime().and_then(|rt| rt.block_on(run_node(config))),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
         Command::Sim(args) => runtime().and_then(|rt| rt.block_on(geomirror_sim::cli::run(args))),
-        Command::Certs { out, nodes } => certs(&out, &nodes),
+        Command::Certs { out, nodes, hosts } => certs(&out, &nodes, &hosts),
         Command::Witness { config } => runtime().and_then(|rt| rt.block_on(run_witness(config))),
         Command::Takeover(args) => runtime().and_then(|rt| rt.block_on(ops::takeover(args))),
         Command::Mode(args) => runtime().and_then(|rt| rt.block_on(ops::mode(args))),
@@ -119,10 +125,23 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("start the async runtime")
 }
 
-fn certs(out: &std::path::Path, nodes: &[String]) -> anyhow::Result<()> {
-    let written = geomirror_node::peer::certs::generate(out, nodes).context("generate certificates")?;
+fn certs(out: &std::path::Path, nodes: &[String], hosts: &[String]) -> anyhow::Result<()> {
+    let all: Vec<String> = nodes.iter().chain(hosts).cloned().collect();
+    let written = geomirror_node::peer::certs::generate(out, &all).context("generate certificates")?;
     for path in written {
         println!("{}", path.display());
+    }
+    for host in hosts {
+        let dir = out.join(host);
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        for (from, to) in [
+            ("ca.pem".to_string(), "ca-cert.pem"),
+            (format!("{host}.pem"), "client-cert.pem"),
+            (format!("{host}-key.pem"), "client-key.pem"),
+        ] {
+            std::fs::copy(out.join(&from), dir.join(to)).with_context(|| format!("write {}", dir.join(to).display()))?;
+        }
+        println!("{}/ (for qemu tls-creds-x509 dir=, libnbd tls-certificates=)", dir.display());
     }
     Ok(())
 }
@@ -133,6 +152,10 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     if let (Some(peer), Some(tls)) = (&config.peer, &config.tls) {
         geomirror_node::peer::tls::PeerTls::load(&tls.ca, &tls.cert, &tls.key, &config.node.name, &peer.name)
             .context("load the TLS files named in [tls]")?;
+    }
+    if let (Some(cert), Some(key)) = (&config.nbd.tls_cert, &config.nbd.tls_key) {
+        geomirror_node::peer::tls::PeerTls::host_acceptor(cert, key, config.nbd.tls_client_ca.as_deref())
+            .context("load the host TLS files named in [nbd]")?;
     }
     print!("{}", config.to_toml());
     Ok(())

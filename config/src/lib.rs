@@ -154,6 +154,31 @@ pub struct NbdSection {
     pub max_inflight_per_connection: usize,
     /// Largest READ or WRITE payload accepted (advertised as the maximum block size).
     pub max_request_size: ByteSize,
+    /// TLS for hosts (NBD's STARTTLS).
+    pub tls: NbdTlsMode,
+    /// The server certificate (PEM) hosts see, with `tls` on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// Its key (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// When set, hosts must present a certificate signed by this CA (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+/// Whether hosts speak TLS to the NBD server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NbdTlsMode {
+    /// No TLS (STARTTLS is refused as unsupported).
+    #[default]
+    Off,
+    /// A host may upgrade with STARTTLS, or not.
+    Optional,
+    /// A host must upgrade before anything else: until then every option
+    /// gets `NBD_REP_ERR_TLS_REQD` and no export name is shown.
+    Required,
 }
 
 impl Default for NbdSection {
@@ -163,6 +188,10 @@ impl Default for NbdSection {
             max_connections: defaults::NBD_MAX_CONNECTIONS,
             max_inflight_per_connection: defaults::NBD_MAX_INFLIGHT_PER_CONNECTION,
             max_request_size: ByteSize(defaults::NBD_MAX_REQUEST_BYTES),
+            tls: NbdTlsMode::Off,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -331,6 +360,9 @@ impl NodeConfig {
         if let Some(token) = &mut self.admin.token_file {
             anchor(token);
         }
+        for p in [&mut self.nbd.tls_cert, &mut self.nbd.tls_key, &mut self.nbd.tls_client_ca].into_iter().flatten() {
+            anchor(p);
+        }
         if let Some(tls) = &mut self.tls {
             anchor(&mut tls.ca);
             anchor(&mut tls.cert);
@@ -342,6 +374,9 @@ impl NodeConfig {
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |key: String, reason: String| ConfigError::Invalid { path: path.to_path_buf(), key, reason };
         check_name(&self.node.name).map_err(|r| invalid("node.name".into(), r))?;
+        if self.nbd.tls != NbdTlsMode::Off && (self.nbd.tls_cert.is_none() || self.nbd.tls_key.is_none()) {
+            return Err(invalid("nbd.tls".into(), "TLS for hosts needs nbd.tls_cert and nbd.tls_key".into()));
+        }
         if !self.admin.listen.ip().is_loopback() && self.admin.token_file.is_none() && !self.admin.allow_unauthenticated_remote {
             return Err(invalid(
                 "admin.listen".into(),

@@ -186,3 +186,14 @@ fn an_admin_listener_reachable_from_other_hosts_needs_authentication_or_an_expli
     assert!(parse(&allowed).is_ok());
     assert!(parse(&EXAMPLE.replace("127.0.0.1:9090", "127.0.0.2:9090")).is_ok(), "loopback needs nothing");
 }
+
+#[test]
+fn nbd_tls_needs_a_certificate_and_a_key() {
+    let on = EXAMPLE.replace("listen = \"127.0.0.1:10809\"", "listen = \"127.0.0.1:10809\"\ntls = \"required\"");
+    assert_eq!(invalid_key(&on), "nbd.tls");
+    let with = on.replace("tls = \"required\"", "tls = \"required\"\ntls_cert = \"nbd.pem\"\ntls_key = \"nbd-key.pem\"");
+    let c = parse(&with).unwrap();
+    assert_eq!(c.nbd.tls, NbdTlsMode::Required);
+    assert_eq!(c.nbd.tls_cert.as_deref(), Some(Path::new("/etc/geomirror/nbd.pem")));
+    assert!(parse(&EXAMPLE.replace("listen = \"127.0.0.1:10809\"", "listen = \"127.0.0.1:10809\"\ntls = \"sometimes\"")).is_err());
+}

@@ -190,7 +190,16 @@ async fn serve(
         max_inflight_per_connection: config.nbd.max_inflight_per_connection,
         max_request_bytes: config.nbd.max_request_size.bytes() as u32,
     };
-    let nbd_task = tasks::spawn(nbd::serve(nbd_listener, exports.clone(), limits, shutdown.clone()));
+    let host_tls = match (&config.nbd.tls, &config.nbd.tls_cert, &config.nbd.tls_key) {
+        (geomirror_config::NbdTlsMode::Off, _, _) => nbd::HostTls::off(),
+        (mode, Some(cert), Some(key)) => {
+            let acceptor = peer::tls::PeerTls::host_acceptor(cert, key, config.nbd.tls_client_ca.as_deref())
+                .context("load the host TLS files named in [nbd]")?;
+            Arc::new(nbd::HostTls { mode: *mode, acceptor: Some(acceptor) })
+        }
+        _ => anyhow::bail!("nbd.tls needs nbd.tls_cert and nbd.tls_key"),
+    };
+    let nbd_task = tasks::spawn(nbd::serve(nbd_listener, exports.clone(), limits, host_tls, shutdown.clone()));
     let token = match &config.admin.token_file {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("read admin.token_file {}", path.display()))?;

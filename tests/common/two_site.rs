@@ -29,6 +29,10 @@ pub struct TwoSiteOptions {
     /// The volume's replication mode and peer-loss policy (both sites).
     pub mode: &'static str,
     pub on_peer_loss: &'static str,
+    /// TLS for hosts at both sites (`optional` or `required`; client
+    /// certificates from the pair's CA required): certificates for a host
+    /// named `host1` are made too, in `certs/host1/` as QEMU and libnbd want them.
+    pub nbd_tls: Option<&'static str>,
 }
 
 impl Default for TwoSiteOptions {
@@ -46,6 +50,7 @@ impl Default for TwoSiteOptions {
             witness: false,
             mode: "async",
             on_peer_loss: "suspend",
+            nbd_tls: None,
         }
     }
 }
@@ -172,8 +177,15 @@ fn site_config(dir: &Path, site: SiteEnds<'_>, o: &TwoSiteOptions) -> String {
     let witness = witness.map_or(String::new(), |w| {
         format!("[witness]\nname = \"witness\"\nconnect = \"{w}\"\nlease = \"1500ms\"\nmax_clock_drift = \"200ms\"\n")
     });
+    let certs_dir = dir.join("certs");
+    let nbd_tls = o.nbd_tls.map_or(String::new(), |mode| {
+        format!(
+            "tls = \"{mode}\"\ntls_cert = \"{c}/{own}.pem\"\ntls_key = \"{c}/{own}-key.pem\"\ntls_client_ca = \"{c}/ca.pem\"\n",
+            c = certs_dir.display()
+        )
+    });
     format!(
-        "[node]\nname = \"{own}\"\ndata_dir = \"{data}\"\n[nbd]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{witness}\
+        "[node]\nname = \"{own}\"\ndata_dir = \"{data}\"\n[nbd]\nlisten = \"127.0.0.1:0\"\n{nbd_tls}[admin]\nlisten = \"127.0.0.1:0\"\n{witness}\
          [peer]\nname = \"{peer}\"\nlisten = \"{listen}\"\nconnect = \"{connect}\"\npeer_timeout = \"{timeout}\"\nheartbeat_interval = \"250ms\"\nheartbeat_timeout = \"1s\"\n\
          [tls]\nca = \"{certs}/ca.pem\"\ncert = \"{certs}/{own}.pem\"\nkey = \"{certs}/{own}-key.pem\"\n\
          [[volume]]\nname = \"vol0\"\nsize = \"{size}\"\nblock_size = \"{block}\"\nextent_size = \"{extent}\"\nmax_owned_extents = {max}\npredict_extents = {predict}\nrelease_after = \"{release}\"\n\
@@ -199,6 +211,10 @@ impl TwoSites {
         let mut cert_args = vec!["certs", "--out", certs.to_str().unwrap(), "--node", "site-a", "--node", "site-b"];
         if o.witness {
             cert_args.extend(["--node", "witness"]);
+        }
+        if o.nbd_tls.is_some() {
+            // certs/host1/: the layout QEMU's tls-creds-x509 and libnbd's tls-certificates read.
+            cert_args.extend(["--host", "host1"]);
         }
         run_ok(30, bin.to_str().unwrap(), &cert_args);
         let witness = o.witness.then(|| {

@@ -3,8 +3,12 @@
 //!
 //! Supported options: EXPORT_NAME, ABORT, LIST, INFO, GO, STRUCTURED_REPLY,
 //! LIST_META_CONTEXT and SET_META_CONTEXT (the one context served is
-//! `base:allocation`, for BLOCK_STATUS). Others (STARTTLS, extended headers)
-//! get `NBD_REP_ERR_UNSUP` so clients fall back. A hostile handshake (bad magic, an option payload
+//! `base:allocation`, for BLOCK_STATUS), and STARTTLS when TLS is
+//! configured: the caller then upgrades the connection and negotiates again
+//! over TLS (nothing negotiated before survives the upgrade). With TLS
+//! required, every option but STARTTLS and ABORT is refused with
+//! `NBD_REP_ERR_TLS_REQD` until then (no export name is shown). Others
+//! (extended headers) get `NBD_REP_ERR_UNSUP` so clients fall back. A hostile handshake (bad magic, an option payload
 //! beyond [`OPTION_BYTES_MAX`], endless options) closes the connection.
 
 use std::sync::Arc;
@@ -45,6 +49,18 @@ pub enum Outcome {
     Transmission(Session),
     /// The client sent ABORT.
     Aborted,
+    /// The client asked for TLS and was told yes: upgrade the connection,
+    /// then negotiate again over it.
+    StartTls,
+}
+
+/// Where a handshake stands with TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsStage {
+    /// What the node's config says.
+    pub mode: geomirror_config::NbdTlsMode,
+    /// The connection already runs over TLS.
+    pub active: bool,
 }
 
 /// Why a handshake failed.
@@ -87,23 +103,36 @@ pub fn transmission_flags(structured: bool) -> u16 {
     flags
 }
 
-/// Runs the handshake on a fresh connection.
-pub async fn negotiate<R, W>(reader: &mut R, writer: &mut W, exports: &Exports, max_request_bytes: u32) -> Result<Outcome, HandshakeError>
+/// Runs the handshake on a fresh connection (the greeting and the client's
+/// flags), or its option phase again after a STARTTLS upgrade (`tls.active`,
+/// with the client's `no_zeroes` from before).
+pub async fn negotiate<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    exports: &Exports,
+    max_request_bytes: u32,
+    tls: TlsStage,
+    no_zeroes_after_tls: bool,
+) -> Result<(Outcome, bool), HandshakeError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut out = BytesMut::with_capacity(256);
-    w::encode_greeting(&mut out, hs::FIXED_NEWSTYLE | hs::NO_ZEROES);
-    writer.write_all(&out).await?;
-    writer.flush().await?;
-
-    let client_flags = reader.read_u32().await?;
-    let known = hs::C_FIXED_NEWSTYLE | hs::C_NO_ZEROES;
-    if client_flags & !known != 0 {
-        return Err(HandshakeError::Protocol(format!("unknown client flags {client_flags:#x}")));
-    }
-    let no_zeroes = client_flags & hs::C_NO_ZEROES != 0;
+    let no_zeroes = if tls.active {
+        no_zeroes_after_tls
+    } else {
+        w::encode_greeting(&mut out, hs::FIXED_NEWSTYLE | hs::NO_ZEROES);
+        writer.write_all(&out).await?;
+        writer.flush().await?;
+        let client_flags = reader.read_u32().await?;
+        let known = hs::C_FIXED_NEWSTYLE | hs::C_NO_ZEROES;
+        if client_flags & !known != 0 {
+            return Err(HandshakeError::Protocol(format!("unknown client flags {client_flags:#x}")));
+        }
+        client_flags & hs::C_NO_ZEROES != 0
+    };
+    let tls_required_now = tls.mode == geomirror_config::NbdTlsMode::Required && !tls.active;
     let mut structured = false;
     // The export the last SET_META_CONTEXT was for, and whether it chose
     // base:allocation (it holds only if the client then enters that export).
@@ -126,6 +155,16 @@ where
         out.clear();
         let code = header.code;
         let error = |out: &mut BytesMut, kind: u32, message: &str| w::encode_option_reply(out, code, kind, message.as_bytes());
+        if tls_required_now && !matches!(code, opt::STARTTLS | opt::ABORT) {
+            if code == opt::EXPORT_NAME {
+                // It cannot carry an error: the connection closes.
+                return Err(HandshakeError::Protocol("NBD_OPT_EXPORT_NAME before STARTTLS on a server that requires TLS".into()));
+            }
+            error(&mut out, rep::ERR_TLS_REQD, "this server requires TLS: send NBD_OPT_STARTTLS first");
+            writer.write_all(&out).await?;
+            writer.flush().await?;
+            continue;
+        }
         match code {
             opt::EXPORT_NAME => {
                 let name = w::decode_string(&payload).map_err(|e| HandshakeError::Protocol(e.to_string()))?;
@@ -136,14 +175,14 @@ where
                 writer.write_all(&out).await?;
                 writer.flush().await?;
                 let allocation = structured && chosen(&meta, &name);
-                return Ok(Outcome::Transmission(Session { volume: volume.clone(), structured, allocation }));
+                return Ok((Outcome::Transmission(Session { volume: volume.clone(), structured, allocation }), no_zeroes));
             }
             opt::ABORT => {
                 w::encode_option_reply(&mut out, code, rep::ACK, &[]);
                 // The client may already have closed; that is fine.
                 let _ = writer.write_all(&out).await;
                 let _ = writer.flush().await;
-                return Ok(Outcome::Aborted);
+                return Ok((Outcome::Aborted, no_zeroes));
             }
             opt::LIST => {
                 if payload.is_empty() {
@@ -175,7 +214,7 @@ where
                             writer.write_all(&out).await?;
                             writer.flush().await?;
                             let allocation = structured && chosen(&meta, &request.name);
-                            return Ok(Outcome::Transmission(Session { volume: volume.clone(), structured, allocation }));
+                            return Ok((Outcome::Transmission(Session { volume: volume.clone(), structured, allocation }), no_zeroes));
                         }
                     }
                 },
@@ -206,7 +245,17 @@ where
                     w::encode_option_reply(&mut out, code, rep::ACK, &[]);
                 }
             },
-            opt::STARTTLS => error(&mut out, rep::ERR_UNSUP, "TLS is not configured for NBD on this node"),
+            opt::STARTTLS if tls.mode == geomirror_config::NbdTlsMode::Off => {
+                error(&mut out, rep::ERR_UNSUP, "TLS is not configured for NBD on this node")
+            }
+            opt::STARTTLS if tls.active => error(&mut out, rep::ERR_INVALID, "TLS is already negotiated"),
+            opt::STARTTLS if !payload.is_empty() => error(&mut out, rep::ERR_INVALID, "NBD_OPT_STARTTLS takes no data"),
+            opt::STARTTLS => {
+                w::encode_option_reply(&mut out, code, rep::ACK, &[]);
+                writer.write_all(&out).await?;
+                writer.flush().await?;
+                return Ok((Outcome::StartTls, no_zeroes));
+            }
             _ => error(&mut out, rep::ERR_UNSUP, "option not supported"),
         }
         writer.write_all(&out).await?;

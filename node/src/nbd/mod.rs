@@ -70,7 +70,7 @@ pub struct ServerLimits {
 }
 
 /// Serves hosts on `listener` until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, exports: Arc<Exports>, limits: ServerLimits, shutdown: CancellationToken) {
+pub async fn serve(listener: TcpListener, exports: Arc<Exports>, limits: ServerLimits, tls: Arc<HostTls>, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let open = metrics::gauge!(m::NBD_CONNECTIONS_OPEN);
     let admission = crate::admission::Admission::new(crate::limits::NBD_HANDSHAKES_PER_SOURCE_MAX, crate::limits::NBD_HANDSHAKES_MAX);
@@ -106,12 +106,13 @@ pub async fn serve(listener: TcpListener, exports: Arc<Exports>, limits: ServerL
         };
         open.increment(1.0);
         let exports = exports.clone();
+        let tls = tls.clone();
         let shutdown = shutdown.clone();
         let open = open.clone();
         let span = tracing::info_span!("host", %peer);
         crate::tasks::spawn(
             async move {
-                serve_connection(stream, ticket, exports, limits, shutdown).await;
+                serve_connection(stream, ticket, exports, limits, tls, shutdown).await;
                 open.decrement(1.0);
                 drop(permit);
             }
@@ -125,23 +126,80 @@ async fn serve_connection(
     handshaking: crate::admission::Ticket,
     exports: Arc<Exports>,
     limits: ServerLimits,
+    tls: Arc<HostTls>,
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let deadline = tokio::time::Instant::now() + crate::limits::NBD_HANDSHAKE_TIMEOUT;
     let (read_half, mut write_half) = stream.into_split();
     let mut reader = tokio::io::BufReader::with_capacity(crate::limits::NBD_READ_BUFFER_BYTES, read_half);
     info!("host connected");
-    let outcome = tokio::time::timeout(
-        crate::limits::NBD_HANDSHAKE_TIMEOUT,
-        handshake::negotiate(&mut reader, &mut write_half, &exports, limits.max_request_bytes),
+    let stage = handshake::TlsStage { mode: tls.mode, active: false };
+    let outcome = tokio::time::timeout_at(
+        deadline,
+        handshake::negotiate(&mut reader, &mut write_half, &exports, limits.max_request_bytes, stage, false),
     )
     .await;
-    let session = match outcome {
-        Ok(Ok(handshake::Outcome::Transmission(session))) => session,
-        Ok(Ok(handshake::Outcome::Aborted)) => {
-            info!("host disconnected: handshake ended by the client");
-            return;
+    match handshake_result(outcome) {
+        Some((handshake::Outcome::Transmission(session), _)) => {
+            drop(handshaking);
+            transmit(reader, write_half, session, limits, shutdown).await
         }
+        Some((handshake::Outcome::StartTls, no_zeroes)) => {
+            let Some(acceptor) = &tls.acceptor else { return };
+            if !reader.buffer().is_empty() {
+                metrics::counter!(m::NBD_PROTOCOL_ERRORS).increment(1);
+                warn!("host disconnected during handshake: it sent data before the TLS handshake");
+                return;
+            }
+            let stream = match reader.into_inner().reunite(write_half) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    warn!(error = %e, "host disconnected during handshake: the connection could not be upgraded");
+                    return;
+                }
+            };
+            let tls_stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    metrics::counter!(m::NBD_PROTOCOL_ERRORS).increment(1);
+                    warn!(reason = %e, "host disconnected: the TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    metrics::counter!(m::NBD_PROTOCOL_ERRORS).increment(1);
+                    warn!("host disconnected: handshake not finished within {:?}", crate::limits::NBD_HANDSHAKE_TIMEOUT);
+                    return;
+                }
+            };
+            let (r, mut w) = tokio::io::split(tls_stream);
+            let mut reader = tokio::io::BufReader::with_capacity(crate::limits::NBD_READ_BUFFER_BYTES, r);
+            let stage = handshake::TlsStage { mode: tls.mode, active: true };
+            let outcome = tokio::time::timeout_at(
+                deadline,
+                handshake::negotiate(&mut reader, &mut w, &exports, limits.max_request_bytes, stage, no_zeroes),
+            )
+            .await;
+            if let Some((handshake::Outcome::Transmission(session), _)) = handshake_result(outcome) {
+                drop(handshaking);
+                info!("host upgraded to TLS");
+                transmit(reader, w, session, limits, shutdown).await
+            }
+        }
+        Some((handshake::Outcome::Aborted, _)) | None => {}
+    }
+}
+
+/// The handshake's outcome, or None after logging why the host left.
+fn handshake_result(
+    outcome: Result<Result<(handshake::Outcome, bool), handshake::HandshakeError>, tokio::time::error::Elapsed>,
+) -> Option<(handshake::Outcome, bool)> {
+    match outcome {
+        Ok(Ok((handshake::Outcome::Aborted, _))) => {
+            info!("host disconnected: handshake ended by the client");
+            None
+        }
+        Ok(Ok(done)) => Some(done),
         Ok(Err(e)) => {
             if e.is_protocol_violation() {
                 metrics::counter!(m::NBD_PROTOCOL_ERRORS).increment(1);
@@ -149,20 +207,26 @@ async fn serve_connection(
             } else {
                 info!(reason = %e, "host disconnected during handshake");
             }
-            return;
+            None
         }
         Err(_) => {
             metrics::counter!(m::NBD_PROTOCOL_ERRORS).increment(1);
             warn!("host disconnected: handshake not finished within {:?}", crate::limits::NBD_HANDSHAKE_TIMEOUT);
-            return;
+            None
         }
-    };
-    // Past the handshake: its place goes to the next one.
-    drop(handshaking);
+    }
+}
+
+/// Serves the transmission phase, plain or over TLS.
+async fn transmit<R, W>(reader: R, writer: W, session: handshake::Session, limits: ServerLimits, shutdown: CancellationToken)
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let span = tracing::info_span!("export", volume = %session.volume.name());
     async move {
         info!(structured = session.structured, "host entered transmission");
-        let reason = transmission::serve(reader, write_half, session, limits, shutdown).await;
+        let reason = transmission::serve(reader, writer, session, limits, shutdown).await;
         if reason.is_protocol_violation() {
             metrics::counter!(m::NBD_PROTOCOL_ERRORS).increment(1);
             warn!(reason = %reason, "host disconnected");
@@ -172,6 +236,21 @@ async fn serve_connection(
     }
     .instrument(span)
     .await
+}
+
+/// TLS for hosts: the configured mode and, unless off, the acceptor.
+pub struct HostTls {
+    /// Off, optional or required.
+    pub mode: geomirror_config::NbdTlsMode,
+    /// The server side of the TLS handshake.
+    pub acceptor: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl HostTls {
+    /// No TLS.
+    pub fn off() -> Arc<HostTls> {
+        Arc::new(HostTls { mode: geomirror_config::NbdTlsMode::Off, acceptor: None })
+    }
 }
 
 /// The NBD error for a failed request: the one mapping from our errors to

@@ -279,6 +279,41 @@ impl PeerTls {
         })
     }
 
+    /// The NBD server's TLS for hosts (STARTTLS): our certificate and key
+    /// from PEM files, and with `client_ca` a client certificate signed by
+    /// it required of every host. TLS 1.2 and 1.3 (hosts' TLS stacks vary).
+    pub fn host_acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<TlsAcceptor, TlsError> {
+        let chain = load_certs(cert, "certificate")?;
+        let key_der = load_key(key)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder =
+            ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().map_err(TlsError::Config)?;
+        let builder = match client_ca {
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                for c in load_certs(ca, "client CA certificate")? {
+                    roots.add(c).map_err(|source| TlsError::BadCertificate {
+                        what: "client CA certificate",
+                        path: ca.to_path_buf(),
+                        source,
+                    })?;
+                }
+                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .map_err(|source| TlsError::Verifier { path: ca.to_path_buf(), source })?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let config = builder.with_single_cert(chain, key_der).map_err(|source| match source {
+            rustls::Error::InconsistentKeys(_) | rustls::Error::General(_) => {
+                TlsError::KeyMismatch { cert: cert.to_path_buf(), key: key.to_path_buf(), source }
+            }
+            other => TlsError::Config(other),
+        })?;
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+
     /// The node this link talks to.
     pub fn peer_name(&self) -> &str {
         &self.peer_name
