@@ -91,3 +91,18 @@ fn hosts_reach_both_sites_over_tls_and_plain_or_unknown_hosts_are_refused() {
     assert!(!ok, "a host without a certificate is refused: {text}");
     assert!(s.a.logs().iter().any(|l| l.contains("TLS handshake failed")), "the refusal is logged");
 }
+
+#[test]
+fn with_optional_tls_plain_and_tls_hosts_are_both_served() {
+    require_tool("qemu-io");
+    require_tool("nbdinfo");
+    let s = TwoSites::start(TwoSiteOptions { nbd_tls: Some("optional"), ..Default::default() });
+    let creds = s.dir.path().join("certs/host1");
+    qemu_io(&s.a.uri("vol0"), &["write -P 0x21 0 64k".into()]);
+    let mut args: Vec<String> = qemu_tls(&s.a, &creds).to_vec();
+    args.extend(["-c".into(), "read -P 0x21 0 64k".into()]);
+    let (ok, text) = run("qemu-io", &args);
+    assert!(ok && !text.contains("Pattern verification failed"), "{text}");
+    let (ok, text) = run("nbdinfo", &["--list".into(), format!("nbd://{}", s.b.nbd)]);
+    assert!(ok && text.contains("vol0"), "plain listing allowed: {text}");
+}
