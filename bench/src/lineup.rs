@@ -432,14 +432,7 @@ pub fn describe_machine() -> Machine {
 /// Versions of the tools a line-up with QEMU mirrors needs (failing with
 /// how to install one that is missing), and the geomirror build.
 pub fn tools(geomirror_bin: &Path) -> Result<BTreeMap<&'static str, String>> {
-    let mut tools = BTreeMap::new();
-    tools.insert("fio", procs::tool_version("fio", "install it with `apt-get install -y fio`")?);
-    tools.insert("qemu-nbd", procs::tool_version("qemu-nbd", "install it with `apt-get install -y qemu-utils`")?);
-    tools.insert(
-        "qemu-storage-daemon",
-        procs::tool_version("qemu-storage-daemon", "install it with `apt-get install -y qemu-system-common` (or qemu-storage-daemon)")?,
-    );
-    tools.insert("nbdinfo", procs::tool_version("nbdinfo", "install it with `apt-get install -y libnbd-bin`")?);
+    let mut tools = procs::tool_versions(&["fio", "qemu-nbd", "qemu-storage-daemon", "nbdinfo"])?;
     tools.insert("geomirror", procs::tool_version(&geomirror_bin.display().to_string(), "pass --geomirror PATH")?);
     tools.insert("geomirror build", procs::build_info(geomirror_bin));
     Ok(tools)

@@ -147,6 +147,33 @@ impl Probe {
     }
 }
 
+/// Measures one set of runs (`measure(attempt)`: e.g. one per system,
+/// alternated) and measures it again while any run of it is `disturbed`, at
+/// most `retries` times; returns every run, those of a repeated set passed
+/// through `discard` (marked unused). `why` says on stderr what disturbed.
+pub fn repeat_disturbed<R>(
+    retries: u32,
+    mut measure: impl FnMut(u32) -> anyhow::Result<Vec<R>>,
+    disturbed: impl Fn(&R) -> bool,
+    discard: impl Fn(&mut R),
+    why: &str,
+) -> anyhow::Result<Vec<R>> {
+    let mut runs = Vec::new();
+    for attempt in 0..=retries {
+        let mut set = measure(attempt)?;
+        let retry = set.iter().any(&disturbed) && attempt < retries;
+        if retry {
+            eprintln!("  {why}: discarding this pair and repeating");
+            set.iter_mut().for_each(&discard);
+        }
+        runs.extend(set);
+        if !retry {
+            break;
+        }
+    }
+    Ok(runs)
+}
+
 /// Context switches so far of each process (0 for one that is gone).
 fn switches_of(pids: &[u32]) -> Vec<u64> {
     pids.iter().map(|&p| crate::procs::ProcUsage::sample(p).map_or(0, |u| u.context_switches)).collect()

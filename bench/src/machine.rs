@@ -72,6 +72,29 @@ impl Machine {
     }
 }
 
+/// What a report starts with, on screen ([`ReportHead::print`]) and in its
+/// JSON (flattened into the report).
+#[derive(Clone, Debug, Serialize)]
+pub struct ReportHead {
+    /// The scenario's name.
+    pub benchmark: &'static str,
+    /// This program's command line.
+    pub command: Vec<String>,
+    /// The machine, described at the start.
+    pub machine: Machine,
+    /// /proc/loadavg at the end.
+    pub loadavg_at_end: String,
+    /// Versions of the tools (and the geomirror build).
+    pub tools: std::collections::BTreeMap<&'static str, String>,
+}
+
+impl ReportHead {
+    /// Prints the common header ([`Machine::print_header`]).
+    pub fn print(&self) {
+        self.machine.print_header(self.benchmark, &self.loadavg_at_end, &self.tools, &self.command);
+    }
+}
+
 /// Machine-wide CPU time from the first line of /proc/stat, in seconds
 /// summed over all CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

@@ -49,6 +49,28 @@ pub fn tool_version(program: &str, install_hint: &str) -> Result<String> {
     }
 }
 
+/// The Debian package of each external tool the benchmarks run.
+const PACKAGES: &[(&str, &str)] = &[
+    ("fio", "fio"),
+    ("qemu-nbd", "qemu-utils"),
+    ("qemu-io", "qemu-utils"),
+    ("qemu-storage-daemon", "qemu-system-common` (or `qemu-storage-daemon"),
+    ("nbdinfo", "libnbd-bin"),
+    ("nbdcopy", "libnbd-bin"),
+];
+
+/// [`tool_version`] of each of `programs`, by name; a missing one fails
+/// with the package to install.
+pub fn tool_versions(programs: &[&'static str]) -> Result<std::collections::BTreeMap<&'static str, String>> {
+    programs
+        .iter()
+        .map(|&program| {
+            let package = PACKAGES.iter().find(|(p, _)| *p == program).map_or(program, |(_, package)| package);
+            Ok((program, tool_version(program, &format!("install it with `apt-get install -y {package}`"))?))
+        })
+        .collect()
+}
+
 /// Which build of `binary` is measured: its modification time (UTC) and,
 /// when the binary lies inside a git checkout (`target/release/`), `git
 /// describe --always --dirty` of that checkout (the node may be rebuilt between runs while others work

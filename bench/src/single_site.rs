@@ -286,10 +286,7 @@ pub fn run(args: &Args) -> Result<()> {
     let command: Vec<String> = std::env::args().collect();
     let geomirror_bin = common.geomirror_binary()?;
 
-    let mut tools = BTreeMap::new();
-    tools.insert("fio", procs::tool_version("fio", "install it with `apt-get install -y fio`")?);
-    tools.insert("qemu-nbd", procs::tool_version("qemu-nbd", "install it with `apt-get install -y qemu-utils`")?);
-    tools.insert("nbdinfo", procs::tool_version("nbdinfo", "install it with `apt-get install -y libnbd-bin`")?);
+    let mut tools = procs::tool_versions(&["fio", "qemu-nbd", "nbdinfo"])?;
 
     let dir = common.temp_dir()?;
     let work = dir.path();
@@ -327,7 +324,7 @@ pub fn run(args: &Args) -> Result<()> {
             let job = workload.job(args.runtime);
             // One A B pair; repeated (both systems) when outside load
             // disturbed either run, at most `--retries` times.
-            for attempt in 0..=common.retries {
+            let measure_pair = |attempt| {
                 let mut pair = Vec::new();
                 for system in &mut systems {
                     let (run, server) = measure(system, &job, work)?;
@@ -351,17 +348,10 @@ pub fn run(args: &Args) -> Result<()> {
                     );
                     pair.push(record);
                 }
-                let disturbed = pair.iter().any(RunRecord::disturbed);
-                let retry = disturbed && attempt < common.retries;
-                if retry {
-                    eprintln!("  other load above {OTHER_LOAD_FLAG} CPUs during this pair: discarding it and repeating");
-                    pair.iter_mut().for_each(|r| r.used = false);
-                }
-                runs.extend(pair);
-                if !retry {
-                    break;
-                }
-            }
+                Ok(pair)
+            };
+            let why = format!("other load above {OTHER_LOAD_FLAG} CPUs during this pair");
+            runs.extend(crate::load::repeat_disturbed(common.retries, measure_pair, RunRecord::disturbed, |r| r.used = false, &why)?);
         }
     }
 

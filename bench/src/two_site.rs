@@ -260,9 +260,7 @@ pub fn run(args: &Args) -> Result<()> {
         );
     }
     let geomirror_bin = common.geomirror_binary()?;
-    let mut tools = BTreeMap::new();
-    tools.insert("fio", procs::tool_version("fio", "install it with `apt-get install -y fio`")?);
-    tools.insert("nbdinfo", procs::tool_version("nbdinfo", "install it with `apt-get install -y libnbd-bin`")?);
+    let mut tools = procs::tool_versions(&["fio", "nbdinfo"])?;
     tools.insert("geomirror", procs::tool_version(&geomirror_bin.display().to_string(), "pass --geomirror PATH")?);
     tools.insert("geomirror build", procs::build_info(&geomirror_bin));
 
