@@ -390,8 +390,12 @@ pub fn run(args: &Args) -> Result<()> {
         summary,
     };
     print_report(&report, &comparison, &cost, &series);
+    common.save_json(&report)?;
 
-    common.save_json(&report)
+    // The last phase: copying a sparse volume (BLOCK_STATUS), as
+    // `sparse-copy` runs it alone.
+    println!();
+    crate::sparse_copy::run(&crate::sparse_copy::Args { rounds: args.rounds, common: CommonArgs { json: None, ..common.clone() } })
 }
 
 /// Writes the first `REGION` bytes of `system`'s export once, sequentially.

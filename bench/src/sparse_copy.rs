@@ -25,7 +25,7 @@ use crate::table::{self, Comparison, Format, Row, Series};
 pub struct Args {
     /// Rounds; each copies every export once, systems alternated.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-    rounds: u32,
+    pub(crate) rounds: u32,
     #[command(flatten)]
     pub(crate) common: CommonArgs,
 }
