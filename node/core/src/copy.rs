@@ -159,8 +159,11 @@ impl NodeCore {
             let Some((seq, runs)) = v.claims.next_copy_batch((COPY_BATCH_BYTES_MAX / block).max(1), COPY_BATCH_RUNS_MAX) else { return };
             v.sender.reads_in_flight += 1;
             v.sender.sent_at.push_back((seq, now));
+            let report = v.replication.copy_report();
             let ranges = runs.iter().map(|r| (r.first.0 * block, r.count * block)).collect();
             let (_, place) = self.reserve(Lane::Bulk).expect("a ready session");
+            // Asked durable at once: no Destage needed for it.
+            self.note_copy_report(vi, session, seq, report);
             self.io(vi, IoOp::Read { ranges, for_copy: true }, IoPurpose::CopyRead { volume: vi, session, place, seq, runs });
             if waited_for {
                 // Writes waiting for these blocks can fix their copy position.
@@ -211,6 +214,12 @@ impl NodeCore {
                 self.event(Event::StoreFault { volume: self.volumes[vi].index, doing: "reading blocks for the copy stream", fault });
                 self.volumes[vi].claims.copy_failed(seq, &runs);
                 self.fill(session, Lane::Bulk, place, Vec::new());
+                if self.volumes[vi].replication.peer_need(false).is_some() {
+                    // Hosts wait for copy positions: one that never leaves
+                    // would let a later one stand for it. A new session
+                    // sends everything again from position 1.
+                    self.close_session("a copy could not be read here; the copy stream starts over".into());
+                }
             }
         }
     }
@@ -414,6 +423,11 @@ impl NodeCore {
         let current = self.is_session(session);
         let r = &mut self.volumes[vi].receiver;
         if r.session != Some(session) || !current {
+            // A sync of an older session: the current one's copies applied
+            // meanwhile still need theirs.
+            if r.session.is_some_and(|s| self.is_session(s)) {
+                self.schedule_receiver_sync(vi);
+            }
             return;
         }
         r.durable = r.durable.max(upto);

@@ -6,7 +6,6 @@
 //! changes, until its deadline.
 
 use bytes::{Bytes, BytesMut};
-use geomirror_config::PeerLossPolicy;
 use geomirror_wire::peer::{CopyReport, Extent, Message};
 
 use crate::claims::{PeerAccess, ReadSource, WaitReason, WriteAccess};
@@ -110,6 +109,9 @@ pub(crate) struct HostTask {
     waited: bool,
     /// What it is waiting for, for the error if it waits too long.
     waiting: Option<String>,
+    /// The wake-up time already queued for it (parking again until the
+    /// same time queues nothing more).
+    queued_wakeup: Option<Time>,
     kind: TaskKind,
 }
 
@@ -157,6 +159,7 @@ impl NodeCore {
             patience: self.now + BACKPRESSURE_WAIT_MAX,
             waited: false,
             waiting: None,
+            queued_wakeup: None,
             kind,
         };
         self.tasks.insert(id, task);
@@ -175,8 +178,12 @@ impl NodeCore {
         let task = self.tasks.get_mut(&id).expect("parked task exists");
         task.waiting = Some(why);
         let vi = task.volume.0 as usize;
+        let queued = task.queued_wakeup.is_some_and(|t| t == until && t > self.now);
+        task.queued_wakeup = Some(until);
         self.volumes[vi].parked.insert(id);
-        self.deadlines.push(std::cmp::Reverse((until, id)));
+        if !queued {
+            self.deadlines.push(std::cmp::Reverse((until, id)));
+        }
     }
 
     fn finish(&mut self, id: HostRequestId, result: Result<Option<Bytes>, HostError>) {
@@ -411,7 +418,8 @@ impl NodeCore {
             return;
         }
         let local_done = local_sync.is_none_or(|mark| self.volumes[vi].syncs.done >= mark);
-        let progress = if self.volumes[vi].replication.degraded.is_some() {
+        // Async now (degraded, or switched by an operator): nothing to wait for.
+        let progress = if self.volumes[vi].replication.peer_need(peer.need == CopyReport::Durable).is_none() {
             PeerProgress::Reached
         } else {
             self.advance_peer_wait(vi, &mut peer, Some((offset, length)))
@@ -423,9 +431,13 @@ impl NodeCore {
         }
         let why = match progress {
             PeerProgress::Reached if local_done => {
+                if let Some(target) = peer.target {
+                    self.volumes[vi].replication.note_acked(target);
+                }
                 if !more {
                     let now = self.now;
-                    let durable = (peer.need == CopyReport::Durable).then(|| now.since(started));
+                    let waited = self.volumes[vi].replication.peer_need(false).is_some();
+                    let durable = (waited && peer.need == CopyReport::Durable).then(|| now.since(started));
                     self.volumes[vi].replication.last_ack = Some(AckSplit {
                         local: written.since(started),
                         peer_received: peer.received_at.map(|t| t.since(started)),
@@ -445,8 +457,7 @@ impl NodeCore {
             PeerProgress::Reached => "waiting for the local fdatasync".to_string(),
             PeerProgress::Waiting(why) => why,
             PeerProgress::Lost { link_down } => {
-                if link_down && self.volumes[vi].replication.on_peer_loss == PeerLossPolicy::Degrade {
-                    self.enter_degraded(vi, "the peer is unreachable");
+                if link_down && self.enter_degraded(vi, "the peer is unreachable") {
                     self.run_replicating(id, vi);
                     return;
                 }
@@ -469,8 +480,12 @@ impl NodeCore {
         let TaskKind::Flush(Some(flush)) = &self.tasks[&id].kind else { unreachable!() };
         let local_done = flush.local_sync.is_none_or(|mark| self.volumes[vi].syncs.done >= mark);
         let mut peer = flush.peer.expect("set above");
-        let progress = if self.volumes[vi].replication.degraded.is_some() {
+        let progress = if self.volumes[vi].replication.peer_need(true).is_none() {
             PeerProgress::Reached
+        } else if let Some((session, seq)) = self.volumes[vi].replication.flush_target(self.session.as_ref().map(|s| s.id)) {
+            // Every write acknowledged so far went out by copy `seq`.
+            peer.target.get_or_insert((session, seq));
+            self.advance_peer_wait(vi, &mut peer, None)
         } else {
             self.advance_peer_wait(vi, &mut peer, None)
         };
@@ -484,14 +499,17 @@ impl NodeCore {
         }
         let why = match progress {
             PeerProgress::Reached if local_done => {
+                if peer.target.is_some() && self.volumes[vi].replication.peer_need(true).is_some() {
+                    // The whole backlog before this flush is at the peer.
+                    self.volumes[vi].replication.backlog_unknown = false;
+                }
                 self.finish(id, Ok(None));
                 return;
             }
             PeerProgress::Reached => "waiting for the local fdatasync".to_string(),
             PeerProgress::Waiting(why) => why,
             PeerProgress::Lost { link_down } => {
-                if link_down && self.volumes[vi].replication.on_peer_loss == PeerLossPolicy::Degrade {
-                    self.enter_degraded(vi, "the peer is unreachable");
+                if link_down && self.enter_degraded(vi, "the peer is unreachable") {
                     self.run_sync_flush(id, vi);
                     return;
                 }

@@ -60,6 +60,15 @@ pub(crate) struct Replication {
     pub last_ack: Option<AckSplit>,
     /// How many times the volume degraded.
     pub degradations: u64,
+    /// A ready session is up (set by the core): while degraded, new writes
+    /// wait for the peer again, so that catching up ends.
+    pub link_ready: bool,
+    /// The newest copy position an acknowledged sync write went out in.
+    pub acked_upto: Option<(SessionGen, CopySeq)>,
+    /// Writes may have been acknowledged without going out in a copy of
+    /// the current session (async, degraded, before a restart or a session
+    /// change): a FLUSH then waits for the whole backlog instead.
+    pub backlog_unknown: bool,
 }
 
 /// A degraded spell.
@@ -148,13 +157,34 @@ impl Replication {
             local_sync: GroupSync::default(),
             last_ack: None,
             degradations: 0,
+            link_ready: false,
+            acked_upto: None,
+            backlog_unknown: true,
         }
+    }
+
+    /// An acknowledged sync write went out by copy `target`.
+    pub(crate) fn note_acked(&mut self, target: (SessionGen, CopySeq)) {
+        if self.acked_upto.is_none_or(|(s, seq)| s != target.0 || seq < target.1) {
+            self.acked_upto = Some(target);
+        }
+    }
+
+    /// What a FLUSH of session `current` waits for at the peer, when known
+    /// without scanning the backlog: every write acknowledged so far went
+    /// out by that copy. None: scan (see `backlog_unknown`).
+    pub(crate) fn flush_target(&self, current: Option<SessionGen>) -> Option<(SessionGen, CopySeq)> {
+        if self.backlog_unknown {
+            return None;
+        }
+        let current = current?;
+        Some(self.acked_upto.filter(|(s, _)| *s == current).unwrap_or((current, CopySeq(0))))
     }
 
     /// What a host write (`fua`: or a FLUSH) waits for at the peer now;
     /// None: nothing (`async`, or degraded).
     pub(crate) fn peer_need(&self, fua: bool) -> Option<CopyReport> {
-        if self.degraded.is_some() {
+        if self.degraded.is_some() && !self.link_ready {
             return None;
         }
         match self.mode {
@@ -304,11 +334,16 @@ impl NodeCore {
     }
 
     /// The peer was lost: a sync volume with the `degrade` policy carries
-    /// on as `async` until the peer has caught up.
-    pub(crate) fn enter_degraded(&mut self, vi: usize, reason: &str) {
+    /// on as `async` until the peer has caught up. Returns whether it is
+    /// degraded now.
+    pub(crate) fn enter_degraded(&mut self, vi: usize, reason: &str) -> bool {
         let r = &mut self.volumes[vi].replication;
-        if r.mode == ReplicationMode::Async || r.on_peer_loss != PeerLossPolicy::Degrade || r.degraded.is_some() {
-            return;
+        r.backlog_unknown = true;
+        if r.degraded.is_some() {
+            return true;
+        }
+        if r.mode == ReplicationMode::Async || r.on_peer_loss != PeerLossPolicy::Degrade {
+            return false;
         }
         r.degraded = Some(Degraded { since: self.now, catch_up: PeerWait::new(CopyReport::Durable) });
         r.degradations += 1;
@@ -316,6 +351,7 @@ impl NodeCore {
         let volume = self.volumes[vi].index;
         self.event(Event::Degraded { volume, mode, reason: reason.to_string() });
         self.changed.insert(vi);
+        true
     }
 
     /// A degraded volume returns to its mode once every write acknowledged
@@ -332,6 +368,7 @@ impl NodeCore {
         match progress {
             PeerProgress::Reached => {
                 r.degraded = None;
+                r.backlog_unknown = false;
                 let mode = r.mode;
                 let volume = self.volumes[vi].index;
                 let after = self.now.since(since);
@@ -352,6 +389,7 @@ impl NodeCore {
         let Some(v) = self.volumes.get_mut(vi) else { return Err(ModeRefused::NoVolume(volume.0)) };
         let from = v.replication.mode;
         v.replication.mode = mode;
+        v.replication.backlog_unknown = true;
         if mode == ReplicationMode::Async {
             v.replication.degraded = None;
         }

@@ -216,6 +216,7 @@ impl NodeCore {
         }
         self.event(Event::SessionEnded { session: s.id, reason: reason.clone() });
         for vi in 0..self.volumes.len() {
+            self.volumes[vi].replication.link_ready = false;
             self.enter_degraded(vi, &format!("the peer link went down: {reason}"));
         }
     }
@@ -275,6 +276,9 @@ impl NodeCore {
         }
         let s = self.session.as_mut().expect("checked");
         s.ready = true;
+        for v in &mut self.volumes {
+            v.replication.link_ready = true;
+        }
         let sid = s.id;
         for vi in 0..self.volumes.len() {
             let v = &mut self.volumes[vi];

@@ -1352,7 +1352,10 @@ impl World {
             (OpKind::Write { first, blocks, fua, .. }, Ok(None)) => {
                 // A sync mode acknowledges only what is durable here and
                 // reported by the peer.
-                let sync_ack = self.p.mode != ReplicationMode::Async && !self.nodes[n].degraded;
+                // (Degraded, a node acknowledges as async only while its
+                // session is down: catching up, writes wait for the peer.)
+                let ready = self.nodes[n].core.as_ref().is_some_and(|c| c.is_ready());
+                let sync_ack = self.p.mode != ReplicationMode::Async && (!self.nodes[n].degraded || ready);
                 invariants::claim_before_ack::check_ack(self, n, *first, *blocks, sync_ack)?;
                 self.stats.acks_checked += 1;
                 self.history.complete(op.recorded.as_ref().expect("writes are recorded"), now, None);
