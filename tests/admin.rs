@@ -145,3 +145,22 @@ fn an_admin_token_guards_every_endpoint_and_the_commands_send_it() {
     let log = NodeProcess::start_fails(&path);
     assert!(log.contains("at least 16 characters"), "{log}");
 }
+
+/// A client that opens the admin listener and never finishes its request
+/// is disconnected after the header deadline (5 s), and others are served
+/// meanwhile.
+#[test]
+fn a_silent_admin_client_is_disconnected_and_does_not_block_others() {
+    use std::io::{Read, Write};
+    let n = SingleNode::start("vol0", "16MiB");
+    let started = std::time::Instant::now();
+    let mut silent = std::net::TcpStream::connect(n.node.admin).unwrap();
+    silent.write_all(b"GET /sta").unwrap();
+    assert!(n.node.admin_get("/status").contains("vol0"), "another client is served meanwhile");
+    silent.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    let mut buf = Vec::new();
+    let _ = silent.read_to_end(&mut buf);
+    let waited = started.elapsed();
+    assert!(waited < std::time::Duration::from_secs(10), "disconnected after {waited:?}");
+    assert!(waited >= std::time::Duration::from_secs(4), "not before the deadline: {waited:?}");
+}

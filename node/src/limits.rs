@@ -20,6 +20,18 @@ pub const PEER_SETUPS_PER_SOURCE_MAX: usize = 8;
 /// Incoming peer connections being set up at once, from all sources.
 pub const PEER_SETUPS_MAX: usize = 64;
 const _: () = assert!(NBD_HANDSHAKES_MAX >= NBD_HANDSHAKES_PER_SOURCE_MAX && PEER_SETUPS_MAX >= PEER_SETUPS_PER_SOURCE_MAX);
+/// Admin connections one source address may have open at once; past it a
+/// new one is closed at accept (logged once a second).
+pub const ADMIN_CONNECTIONS_PER_SOURCE_MAX: usize = 16;
+/// Admin connections open at once, from all sources.
+pub const ADMIN_CONNECTIONS_MAX: usize = 64;
+/// A request's headers must arrive within this (a silent or slow client is
+/// disconnected).
+pub const ADMIN_HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Longest life of one admin connection (its requests included: a mode
+/// switch may wait for the peer up to `peer_timeout`).
+pub const ADMIN_CONNECTION_MAX: std::time::Duration = std::time::Duration::from_secs(120);
+const _: () = assert!(ADMIN_CONNECTIONS_MAX >= ADMIN_CONNECTIONS_PER_SOURCE_MAX);
 /// Recent events a node keeps for `GET /events` (each also logged); past
 /// it the oldest go, and a reader that asks from before them is told how
 /// many it missed.

@@ -316,19 +316,71 @@ async fn authorize(
     }
 }
 
-/// Serves the admin API on `listener` until `shutdown`.
+/// Serves the admin API on `listener` until `shutdown`: HTTP/1.1, each
+/// connection admitted per source address, its request headers within
+/// [`ADMIN_HEADER_READ_TIMEOUT`](crate::limits::ADMIN_HEADER_READ_TIMEOUT)
+/// and its whole life within
+/// [`ADMIN_CONNECTION_MAX`](crate::limits::ADMIN_CONNECTION_MAX).
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) -> std::io::Result<()> {
-    let app = Router::new()
+    use crate::limits::{ADMIN_CONNECTION_MAX, ADMIN_CONNECTIONS_MAX, ADMIN_CONNECTIONS_PER_SOURCE_MAX, ADMIN_HEADER_READ_TIMEOUT};
+    let app = router(state);
+    let admission = crate::admission::Admission::new(ADMIN_CONNECTIONS_PER_SOURCE_MAX, ADMIN_CONNECTIONS_MAX);
+    let refusals = crate::admission::RefusalLog::default();
+    loop {
+        let (stream, client) = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let ticket = match admission.admit(client.ip()) {
+            Ok(ticket) => ticket,
+            Err(refused) => {
+                if let Some(count) = refusals.note() {
+                    tracing::warn!(%client, reason = %refused, refused_since_last = count, "admin connection refused at accept");
+                }
+                continue;
+            }
+        };
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        crate::tasks::spawn(async move {
+            let _ticket = ticket;
+            let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(axum::extract::ConnectInfo(client));
+                tower::ServiceExt::oneshot(app.clone(), request)
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(ADMIN_HEADER_READ_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                done = tokio::time::timeout(ADMIN_CONNECTION_MAX, connection) => {
+                    if let Ok(Err(e)) = done {
+                        tracing::debug!(%client, error = %e, "admin connection ended");
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The admin API's routes.
+fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/status", get(status_handler))
         .route("/takeover", get(takeover_get).post(takeover_post))
         .route("/mode", axum::routing::post(mode_post))
         .route("/events", get(events_handler))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
-        .with_state(state);
-    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+        .with_state(state)
 }
 
 async fn metrics_handler(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
