@@ -80,6 +80,16 @@ pub(crate) struct ReadTask {
     pieces: Vec<Piece>,
 }
 
+/// What a request waiting for the peer does next.
+enum Next {
+    /// Acknowledge it.
+    Done,
+    /// Look again (the volume just changed: it degraded).
+    Again,
+    /// Wait, for this reason.
+    Wait(String),
+}
+
 /// A FLUSH of a volume in a sync mode: the local sync it waits for, and
 /// the copy position every write before it went out in.
 #[derive(Debug, Default)]
@@ -429,8 +439,8 @@ impl NodeCore {
         {
             *p = peer;
         }
-        let why = match progress {
-            PeerProgress::Reached if local_done => {
+        match self.next_after_peer(vi, progress, local_done, "the write is done here") {
+            Next::Done => {
                 if let Some(target) = peer.target {
                     self.volumes[vi].replication.note_acked(target);
                 }
@@ -452,19 +462,25 @@ impl NodeCore {
                 let TaskKind::Write(w) = &mut task.kind else { unreachable!() };
                 w.stage = WriteStage::Acquire;
                 self.run_task(id);
-                return;
             }
-            PeerProgress::Reached => "waiting for the local fdatasync".to_string(),
-            PeerProgress::Waiting(why) => why,
-            PeerProgress::Lost { link_down } => {
-                if link_down && self.enter_degraded(vi, "the peer is unreachable") {
-                    self.run_replicating(id, vi);
-                    return;
-                }
-                format!("the write is done here; the peer is unreachable and volume `{}` waits for it", self.volumes[vi].settings.name)
+            Next::Again => self.run_replicating(id, vi),
+            Next::Wait(why) => self.wait_or_fail(id, deadline, why),
+        }
+    }
+
+    /// What a write or flush that waits for the peer (and a local sync)
+    /// does next; with the link down and the `degrade` policy, the volume
+    /// degrades and it looks again.
+    fn next_after_peer(&mut self, vi: usize, progress: PeerProgress, local_done: bool, what: &str) -> Next {
+        match progress {
+            PeerProgress::Reached if local_done => Next::Done,
+            PeerProgress::Reached => Next::Wait("waiting for the local fdatasync".into()),
+            PeerProgress::Waiting(why) => Next::Wait(why),
+            PeerProgress::Lost { link_down } if link_down && self.enter_degraded(vi, "the peer is unreachable") => Next::Again,
+            PeerProgress::Lost { .. } => {
+                Next::Wait(format!("{what}; the peer is unreachable and volume `{}` waits for it", self.volumes[vi].settings.name))
             }
-        };
-        self.wait_or_fail(id, deadline, why);
+        }
     }
 
     /// A FLUSH of a volume in a sync mode: every write before it durable
@@ -482,11 +498,12 @@ impl NodeCore {
         let mut peer = flush.peer.expect("set above");
         let progress = if self.volumes[vi].replication.peer_need(true).is_none() {
             PeerProgress::Reached
-        } else if let Some((session, seq)) = self.volumes[vi].replication.flush_target(self.session.as_ref().map(|s| s.id)) {
-            // Every write acknowledged so far went out by copy `seq`.
-            peer.target.get_or_insert((session, seq));
-            self.advance_peer_wait(vi, &mut peer, None)
         } else {
+            // Every write acknowledged so far went out by this copy (None:
+            // scan the backlog).
+            if let Some(target) = self.volumes[vi].replication.flush_target(self.session.as_ref().map(|s| s.id)) {
+                peer.target.get_or_insert(target);
+            }
             self.advance_peer_wait(vi, &mut peer, None)
         };
         if let Some(TaskKind::Flush(Some(flush))) = self.tasks.get_mut(&id).map(|t| &mut t.kind) {
@@ -497,26 +514,17 @@ impl NodeCore {
             self.finish(id, Err(HostError::NotServing(reason)));
             return;
         }
-        let why = match progress {
-            PeerProgress::Reached if local_done => {
+        match self.next_after_peer(vi, progress, local_done, "the flush needs the peer") {
+            Next::Done => {
                 if peer.target.is_some() && self.volumes[vi].replication.peer_need(true).is_some() {
                     // The whole backlog before this flush is at the peer.
                     self.volumes[vi].replication.backlog_unknown = false;
                 }
                 self.finish(id, Ok(None));
-                return;
             }
-            PeerProgress::Reached => "waiting for the local fdatasync".to_string(),
-            PeerProgress::Waiting(why) => why,
-            PeerProgress::Lost { link_down } => {
-                if link_down && self.enter_degraded(vi, "the peer is unreachable") {
-                    self.run_sync_flush(id, vi);
-                    return;
-                }
-                format!("the flush needs the peer, which is unreachable, and volume `{}` waits for it", self.volumes[vi].settings.name)
-            }
-        };
-        self.wait_or_fail(id, deadline, why);
+            Next::Again => self.run_sync_flush(id, vi),
+            Next::Wait(why) => self.wait_or_fail(id, deadline, why),
+        }
     }
 
     fn run_read(&mut self, id: HostRequestId, vi: usize) {

@@ -500,8 +500,7 @@ impl Engine {
     /// A host read; a read of extents the peer does not own is served
     /// from the store directly.
     pub async fn read(self: &Arc<Self>, volume: VolumeIndex, offset: u64, length: u32) -> Result<Bytes, HostError> {
-        let local = self.core.lock().expect("core lock").read_is_local(volume, offset, length.into());
-        if local {
+        if self.read_is_local(volume, offset, length.into()) {
             let store = &self.volumes[volume.0 as usize].store;
             return crate::store::read(store, offset, length as usize).await.map_err(|e| HostError::Store(fault_of(&e)));
         }
