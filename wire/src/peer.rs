@@ -155,7 +155,7 @@ pub enum CopyReport {
     #[default]
     Lazy,
     /// A host waits until the peer holds it in memory (`sync-memory`):
-    /// reported received as soon as it is applied.
+    /// reported received as soon as it arrives (before it is written).
     Received,
     /// A host waits until it is durable at the peer (`sync`, or a FUA or
     /// FLUSH): applied, fdatasync'ed at once, then reported durable.

@@ -36,6 +36,9 @@ pub struct Owned {
     pub epoch: Epoch,
     /// Host writes admitted and not finished.
     pub writes_in_flight: u32,
+    /// Host writes admitted so far (a write that sent its own buffer to
+    /// the peer learns from it whether another write ran beside it).
+    write_starts: u64,
     /// Last admitted write (or the grant).
     pub last_write: Time,
     /// The peer asked for it: new writes wait until it is handed out.
@@ -57,7 +60,17 @@ pub struct Owned {
 
 impl Owned {
     fn new(epoch: Epoch, now: Time) -> Owned {
-        Owned { epoch, writes_in_flight: 0, last_write: now, handing_out: false, write_mark: 0, writable_at: 0, dirt: None, suspect: false }
+        Owned {
+            epoch,
+            writes_in_flight: 0,
+            write_starts: 0,
+            last_write: now,
+            handing_out: false,
+            write_mark: 0,
+            writable_at: 0,
+            dirt: None,
+            suspect: false,
+        }
     }
 }
 
@@ -873,6 +886,7 @@ impl Claims {
         for i in range {
             if let Some(ExtentState::Owned(o)) = self.extents.get_mut(&Extent(i)) {
                 o.writes_in_flight += 1;
+                o.write_starts += 1;
                 o.last_write = now;
             }
         }
@@ -1757,6 +1771,57 @@ impl Claims {
         self.unreceived_bytes += bytes;
         self.next_seq = CopySeq(seq.0 + 1);
         Some((seq, runs))
+    }
+
+    /// Sends the blocks of an admitted write that is still on its way to
+    /// the store as copy message of their own, with the write's buffer
+    /// (`sync` modes: the copy travels while the store is written). Only
+    /// when the write is alone in its extents (no other write in flight
+    /// there, so the store and the peer end with the same bytes) and they
+    /// are at most `max_runs` extents. Returns the message's position, its
+    /// runs (one per extent) and the extents' write count, which the write
+    /// compares when it is done ([`write_starts`](Self::write_starts)).
+    pub fn direct_copy(&mut self, offset: u64, length: u64, max_runs: usize) -> Option<(CopySeq, Vec<CopyRun>, u64)> {
+        let extents = self.geometry.extents_of(offset, length);
+        if (extents.end() - extents.start() + 1) as usize > max_runs
+            || !extents.clone().all(|i| matches!(self.extents.get(&Extent(i)), Some(ExtentState::Owned(o)) if o.writes_in_flight == 1))
+        {
+            return None;
+        }
+        let seq = self.next_seq;
+        let per = self.geometry.blocks_per_extent();
+        let first = offset / self.geometry.block_bytes;
+        let end = (offset + length).div_ceil(self.geometry.block_bytes);
+        let mut runs = Vec::new();
+        let mut touched = Vec::new();
+        for i in extents {
+            let e = Extent(i);
+            let base = i * per;
+            let (from, to) = (first.max(base), end.min(base + per));
+            let Some(ExtentState::Owned(o)) = self.extents.get_mut(&e) else { unreachable!("checked above") };
+            let dirt = o.dirt.get_or_insert_with(|| Box::new(Dirt::new(per as usize)));
+            let delta = dirt.take_range((from - base) as usize, (to - base) as usize, seq);
+            runs.push(CopyRun { extent: e, epoch: o.epoch, first: BlockIndex(from), count: to - from });
+            touched.push(e);
+            self.apply_delta(delta);
+        }
+        let bytes = (end - first) * self.geometry.block_bytes;
+        self.inflight.push_back(InFlightCopy { seq, extents: touched, bytes });
+        self.unreceived_bytes += bytes;
+        self.next_seq = CopySeq(seq.0 + 1);
+        Some((seq, runs, self.write_starts(offset, length)))
+    }
+
+    /// How many host writes were admitted so far to the extents of
+    /// `offset..offset + length` (while they stay owned).
+    pub fn write_starts(&self, offset: u64, length: u64) -> u64 {
+        self.geometry
+            .extents_of(offset, length)
+            .map(|i| match self.extents.get(&Extent(i)) {
+                Some(ExtentState::Owned(o)) => o.write_starts,
+                _ => 0,
+            })
+            .sum()
     }
 
     /// The peer reports copies up to `received` in its memory (not yet

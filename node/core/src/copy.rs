@@ -6,10 +6,16 @@
 //! at a time, in arrival order, each copy run checked against the extent's
 //! current epoch just before it is written (handover blocks were checked
 //! on arrival); host writes to an extent wait while peer data for it is
-//! being written. Applied copies are reported received when the grouped
-//! fdatasync starts (after `COPY_SYNC_LINGER`), and durable when it ends.
+//! being written; the copies queued behind the first go in the same job.
+//! Copies a host waits for in memory (`sync-memory`) are reported received
+//! at arrival; copies it waits for durably are synced in the same job as
+//! their write when nothing waits behind them, or by the grouped fdatasync
+//! at once; the rest are reported received when the grouped fdatasync
+//! starts (after `COPY_SYNC_LINGER`), and durable when it ends.
 //!
-//! Sending: batches of unsent blocks are read back from the store and sent
+//! Sending: a write of a sync mode sends its own buffer (see
+//! `replication`); otherwise batches of unsent blocks are read back from
+//! the store (or the runtime's memory of recent writes) and sent
 //! in order (each batch reserves its place on the bulk lane), within a
 //! window of bytes not yet received and messages not yet durable.
 
@@ -17,11 +23,12 @@ use bytes::Bytes;
 use geomirror_wire::peer::{BlockIndex, BlockRun, CopyItem, CopyReport, CopySeq, Epoch, Extent, Lane, Message, RequestId};
 
 use crate::claims::CopyRun;
+use crate::host::DirectCopy;
 use crate::ids::SessionGen;
 use crate::io::{Event, IoFault, IoOp, StoreWrite, ZeroMode};
 use crate::limits::{
-    COPY_BATCH_BYTES_MAX, COPY_BATCH_RUNS_MAX, COPY_INFLIGHT_MESSAGES_MAX, COPY_LINGER, COPY_READS_INFLIGHT_MAX, COPY_SYNC_LINGER,
-    COPY_WINDOW_BYTES, HANDOVER_PART_BYTES_MAX,
+    APPLY_JOB_BYTES_MAX, COPY_BATCH_BYTES_MAX, COPY_BATCH_RUNS_MAX, COPY_INFLIGHT_MESSAGES_MAX, COPY_LINGER, COPY_READS_INFLIGHT_MAX,
+    COPY_SYNC_LINGER, COPY_WINDOW_BYTES, HANDOVER_PART_BYTES_MAX,
 };
 use crate::node::{ApplyJob, DurableWaiter, Give, GiveStage, IoPurpose, NodeCore, Serving};
 use crate::outbox::Place;
@@ -172,6 +179,41 @@ impl NodeCore {
         }
     }
 
+    /// Sends the blocks of a sync-mode write as a copy of their own, with
+    /// the write's buffer, while its store write runs (no read back, and
+    /// the local write off the round trip's path). None: they take the
+    /// stream's usual way once written (see `Claims::direct_copy` for when).
+    pub(crate) fn send_direct_copy(&mut self, vi: usize, offset: u64, data: &Bytes, report: CopyReport) -> Option<DirectCopy> {
+        let session = self.session.as_ref().filter(|s| s.ready && s.bulk_up)?.id;
+        let v = &mut self.volumes[vi];
+        let block = v.claims.geometry().block_bytes;
+        let length = data.len() as u64;
+        if v.serving != Serving::Yes
+            || !offset.is_multiple_of(block)
+            || !length.is_multiple_of(block)
+            || length == 0
+            || length > COPY_BATCH_BYTES_MAX
+            || v.claims.copies_in_flight() >= COPY_INFLIGHT_MESSAGES_MAX
+            || v.claims.unreceived_bytes() + length > COPY_WINDOW_BYTES
+        {
+            return None;
+        }
+        let (seq, runs, starts) = v.claims.direct_copy(offset, length, COPY_BATCH_RUNS_MAX)?;
+        v.sender.sent_at.push_back((seq, self.now));
+        let volume = v.index;
+        let items: Vec<CopyItem> = runs
+            .iter()
+            .map(|run| {
+                let at = (run.first.0 * block - offset) as usize;
+                copy_item(run, data.slice(at..at + (run.count * block) as usize), &mut v.counters.copy_sent_bytes)
+            })
+            .collect();
+        self.note_copy_report(vi, session, seq, report);
+        self.send(Lane::Bulk, Message::Copy { seq, volume, items, report });
+        self.changed.insert(vi);
+        Some(DirectCopy { target: (session, seq), starts })
+    }
+
     pub(crate) fn on_copy_read(
         &mut self,
         vi: usize,
@@ -192,19 +234,7 @@ impl NodeCore {
                 let items: Vec<CopyItem> = runs
                     .iter()
                     .zip(buffers)
-                    .map(|(run, data)| {
-                        let zeroes = data.iter().all(|&b| b == 0);
-                        if !zeroes {
-                            self.volumes[vi].counters.copy_sent_bytes += data.len() as u64;
-                        }
-                        CopyItem {
-                            extent: run.extent,
-                            epoch: run.epoch,
-                            first: run.first,
-                            count: u32::try_from(run.count).expect("a run fits the wire's u32 (limits)"),
-                            data: if zeroes { Bytes::new() } else { data },
-                        }
-                    })
+                    .map(|(run, data)| copy_item(run, data, &mut self.volumes[vi].counters.copy_sent_bytes))
                     .collect();
                 let report = self.volumes[vi].replication.copy_report();
                 self.note_copy_report(vi, session, seq, report);
@@ -247,6 +277,23 @@ impl NodeCore {
                     if v.receiver.session != Some(session) || matches!(v.serving, Serving::Stopped(_)) {
                         continue;
                     }
+                    // The copies queued behind it go in the same job (one
+                    // trip to the blocking pool, written in order).
+                    let (mut seq, mut report, mut items) = (seq, report, items);
+                    let mut bytes: u64 = items.iter().map(|i| i.data.len() as u64).sum();
+                    while let Some(ApplyJob::Copy { session: next, items: more, .. }) = v.receiver.queue.front()
+                        && *next == session
+                        && bytes < APPLY_JOB_BYTES_MAX
+                        && !more.iter().any(|i| v.claims.conflicts().contains_key(&i.extent))
+                    {
+                        let Some(ApplyJob::Copy { seq: s, report: r, items: more, .. }) = v.receiver.queue.pop_front() else {
+                            unreachable!("checked")
+                        };
+                        bytes += more.iter().map(|i| i.data.len() as u64).sum::<u64>();
+                        seq = s;
+                        report = report.max(r);
+                        items.extend(more);
+                    }
                     let (accepted, stale): (Vec<CopyItem>, Vec<CopyItem>) =
                         items.into_iter().partition(|i| v.claims.accepts_copy(i.extent, i.epoch));
                     if !stale.is_empty() {
@@ -261,6 +308,7 @@ impl NodeCore {
                     }
                     let block = v.claims.geometry().block_bytes;
                     let mut extents: Vec<Extent> = accepted.iter().map(|i| i.extent).collect();
+                    extents.sort_unstable();
                     extents.dedup();
                     for &e in &extents {
                         v.claims.set_applying(e, true);
@@ -282,8 +330,15 @@ impl NodeCore {
                             }
                         })
                         .collect();
-                    let token =
-                        self.io(vi, IoOp::Write { writes }, IoPurpose::ApplyCopy { volume: vi, session, seq, extents, runs, report });
+                    // The sender waits for these copies to be durable and
+                    // nothing more waits to be applied: the fdatasync runs
+                    // in the same job as the writes.
+                    let sync = report == CopyReport::Durable && !v.receiver.queue.iter().any(|j| matches!(j, ApplyJob::Copy { .. }));
+                    let token = self.io(
+                        vi,
+                        IoOp::Write { writes, sync },
+                        IoPurpose::ApplyCopy { volume: vi, session, seq, extents, runs, report, synced: sync },
+                    );
                     self.volumes[vi].receiver.applying = Some(token);
                 }
                 ApplyJob::Handover { extent, runs, last } => {
@@ -300,7 +355,7 @@ impl NodeCore {
                     let block = v.claims.geometry().block_bytes;
                     v.claims.set_applying(extent, true);
                     let writes = runs.into_iter().map(|r| StoreWrite::Data { offset: r.first.0 * block, data: r.data }).collect();
-                    let token = self.io(vi, IoOp::Write { writes }, IoPurpose::ApplyHandover { volume: vi, extent, last });
+                    let token = self.io(vi, IoOp::Write { writes, sync: false }, IoPurpose::ApplyHandover { volume: vi, extent, last });
                     self.volumes[vi].receiver.applying = Some(token);
                 }
             }
@@ -318,14 +373,26 @@ impl NodeCore {
         }
         r.applied = r.applied.max(seq);
         match report {
-            CopyReport::Lazy => {}
-            CopyReport::Received => {
-                let (received, durable) = (r.applied, r.durable);
-                let volume = self.volumes[vi].index;
-                self.send(Lane::Priority, Message::CopyProgress { volume, received, durable });
-            }
+            // (Received: reported at arrival.)
+            CopyReport::Lazy | CopyReport::Received => {}
             CopyReport::Durable => r.urgent = r.urgent.max(seq),
         }
+        self.schedule_receiver_sync(vi);
+    }
+
+    /// Copies up to `seq` are applied and durable (a copy written and
+    /// synced in one job; the ones before it were applied earlier).
+    fn mark_synced(&mut self, vi: usize, session: SessionGen, seq: CopySeq) {
+        let current = self.is_session(session);
+        let r = &mut self.volumes[vi].receiver;
+        if r.session != Some(session) || !current {
+            return;
+        }
+        r.applied = r.applied.max(seq);
+        r.durable = r.durable.max(seq);
+        let (received, durable) = (r.applied.max(r.arrived), r.durable);
+        let volume = self.volumes[vi].index;
+        self.send(Lane::Priority, Message::CopyProgress { volume, received, durable });
         self.schedule_receiver_sync(vi);
     }
 
@@ -376,6 +443,8 @@ impl NodeCore {
         self.issue_sync(vi, IoPurpose::ReceiverSync { volume: vi, session, upto: received });
     }
 
+    /// A copy was written (`synced`: and made durable, with every copy
+    /// before it, in the same job).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn on_copy_applied(
         &mut self,
@@ -385,6 +454,7 @@ impl NodeCore {
         extents: Vec<Extent>,
         runs: u64,
         report: CopyReport,
+        synced: bool,
         result: Result<(), IoFault>,
     ) {
         let v = &mut self.volumes[vi];
@@ -400,7 +470,24 @@ impl NodeCore {
                 for &e in &extents {
                     self.volumes[vi].last_copy.insert(e, now);
                 }
-                self.mark_applied(vi, session, seq, report);
+                if synced {
+                    self.mark_synced(vi, session, seq);
+                } else {
+                    self.mark_applied(vi, session, seq, report);
+                }
+            }
+            Err(fault) if synced => {
+                // The write or the fdatasync after it failed: as for a
+                // failed sync, what was applied may not be durable.
+                self.event(Event::StoreFault {
+                    volume: self.volumes[vi].index,
+                    doing: "applying a copy from the peer",
+                    fault: fault.clone(),
+                });
+                self.stop_volume(vi, format!("writing and fdatasync of copies from the peer failed ({fault})"));
+                if self.is_session(session) {
+                    self.close_session("a copy from the peer could not be written here".into());
+                }
             }
             Err(fault) => {
                 // Not acknowledged: the peer still tracks these blocks and
@@ -496,6 +583,22 @@ impl NodeCore {
             }
             self.changed.insert(vi);
         }
+    }
+}
+
+/// A run's blocks as a copy item (all-zero blocks travel as no bytes: the
+/// receiver writes zeroes); `sent` counts the bytes that travel.
+fn copy_item(run: &CopyRun, data: Bytes, sent: &mut u64) -> CopyItem {
+    let zeroes = data.iter().all(|&b| b == 0);
+    if !zeroes {
+        *sent += data.len() as u64;
+    }
+    CopyItem {
+        extent: run.extent,
+        epoch: run.epoch,
+        first: run.first,
+        count: u32::try_from(run.count).expect("a run fits the wire's u32 (limits)"),
+        data: if zeroes { Bytes::new() } else { data },
     }
 }
 

@@ -6,10 +6,10 @@
 //! changes, until its deadline.
 
 use bytes::{Bytes, BytesMut};
-use geomirror_wire::peer::{CopyReport, Extent, Message};
+use geomirror_wire::peer::{CopyReport, CopySeq, Extent, Message};
 
 use crate::claims::{PeerAccess, ReadSource, WaitReason, WriteAccess};
-use crate::ids::{HostRequestId, VolumeIndex};
+use crate::ids::{HostRequestId, SessionGen, VolumeIndex};
 use crate::io::{HostError, HostRequest, IoFault, IoOp, StoreWrite, ZeroMode};
 use crate::limits::{BACKPRESSURE_WAIT_MAX, PULL_BYTES_MAX, PULL_RETRY_DELAY, WRITE_GROUP_EXTENTS_MAX};
 use crate::node::{IoPurpose, NodeCore, Serving};
@@ -29,8 +29,9 @@ pub(crate) enum WriteData {
 pub(crate) enum WriteStage {
     /// Acquiring the extents of the group starting at `next_extent`.
     Acquire,
-    /// The group's store write is in flight.
-    Writing { offset: u64, length: u64 },
+    /// The group's store write is in flight (`direct`: its blocks already
+    /// went to the peer with the write's own buffer).
+    Writing { offset: u64, length: u64, direct: Option<DirectCopy> },
     /// The FUA sync is in flight; the last group's range stays a write in
     /// flight (its extents cannot be handed out) until it is acknowledged.
     Syncing { offset: u64, length: u64 },
@@ -38,6 +39,18 @@ pub(crate) enum WriteStage {
     /// stream and its range stays a write in flight until the peer reports
     /// them (and, with `local_sync`, this store synced them).
     Replicating { offset: u64, length: u64, local_sync: Option<u64>, peer: PeerWait, written: Time },
+}
+
+/// The copy message a write of a sync mode sent with its own buffer while
+/// its store write ran.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DirectCopy {
+    /// The copy's session and position.
+    pub target: (SessionGen, CopySeq),
+    /// The write count of its extents just after it started: a different
+    /// count when it is done means another write ran beside it, and the
+    /// store may hold either's bytes.
+    pub starts: u64,
 }
 
 impl WriteStage {
@@ -296,9 +309,18 @@ impl NodeCore {
                         StoreWrite::Zeroes { offset: piece_offset, length, mode: *mode, fast_only: *fast_only }
                     }
                 };
-                w.stage = WriteStage::Writing { offset: piece_offset, length };
                 w.next_extent = end + 1;
-                self.io(vi, IoOp::Write { writes: vec![write] }, IoPurpose::HostWrite { task: id });
+                let fua = w.fua;
+                // A sync mode: the blocks leave now, with this buffer, while
+                // the store is written.
+                let direct = match (&write, self.volumes[vi].replication.peer_need(fua)) {
+                    (StoreWrite::Data { offset, data }, Some(need)) => self.send_direct_copy(vi, *offset, data, need),
+                    _ => None,
+                };
+                let task = self.tasks.get_mut(&id).expect("running task exists");
+                let TaskKind::Write(w) = &mut task.kind else { unreachable!() };
+                w.stage = WriteStage::Writing { offset: piece_offset, length, direct };
+                self.io(vi, IoOp::Write { writes: vec![write], sync: false }, IoPurpose::HostWrite { task: id });
             }
             WriteAccess::Claim(extents) => {
                 self.tasks.get_mut(&id).expect("exists").waited = true;
@@ -355,9 +377,17 @@ impl NodeCore {
         let task = self.tasks.get_mut(&id).expect("write completion for a live task");
         let vi = task.volume.0 as usize;
         let TaskKind::Write(w) = &mut task.kind else { unreachable!() };
-        let WriteStage::Writing { offset, length } = w.stage else { panic!("write completion in stage {:?}", w.stage) };
+        let WriteStage::Writing { offset, length, direct } = w.stage else { panic!("write completion in stage {:?}", w.stage) };
         let last = self.volumes[vi].claims.geometry().extents_of(w.offset, w.length).end().to_owned();
         self.changed.insert(vi);
+        // What the direct copy carried is what the store holds only if the
+        // write succeeded alone in its extents within the session that
+        // carried it; otherwise its blocks go out again, read back.
+        let direct = direct.filter(|d| {
+            result.is_ok()
+                && self.session.as_ref().is_some_and(|s| s.id == d.target.0)
+                && self.volumes[vi].claims.write_starts(offset, length) == d.starts
+        });
         if let Err(fault) = result {
             // The store may hold part of a failed write: its blocks are copied.
             self.volumes[vi].claims.end_write(offset, length, now);
@@ -365,13 +395,17 @@ impl NodeCore {
             return;
         }
         if let Some(need) = self.volumes[vi].replication.peer_need(w.fua) {
-            // A sync mode: the blocks go to the peer now; the write stays
-            // in flight until it reports them.
-            self.volumes[vi].claims.mark_written(offset, length);
+            // A sync mode: the blocks go to the peer now (or went already);
+            // the write stays in flight until it reports them.
+            let mut peer = PeerWait::new(need);
+            match direct {
+                Some(d) => peer.target = Some(d.target),
+                None => self.volumes[vi].claims.mark_written(offset, length),
+            }
             // Durable here too before the acknowledgement, the sync running
             // while the copy travels: a crash of this node alone loses no
             // acknowledged write in either mode.
-            w.stage = WriteStage::Replicating { offset, length, local_sync: None, peer: PeerWait::new(need), written: now };
+            w.stage = WriteStage::Replicating { offset, length, local_sync: None, peer, written: now };
             let mark = self.want_local_sync(vi);
             let task = self.tasks.get_mut(&id).expect("live");
             let TaskKind::Write(WriteTask { stage: WriteStage::Replicating { local_sync, .. }, .. }) = &mut task.kind else {
@@ -380,6 +414,9 @@ impl NodeCore {
             *local_sync = Some(mark);
             self.run_replicating(id, vi);
         } else if w.next_extent <= last {
+            // (A direct copy's blocks are marked again here: the volume
+            // turned async meanwhile, and the store's bytes are the ones
+            // to send.)
             self.volumes[vi].claims.end_write(offset, length, now);
             w.stage = WriteStage::Acquire;
             self.run_task(id);

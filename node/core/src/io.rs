@@ -289,6 +289,9 @@ pub enum IoOp {
     Write {
         /// The writes.
         writes: Vec<StoreWrite>,
+        /// Then make every completed write durable (one fdatasync after
+        /// them, in the same job: no second trip to the blocking pool).
+        sync: bool,
     },
     /// Make every completed write to the store durable (fdatasync).
     Sync,

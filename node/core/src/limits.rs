@@ -44,6 +44,10 @@ pub const COPY_SYNC_LINGER: Duration = Duration::from_millis(50);
 /// Copy messages received and waiting to be applied, per volume; beyond it
 /// the runtime stops reading the bulk lane (back-pressure on the sender).
 pub const APPLY_QUEUE_MAX: usize = 64;
+/// Copy bytes the receiver writes in one job at most: copies queued behind
+/// the first are added while the job holds less (so at most this plus one
+/// copy message).
+pub const APPLY_JOB_BYTES_MAX: u64 = 8 << 20;
 /// Bytes one pull asks for; a longer read of a peer-owned extent is pulled
 /// in pieces of at most this.
 pub const PULL_BYTES_MAX: u64 = DATA_BYTES_MAX as u64;

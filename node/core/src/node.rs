@@ -96,6 +96,12 @@ pub(crate) struct Receiver {
     pub last_seq: geomirror_wire::peer::CopySeq,
     /// Every copy up to here is applied (in our page cache).
     pub applied: geomirror_wire::peer::CopySeq,
+    /// Every copy up to here is in our memory, applied or queued (the
+    /// copies asked to report [`CopyReport::Received`] are reported at
+    /// arrival).
+    ///
+    /// [`CopyReport::Received`]: geomirror_wire::peer::CopyReport::Received
+    pub arrived: geomirror_wire::peer::CopySeq,
     /// Every copy up to here is durable.
     pub durable: geomirror_wire::peer::CopySeq,
     /// When the grouped fdatasync is due.
@@ -232,6 +238,7 @@ pub(crate) enum IoPurpose {
         extents: Vec<Extent>,
         runs: u64,
         report: geomirror_wire::peer::CopyReport,
+        synced: bool,
     },
     ApplyHandover {
         volume: usize,
@@ -919,8 +926,8 @@ impl NodeCore {
             IoPurpose::CopyRead { volume, session, place, seq, runs } => self.on_copy_read(volume, session, place, seq, runs, read(result)),
             IoPurpose::PullRead { volume, session, place, id } => self.on_pull_read(volume, session, place, id, read(result)),
             IoPurpose::GiveRead { volume, extent, runs } => self.on_give_read(volume, extent, runs, read(result)),
-            IoPurpose::ApplyCopy { volume, session, seq, extents, runs, report } => {
-                self.on_copy_applied(volume, session, seq, extents, runs, report, done(result))
+            IoPurpose::ApplyCopy { volume, session, seq, extents, runs, report, synced } => {
+                self.on_copy_applied(volume, session, seq, extents, runs, report, synced, done(result))
             }
             IoPurpose::ApplyHandover { volume, extent, last } => self.on_handover_applied(volume, extent, last, done(result)),
             IoPurpose::ReceiverSync { volume, session, upto } => self.on_receiver_synced(volume, session, upto, done(result)),

@@ -476,7 +476,18 @@ impl NodeCore {
             return;
         }
         let session = self.session.as_ref().expect("frames arrive on a session").id;
-        self.volumes[vi].receiver.queue.push_back(ApplyJob::Copy { session, seq, items, report });
+        let r = &mut self.volumes[vi].receiver;
+        r.queue.push_back(ApplyJob::Copy { session, seq, items, report });
+        r.arrived = seq;
+        if report == geomirror_wire::peer::CopyReport::Received {
+            // A host at the sender waits until we hold it (`sync-memory`):
+            // in our memory now. Should it never be applied here (a crash,
+            // a failed write), the sender still tracks it until durable
+            // and sends it again on the next session.
+            let (received, durable) = (seq, r.durable);
+            let volume = self.volumes[vi].index;
+            self.send(Lane::Priority, Message::CopyProgress { volume, received, durable });
+        }
         self.changed.insert(vi);
     }
 }

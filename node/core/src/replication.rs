@@ -2,8 +2,8 @@
 //! of a volume is acknowledged.
 //!
 //! - `async`: once written here; the copy stream follows.
-//! - `sync-memory`: once durable here and applied at the peer (in its page
-//!   cache, not yet durable there), as DRBD's protocol B. A FUA write or a
+//! - `sync-memory`: once durable here and received by the peer (in its
+//!   memory, not yet durable there), as DRBD's protocol B. A FUA write or a
 //!   FLUSH also waits until the writes before it are durable at the peer.
 //! - `sync`: once durable at both sites (DRBD's protocol C).
 //!
@@ -18,12 +18,17 @@
 //! nothing while either disk survives.
 //!
 //! Ownership works as in `async` (a write still claims or hands over), and
-//! the copy stream carries the write itself: once written here its blocks
-//! join the stream at once, without a linger, in a copy that asks the peer
-//! to report it as soon as it is applied (or made durable). A waiting write
-//! stays a write in flight (its extents are neither handed out nor
-//! released) and is acknowledged when the peer reports a copy position at
-//! or past the one its blocks went out in.
+//! the copy stream carries the write itself: its blocks leave with the
+//! host's own buffer while the store is written (a copy of their own, no
+//! read back, the local write off the round trip's path), in a copy that
+//! asks the peer to report it as soon as it arrives (or once it is written
+//! and synced, in the same job). Only a write alone in its extents sends
+//! its buffer: with another write to them in flight the store may end with
+//! either's bytes, so such a write (and one that finds another started
+//! beside it when it is done) sends its blocks once written, read back from
+//! the store. A waiting write stays a write in flight (its extents are
+//! neither handed out nor released) and is acknowledged when the peer
+//! reports a copy position at or past the one its blocks went out in.
 //!
 //! While the peer is unreachable a sync volume follows `on_peer_loss`:
 //! `suspend` (writes wait up to `peer_timeout`, then fail) or `degrade`

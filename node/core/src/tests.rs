@@ -772,30 +772,38 @@ fn with_degrade_a_waiting_write_is_acknowledged_when_the_link_goes_down_and_the_
 }
 
 #[test]
-fn a_copy_that_asks_for_durability_is_synced_at_once_and_one_for_memory_is_reported_at_apply() {
+fn a_copy_that_asks_for_durability_is_synced_with_its_write_and_one_for_memory_is_reported_at_arrival() {
     for report in [CopyReport::Received, CopyReport::Durable] {
         let mut b = accepter_that_granted_extent_1();
         let Message::Copy { seq, volume, items, .. } = copy_of_block_4() else { unreachable!() };
         b.handle(t(2), Input::Frame { session: S, lane: Lane::Bulk, message: Message::Copy { seq, volume, items, report } });
-        let write = io_token(&drain(&mut b), |op| matches!(op, IoOp::Write { .. }));
+        let arrived = drain(&mut b);
+        let progress_at = |out: &[Output]| -> Vec<(CopySeq, CopySeq)> {
+            sends(out)
+                .into_iter()
+                .filter_map(|m| match m {
+                    Message::CopyProgress { received, durable, .. } => Some((*received, *durable)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let write = io_token(&arrived, |op| matches!(op, IoOp::Write { .. }));
         b.handle(t(2), Input::IoDone { token: write, result: Ok(IoOutcome::Done) });
         let out = drain(&mut b);
-        let progress: Vec<&Message> = sends(&out).into_iter().filter(|m| matches!(m, Message::CopyProgress { .. })).collect();
         let synced = out.iter().any(|o| matches!(o, Output::Io { op: IoOp::Sync, .. }));
         match report {
             CopyReport::Received => {
-                assert!(
-                    matches!(progress.as_slice(), [Message::CopyProgress { received: CopySeq(1), durable: CopySeq(0), .. }]),
-                    "{out:?}"
-                );
+                // In our memory at arrival: reported before it is written.
+                assert_eq!(progress_at(&arrived), vec![(CopySeq(1), CopySeq(0))], "{arrived:?}");
+                assert!(progress_at(&out).is_empty(), "reported once: {out:?}");
                 assert!(!synced, "the sync keeps its linger");
             }
             _ => {
-                assert!(synced, "synced without the linger: {out:?}");
-                let sync = io_token(&out, |op| matches!(op, IoOp::Sync));
-                b.handle(t(3), Input::IoDone { token: sync, result: Ok(IoOutcome::Done) });
-                let out = drain(&mut b);
-                assert!(sends(&out).iter().any(|m| matches!(m, Message::CopyProgress { durable: CopySeq(1), .. })), "{out:?}");
+                assert!(progress_at(&arrived).is_empty(), "a durable report waits for the sync: {arrived:?}");
+                // Nothing queued behind it: written and synced in one job.
+                assert!(arrived.iter().any(|o| matches!(o, Output::Io { op: IoOp::Write { sync: true, .. }, .. })), "{arrived:?}");
+                assert!(!synced, "no second sync: {out:?}");
+                assert_eq!(progress_at(&out), vec![(CopySeq(1), CopySeq(1))], "{out:?}");
             }
         }
     }
@@ -831,4 +839,111 @@ fn a_degraded_volume_returns_to_its_mode_once_the_peer_has_every_degraded_write(
     assert!(out.iter().any(|o| matches!(o, Output::Event(crate::io::Event::CaughtUp { .. }))), "{out:?}");
     assert!(b.status().volumes[0].replication.degraded_for.is_none());
     assert!(b.try_write(t(32), V, EXTENT, BLOCK).is_none(), "writes wait for the peer again");
+}
+
+/// A copy message's position and its runs (first block, count, bytes).
+type SentCopy = (CopySeq, Vec<(BlockIndex, u32, Bytes)>);
+
+fn copies(out: &[Output]) -> Vec<SentCopy> {
+    sends(out)
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::Copy { seq, items, .. } => Some((*seq, items.iter().map(|i| (i.first, i.count, i.data.clone())).collect())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn reads_back(out: &[Output]) -> bool {
+    out.iter().any(|o| matches!(o, Output::Io { op: IoOp::Read { for_copy: true, .. }, .. }))
+}
+
+#[test]
+fn a_sync_write_sends_its_own_buffer_while_its_store_write_runs() {
+    for mode in [ReplicationMode::SyncMemory, ReplicationMode::Sync] {
+        let mut b = writer_owning_extent_1(mode, PeerLossPolicy::Suspend);
+        let out = write_block_4(&mut b, 2, t(10), false);
+        // The copy leaves with the store write, carrying the host's bytes;
+        // nothing is read back.
+        let sent = copies(&out);
+        let [(seq, items)] = sent.as_slice() else { panic!("one copy with the write: {out:?}") };
+        assert_eq!(items.as_slice(), &[(BlockIndex(EXTENT / BLOCK), 1, Bytes::from(vec![7u8; BLOCK as usize]))]);
+        assert!(!reads_back(&out));
+        let write = io_token(&out, |op| matches!(op, IoOp::Write { .. }));
+        // The peer has it (even durably) before the store write is done:
+        // not acknowledged yet.
+        let progress = Message::CopyProgress { volume: V, received: *seq, durable: *seq };
+        b.handle(t(11), Input::Frame { session: S, lane: Lane::Priority, message: progress });
+        assert!(replies(&drain(&mut b)).is_empty(), "{mode:?}: acknowledged before it was written here");
+        b.handle(t(12), Input::IoDone { token: write, result: Ok(IoOutcome::Done) });
+        let out = drain(&mut b);
+        assert!(copies(&out).is_empty() && !reads_back(&out), "{mode:?}: sent twice: {out:?}");
+        assert!(replies(&out).is_empty(), "{mode:?}: acknowledged before the local fdatasync");
+        let out = run_io_except(&mut b, t(13), out, |_| false);
+        assert_eq!(replies(&out), vec![(HostRequestId(2), true)], "{mode:?}");
+        assert_eq!(b.status().volumes[0].replication.waiting_for_peer, 0);
+    }
+}
+
+#[test]
+fn a_sync_write_with_another_beside_it_in_its_extent_is_sent_again_from_the_store() {
+    let mut b = writer_owning_extent_1(ReplicationMode::Sync, PeerLossPolicy::Suspend);
+    let first = write_block_4(&mut b, 2, t(10), false);
+    let [(s1, _)] = copies(&first).as_slice().to_owned()[..] else { panic!("the first write's own copy: {first:?}") };
+    // A second write in the same extent while the first is in flight: the
+    // store may end with either's bytes, so it sends none of its own...
+    let data = Bytes::from(vec![8u8; BLOCK as usize]);
+    b.handle(
+        t(10),
+        Input::Host { id: HostRequestId(3), volume: V, request: HostRequest::Write { offset: EXTENT + BLOCK, data, fua: false } },
+    );
+    let second = drain(&mut b);
+    assert!(copies(&second).is_empty(), "{second:?}");
+    // ... and the first, done after the second started, goes out again
+    // read back from the store, in a later copy it then waits for.
+    let w1 = io_token(&first, |op| matches!(op, IoOp::Write { .. }));
+    b.handle(t(11), Input::IoDone { token: w1, result: Ok(IoOutcome::Done) });
+    let out = drain(&mut b);
+    assert!(reads_back(&out), "{out:?}");
+    let out = run_io_except(&mut b, t(11), out, |op| matches!(op, IoOp::Write { .. }));
+    let again = copies(&out);
+    let (s2, items) = again.iter().find(|(_, items)| items.iter().any(|i| i.0 == BlockIndex(EXTENT / BLOCK))).expect("sent again");
+    assert!(*s2 > s1);
+    assert!(items[0].2.is_empty(), "read back from the store (zeroes here), not the buffer sent before");
+    let progress = Message::CopyProgress { volume: V, received: s1, durable: s1 };
+    b.handle(t(12), Input::Frame { session: S, lane: Lane::Priority, message: progress });
+    assert!(replies(&drain(&mut b)).is_empty(), "its first copy may not be what the store holds");
+    let progress = Message::CopyProgress { volume: V, received: *s2, durable: *s2 };
+    b.handle(t(13), Input::Frame { session: S, lane: Lane::Priority, message: progress });
+    assert_eq!(replies(&drain(&mut b)), vec![(HostRequestId(2), true)]);
+}
+
+#[test]
+fn copies_queued_behind_an_apply_are_written_in_one_job_and_the_last_durable_one_syncs_it() {
+    let mut b = accepter_that_granted_extent_1();
+    let copy = |seq: u64, block: u64, report: CopyReport| {
+        let item = CopyItem {
+            extent: Extent(1),
+            epoch: Epoch(1),
+            first: BlockIndex(block),
+            count: 1,
+            data: Bytes::from(vec![seq as u8; BLOCK as usize]),
+        };
+        Message::Copy { seq: CopySeq(seq), volume: V, items: vec![item], report }
+    };
+    b.handle(t(2), Input::Frame { session: S, lane: Lane::Bulk, message: copy(1, 4, CopyReport::Lazy) });
+    let first = io_token(&drain(&mut b), |op| matches!(op, IoOp::Write { writes, sync: false } if writes.len() == 1));
+    b.handle(t(2), Input::Frame { session: S, lane: Lane::Bulk, message: copy(2, 5, CopyReport::Received) });
+    b.handle(t(2), Input::Frame { session: S, lane: Lane::Bulk, message: copy(3, 4, CopyReport::Durable) });
+    assert!(!drain(&mut b).iter().any(|o| matches!(o, Output::Io { .. })), "one apply at a time");
+    b.handle(t(3), Input::IoDone { token: first, result: Ok(IoOutcome::Done) });
+    let out = drain(&mut b);
+    let jobs: Vec<&IoOp> = out.iter().filter_map(|o| if let Output::Io { op, .. } = o { Some(op) } else { None }).collect();
+    let [IoOp::Write { writes, sync: true }] = jobs.as_slice() else { panic!("one job for both, synced: {out:?}") };
+    let offsets: Vec<u64> = writes.iter().map(|w| w.range().0).collect();
+    assert_eq!(offsets, vec![5 * BLOCK, 4 * BLOCK], "in arrival order");
+    let token = io_token(&out, |op| matches!(op, IoOp::Write { .. }));
+    b.handle(t(4), Input::IoDone { token, result: Ok(IoOutcome::Done) });
+    let out = drain(&mut b);
+    assert!(sends(&out).iter().any(|m| matches!(m, Message::CopyProgress { received: CopySeq(3), durable: CopySeq(3), .. })), "{out:?}");
 }

@@ -119,6 +119,28 @@ impl Dirt {
         (runs, delta)
     }
 
+    /// Blocks `first..end` go out now in copy message `seq` with data that
+    /// is not read back from the store (a write of a sync mode sends its
+    /// own buffer): they are in flight, and no longer unsent (that data
+    /// replaces any earlier write of theirs still waiting to be sent).
+    pub fn take_range(&mut self, first: usize, end: usize, seq: CopySeq) -> CountDelta {
+        let mut delta = CountDelta::default();
+        for b in first..end {
+            let was_unsent = self.unsent.contains(b);
+            let was_inflight = self.inflight.put(b);
+            if was_unsent {
+                self.unsent.set(b, false);
+                delta.unsent -= 1;
+            } else if !was_inflight {
+                delta.not_durable += 1;
+            }
+        }
+        if first < end {
+            self.last_seq = seq;
+        }
+        delta
+    }
+
     /// The peer reports copies up to `durable` durable: if that covers the
     /// newest message carrying this extent, nothing of it is in flight.
     pub fn on_durable(&mut self, durable: CopySeq) -> CountDelta {
@@ -177,6 +199,21 @@ mod tests {
         assert_eq!(d.on_durable(CopySeq(1)), CountDelta::default(), "message 2 still carries blocks of the extent");
         assert_eq!(d.not_durable_count(), 2);
         assert_eq!(d.on_durable(CopySeq(2)), CountDelta { unsent: 0, not_durable: -2 });
+        assert!(d.is_clean());
+    }
+
+    #[test]
+    fn a_range_sent_with_its_own_data_replaces_what_waited_to_be_sent() {
+        let mut d = Dirt::new(8);
+        d.mark(0, 2);
+        d.take_runs(8, 8, CopySeq(1));
+        d.mark(3, 4);
+        // Blocks 1 (in flight), 2 (clean), 3 (unsent) go out in copy 2.
+        assert_eq!(d.take_range(1, 4, CopySeq(2)), CountDelta { unsent: -1, not_durable: 1 });
+        assert!(!d.has_unsent());
+        assert_eq!(d.not_durable_count(), 4);
+        assert_eq!(d.on_durable(CopySeq(1)), CountDelta::default(), "copy 2 still carries blocks of the extent");
+        assert_eq!(d.on_durable(CopySeq(2)), CountDelta { unsent: 0, not_durable: -4 });
         assert!(d.is_clean());
     }
 

@@ -673,7 +673,7 @@ fn run_io(
             .collect::<Result<Vec<Bytes>, StoreError>>()
             .map(IoOutcome::Read)
             .map_err(|e| fault_of(&e)),
-        IoOp::Write { writes } => {
+        IoOp::Write { writes, sync } => {
             for w in writes {
                 // Not kept (these are the core's writes: peer data, slow
                 // host writes), but they make what is kept of their blocks
@@ -686,6 +686,10 @@ fn run_io(
                     StoreWrite::Zeroes { offset, length, mode, fast_only } => store.write_zeroes(offset, length, mode, fast_only),
                 };
                 result.map_err(|e| fault_of(&e))?;
+            }
+            if sync {
+                kept.metrics.store_syncs.increment(1);
+                store.sync().map_err(|e| fault_of(&e))?;
             }
             Ok(IoOutcome::Done)
         }

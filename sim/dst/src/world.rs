@@ -393,6 +393,7 @@ impl World {
 
     fn io_latency(&mut self, op: &IoOp) -> u64 {
         match op {
+            IoOp::Write { sync: true, .. } => self.rng.random_range(5_000..200_000) + self.rng.random_range(100_000..2_000_000),
             IoOp::Read { .. } | IoOp::Write { .. } => self.rng.random_range(5_000..200_000),
             IoOp::Sync => self.rng.random_range(100_000..2_000_000),
             IoOp::Persist { .. } | IoOp::SaveConflicts { .. } => self.rng.random_range(200_000..3_000_000),
@@ -956,7 +957,7 @@ impl World {
                 }
                 Ok(IoOutcome::Read(ranges.iter().map(|&(o, l)| self.nodes[n].disk.read(o, l)).collect()))
             }
-            IoOp::Write { writes } => {
+            IoOp::Write { writes, sync } => {
                 if faults && !writes.is_empty() && self.rng.random_bool(self.p.io_fault) {
                     self.stats.io_faults += 1;
                     // Part of the writes may have reached the page cache.
@@ -968,6 +969,15 @@ impl World {
                 }
                 for w in writes {
                     self.nodes[n].disk.write(w, None);
+                }
+                if *sync {
+                    if faults && self.rng.random_bool(self.p.io_fault) {
+                        self.stats.io_faults += 1;
+                        return Err(fault("injected fdatasync failure after a write"));
+                    }
+                    // One fdatasync after the writes: everything written so far.
+                    let written = self.nodes[n].disk.volatile.clone();
+                    self.nodes[n].disk.sync(&written);
                 }
                 Ok(IoOutcome::Done)
             }
