@@ -82,6 +82,11 @@ pub const PRIORITY_LANE_QUEUE_MESSAGES: usize = geomirror_core::limits::REQUESTS
 /// connection's send buffer): what is queued goes out together, up to this;
 /// one larger frame goes out alone.
 pub const LANE_WRITE_BATCH_BYTES: usize = 1 << 20;
+/// Bytes a lane's writer encrypts and writes before it lets the other tasks
+/// of its thread run (host requests): a batch of copies is up to a
+/// megabyte, whose TLS encryption and loopback delivery would otherwise
+/// hold the thread for hundreds of microseconds at once.
+pub const LANE_WRITE_SLICE_BYTES: usize = 64 << 10;
 /// Messages queued for the bulk lane's writer; as above. The copy stream
 /// keeps at most `COPY_INFLIGHT_MESSAGES_MAX` copies unacknowledged.
 pub const BULK_LANE_QUEUE_MESSAGES: usize =

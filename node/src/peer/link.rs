@@ -28,7 +28,8 @@ use super::codec::{codec, encode_frame};
 use super::tls::PeerTls;
 use crate::engine::{Engine, SessionIo};
 use crate::limits::{
-    BULK_LANE_QUEUE_MESSAGES, LANE_WRITE_BATCH_BYTES, PEER_BACKOFF_MAX, PEER_CONNECT_TIMEOUT, PRIORITY_LANE_QUEUE_MESSAGES,
+    BULK_LANE_QUEUE_MESSAGES, LANE_WRITE_BATCH_BYTES, LANE_WRITE_SLICE_BYTES, PEER_BACKOFF_MAX, PEER_CONNECT_TIMEOUT,
+    PRIORITY_LANE_QUEUE_MESSAGES,
 };
 
 /// Settings of the link, from `[peer]`.
@@ -414,17 +415,27 @@ async fn write_batches<W: AsyncWrite + Unpin>(
                 next = outgoing.try_recv().ok();
             }
         }
-        let written = match writer.write_all(&out).await {
-            Ok(()) => writer.flush().await,
-            Err(e) => Err(e),
-        };
-        written.map_err(|e| format!("{lane:?} lane write failed: {e}"))?;
+        write_in_slices(writer, &out).await.map_err(|e| format!("{lane:?} lane write failed: {e}"))?;
         out.clear();
         if out.capacity() > 2 * LANE_WRITE_BATCH_BYTES {
             // One large frame grew it: do not keep that much per lane.
             out = BytesMut::with_capacity(LANE_WRITE_BATCH_BYTES);
         }
     }
+}
+
+/// Writes `bytes` and flushes, [`LANE_WRITE_SLICE_BYTES`] at a time, letting
+/// the thread's other tasks run between slices.
+async fn write_in_slices<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    let mut slices = bytes.chunks(LANE_WRITE_SLICE_BYTES).peekable();
+    while let Some(slice) = slices.next() {
+        writer.write_all(slice).await?;
+        writer.flush().await?;
+        if slices.peek().is_some() {
+            tokio::task::yield_now().await;
+        }
+    }
+    Ok(())
 }
 
 /// What a session's tasks share: the token that ends it and the first reason.
@@ -497,5 +508,24 @@ mod tests {
         let raw = "Priority connection error: peer closed connection without sending TLS close_notify: https://docs.rs/rustls/latest/rustls/manual/_03_howto/index.html#unexpected-eof";
         assert_eq!(super::plain_reason(raw), "Priority connection error: the peer closed the connection");
         assert_eq!(super::plain_reason("heartbeat timeout"), "heartbeat timeout");
+    }
+
+    /// A batch larger than a slice arrives whole and in order, and another
+    /// task of the same (single) thread runs while it is being written.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_large_batch_is_written_in_slices_that_let_other_tasks_run() {
+        use tokio::io::AsyncReadExt;
+        let batch: Vec<u8> = (0..3 * super::LANE_WRITE_SLICE_BYTES + 123).map(|i| (i % 251) as u8).collect();
+        let (mut tx, mut rx) = tokio::io::duplex(batch.len() * 2);
+        let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = ran.clone();
+        let other = tokio::spawn(async move { flag.store(true, std::sync::atomic::Ordering::SeqCst) });
+        super::write_in_slices(&mut tx, &batch).await.unwrap();
+        assert!(ran.load(std::sync::atomic::Ordering::SeqCst), "the other task waited for the whole batch");
+        drop(tx);
+        let mut got = Vec::new();
+        rx.read_to_end(&mut got).await.unwrap();
+        assert!(got == batch, "bytes lost or reordered");
+        other.await.unwrap();
     }
 }
