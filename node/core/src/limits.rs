@@ -32,13 +32,13 @@ pub const COPY_INFLIGHT_MESSAGES_MAX: usize = 1024;
 pub const COPY_READS_INFLIGHT_MAX: usize = 4;
 /// How long the copy stream waits, when it wakes for a trickle of writes,
 /// to gather more into one message (the peer lags by this much more).
-/// Measured (site A and fio pinned to one CPU, 4 KiB random writes at QD1,
-/// ~15k/s): the host's p99 latency was 257–297 µs at 5 ms, 157 µs at 1 ms
-/// and 138–144 µs at 0.5 ms (qemu-nbd alone: 91–107 µs), IOPS unchanged:
-/// each batch's read, encryption and send hold the CPU the host shares,
-/// and a shorter linger makes each batch small. Rewrites of a block within
-/// the linger are sent once; fewer are combined at a shorter linger.
-pub const COPY_LINGER: Duration = Duration::from_micros(500);
+/// Measured against 0.5 ms (site A and fio pinned to one CPU, 20 ms RTT,
+/// side by side with qemu-nbd): 0.5 ms cut site A's QD1 p99 from 2.1-2.7x
+/// qemu-nbd's to 1.54x, but cost CPU per write (QD32: 1.37x qemu-nbd's
+/// against 1.13-1.19x) and throughput (QD32 0.77x against 0.88-0.98x, QD1
+/// 0.84x against 0.96-0.98x): small batches pay the per-message work (a
+/// copy read, a frame, a TLS record, the peer's apply) more often.
+pub const COPY_LINGER: Duration = Duration::from_millis(5);
 /// How long the receiver waits after applying a copy before its fdatasync,
 /// so that one fdatasync covers the copies of that window. The copies are
 /// in the receiver's page cache meanwhile (reported received): only a
