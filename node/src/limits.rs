@@ -95,3 +95,5 @@ pub const BULK_LANE_QUEUE_MESSAGES: usize =
 const _: () = assert!(PRIORITY_LANE_QUEUE_MESSAGES > geomirror_core::limits::REQUESTS_INFLIGHT_MAX, "our own requests always fit the lane");
 const _: () =
     assert!(BULK_LANE_QUEUE_MESSAGES > geomirror_core::limits::COPY_INFLIGHT_MESSAGES_MAX, "the copy window always fits the bulk lane");
+const _: () =
+    assert!(LANE_WRITE_SLICE_BYTES > 0 && LANE_WRITE_SLICE_BYTES <= LANE_WRITE_BATCH_BYTES, "a lane writer's slice is a part of its batch");

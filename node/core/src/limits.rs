@@ -122,3 +122,4 @@ const _: () = assert!(EXTENT_BYTES_MAX / BLOCK_BYTES_MAX <= u32::MAX as u64, "a 
 const _: () = assert!(VOLUMES_MAX <= u16::MAX as usize + 1, "volume indexes fit the wire's u16");
 const _: () = assert!(DIGEST_BLOCKS_MAX * 5 + 64 <= FRAME_BYTES_MAX, "one chunk of checksums fits a frame");
 const _: () = assert!(RESYNC_RUNS_MAX * 20 + 64 <= FRAME_BYTES_MAX, "a ResyncNeed of the most runs fits a frame");
+const _: () = assert!(APPLY_JOB_BYTES_MAX >= COPY_BATCH_BYTES_MAX, "an apply job holds a full copy batch before merging more");
