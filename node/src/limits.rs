@@ -87,6 +87,10 @@ pub const LANE_WRITE_BATCH_BYTES: usize = 1 << 20;
 /// megabyte, whose TLS encryption and loopback delivery would otherwise
 /// hold the thread for hundreds of microseconds at once.
 pub const LANE_WRITE_SLICE_BYTES: usize = 64 << 10;
+/// Largest host write that is copied into the page cache on the runtime's
+/// own thread instead of the blocking pool (two thread switches less per
+/// write; a larger copy would hold the thread too long).
+pub const INLINE_WRITE_BYTES_MAX: usize = 64 << 10;
 /// Messages queued for the bulk lane's writer; as above. The copy stream
 /// keeps at most `COPY_INFLIGHT_MESSAGES_MAX` copies unacknowledged.
 pub const BULK_LANE_QUEUE_MESSAGES: usize =

@@ -40,7 +40,6 @@ use self::conflict_file::ConflictFile;
 use self::recent::RecentWrites;
 use crate::metrics::ReplicationMetrics;
 use crate::store::{BlockStore, StoreError};
-use crate::tasks::blocking;
 
 /// The channels of one session's lanes, as the core's sends need them.
 pub struct SessionIo {
@@ -479,11 +478,11 @@ impl Engine {
     pub async fn write(self: &Arc<Self>, volume: VolumeIndex, offset: u64, data: Bytes, fua: bool) -> Result<(), HostError> {
         let length = data.len() as u64;
         if !fua && let Some(ticket) = self.with_core(|core, now| core.try_write(now, volume, offset, length)) {
-            let store = self.volumes[volume.0 as usize].store.clone();
+            let store = &self.volumes[volume.0 as usize].store;
             // Kept in memory for the copy stream once written (before the
             // core learns of the write and queues its blocks).
             let writing = self.recent[volume.0 as usize].begin(offset, length);
-            let result = blocking(move || store.write_at(&data, offset).map(|()| data)).await;
+            let result = crate::store::write(store, offset, data).await;
             writing.end(result.as_ref().ok());
             self.with_core(|core, now| core.finish_write(now, ticket));
             return result.map(|_| ()).map_err(|e| HostError::Store(fault_of(&e)));

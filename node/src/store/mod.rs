@@ -56,6 +56,21 @@ pub async fn read(store: &Arc<dyn BlockStore>, offset: u64, length: usize) -> Re
     crate::tasks::blocking(move || store.read_bytes(offset, length)).await
 }
 
+/// Writes `data` at `offset` of `store` for an async caller: a write of at
+/// most [`INLINE_WRITE_BYTES_MAX`] on the calling thread (a page-cache copy;
+/// this kernel's ext4 refuses `RWF_NOWAIT` for buffered writes, so there is
+/// no non-blocking attempt to make), a larger one on the blocking pool.
+/// Returns the buffer.
+///
+/// [`INLINE_WRITE_BYTES_MAX`]: crate::limits::INLINE_WRITE_BYTES_MAX
+pub async fn write(store: &Arc<dyn BlockStore>, offset: u64, data: Bytes) -> Result<Bytes, StoreError> {
+    if data.len() <= crate::limits::INLINE_WRITE_BYTES_MAX {
+        return store.write_at(&data, offset).map(|()| data);
+    }
+    let store = store.clone();
+    crate::tasks::blocking(move || store.write_at(&data, offset).map(|()| data)).await
+}
+
 /// Positioned, synchronous block I/O over one volume.
 pub trait BlockStore: Send + Sync + 'static {
     /// Volume size in bytes.

@@ -230,11 +230,14 @@ impl Volume {
         let len = data.len() as u64;
         match &self.engine {
             Some((engine, index)) => engine.write(*index, offset, data, fua).await?,
+            None if !fua => {
+                crate::store::write(&self.store, offset, data).await?;
+            }
             None => {
                 let store = self.store.clone();
                 blocking(move || {
                     store.write_at(&data, offset)?;
-                    if fua { store.sync() } else { Ok(()) }
+                    store.sync()
                 })
                 .await?
             }
