@@ -36,9 +36,10 @@ pub struct Owned {
     pub epoch: Epoch,
     /// Host writes admitted and not finished.
     pub writes_in_flight: u32,
-    /// Host writes admitted so far (a write that sent its own buffer to
-    /// the peer learns from it whether another write ran beside it).
-    write_starts: u64,
+    /// Host writes admitted and block ranges marked for the copy stream so
+    /// far (a write that sent its own buffer to the peer learns from it
+    /// whether anything else wrote or queued its blocks meanwhile).
+    changes: u64,
     /// Last admitted write (or the grant).
     pub last_write: Time,
     /// The peer asked for it: new writes wait until it is handed out.
@@ -63,7 +64,7 @@ impl Owned {
         Owned {
             epoch,
             writes_in_flight: 0,
-            write_starts: 0,
+            changes: 0,
             last_write: now,
             handing_out: false,
             write_mark: 0,
@@ -886,7 +887,7 @@ impl Claims {
         for i in range {
             if let Some(ExtentState::Owned(o)) = self.extents.get_mut(&Extent(i)) {
                 o.writes_in_flight += 1;
-                o.write_starts += 1;
+                o.changes += 1;
                 o.last_write = now;
             }
         }
@@ -1214,6 +1215,7 @@ impl Claims {
             let mut delta = CountDelta::default();
             let mut enqueue = false;
             if let Some(ExtentState::Owned(o)) = self.extents.get_mut(&e) {
+                o.changes += 1;
                 let dirt = o.dirt.get_or_insert_with(|| Box::new(Dirt::new(per as usize)));
                 delta = dirt.mark((b - e.0 * per) as usize, (stop - e.0 * per) as usize);
                 if !dirt.queued {
@@ -1779,8 +1781,8 @@ impl Claims {
     /// when the write is alone in its extents (no other write in flight
     /// there, so the store and the peer end with the same bytes) and they
     /// are at most `max_runs` extents. Returns the message's position, its
-    /// runs (one per extent) and the extents' write count, which the write
-    /// compares when it is done ([`write_starts`](Self::write_starts)).
+    /// runs (one per extent) and the extents' change count, which the write
+    /// compares when it is done ([`changes_in`](Self::changes_in)).
     pub fn direct_copy(&mut self, offset: u64, length: u64, max_runs: usize) -> Option<(CopySeq, Vec<CopyRun>, u64)> {
         let extents = self.geometry.extents_of(offset, length);
         if (extents.end() - extents.start() + 1) as usize > max_runs
@@ -1801,24 +1803,35 @@ impl Claims {
             let Some(ExtentState::Owned(o)) = self.extents.get_mut(&e) else { unreachable!("checked above") };
             let dirt = o.dirt.get_or_insert_with(|| Box::new(Dirt::new(per as usize)));
             let delta = dirt.take_range((from - base) as usize, (to - base) as usize, seq);
+            let emptied = dirt.queued && !dirt.has_unsent();
+            if emptied {
+                // Nothing of it is left to send: out of the queue, so that
+                // `has_unsent` stays exact.
+                dirt.queued = false;
+            }
             runs.push(CopyRun { extent: e, epoch: o.epoch, first: BlockIndex(from), count: to - from });
             touched.push(e);
             self.apply_delta(delta);
+            if emptied && let Some(at) = self.queue.iter().position(|&q| q == e) {
+                self.queue.remove(at);
+            }
         }
         let bytes = (end - first) * self.geometry.block_bytes;
         self.inflight.push_back(InFlightCopy { seq, extents: touched, bytes });
         self.unreceived_bytes += bytes;
         self.next_seq = CopySeq(seq.0 + 1);
-        Some((seq, runs, self.write_starts(offset, length)))
+        Some((seq, runs, self.changes_in(offset, length)))
     }
 
-    /// How many host writes were admitted so far to the extents of
-    /// `offset..offset + length` (while they stay owned).
-    pub fn write_starts(&self, offset: u64, length: u64) -> u64 {
+    /// How many host writes were admitted to the extents of the range
+    /// `offset..offset + length`, and block ranges of them marked for the
+    /// copy stream (a write's end, a resync, a checksum comparison, a failed
+    /// copy read), so far (while they stay owned).
+    pub fn changes_in(&self, offset: u64, length: u64) -> u64 {
         self.geometry
             .extents_of(offset, length)
             .map(|i| match self.extents.get(&Extent(i)) {
-                Some(ExtentState::Owned(o)) => o.write_starts,
+                Some(ExtentState::Owned(o)) => o.changes,
                 _ => 0,
             })
             .sum()

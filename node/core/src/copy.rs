@@ -198,7 +198,7 @@ impl NodeCore {
         {
             return None;
         }
-        let (seq, runs, starts) = v.claims.direct_copy(offset, length, COPY_BATCH_RUNS_MAX)?;
+        let (seq, runs, changes) = v.claims.direct_copy(offset, length, COPY_BATCH_RUNS_MAX)?;
         v.sender.sent_at.push_back((seq, self.now));
         let volume = v.index;
         let items: Vec<CopyItem> = runs
@@ -211,7 +211,7 @@ impl NodeCore {
         self.note_copy_report(vi, session, seq, report);
         self.send(Lane::Bulk, Message::Copy { seq, volume, items, report });
         self.changed.insert(vi);
-        Some(DirectCopy { target: (session, seq), starts })
+        Some(DirectCopy { target: (session, seq), changes })
     }
 
     pub(crate) fn on_copy_read(

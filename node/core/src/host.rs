@@ -47,10 +47,11 @@ pub(crate) enum WriteStage {
 pub(crate) struct DirectCopy {
     /// The copy's session and position.
     pub target: (SessionGen, CopySeq),
-    /// The write count of its extents just after it started: a different
-    /// count when it is done means another write ran beside it, and the
-    /// store may hold either's bytes.
-    pub starts: u64,
+    /// The change count of its extents just after it started: a different
+    /// count when it is done means another write ran beside it (the store
+    /// may hold either's bytes) or its blocks were queued for a copy read
+    /// back meanwhile (which may have read the bytes from before it).
+    pub changes: u64,
 }
 
 impl WriteStage {
@@ -380,13 +381,14 @@ impl NodeCore {
         let WriteStage::Writing { offset, length, direct } = w.stage else { panic!("write completion in stage {:?}", w.stage) };
         let last = self.volumes[vi].claims.geometry().extents_of(w.offset, w.length).end().to_owned();
         self.changed.insert(vi);
-        // What the direct copy carried is what the store holds only if the
-        // write succeeded alone in its extents within the session that
-        // carried it; otherwise its blocks go out again, read back.
+        // What the direct copy carried is what the store holds, and the
+        // newest copy of its blocks, only if the write succeeded alone in
+        // its extents, nothing queued their blocks meanwhile, and its
+        // session still runs; otherwise its blocks go out again, read back.
         let direct = direct.filter(|d| {
             result.is_ok()
                 && self.session.as_ref().is_some_and(|s| s.id == d.target.0)
-                && self.volumes[vi].claims.write_starts(offset, length) == d.starts
+                && self.volumes[vi].claims.changes_in(offset, length) == d.changes
         });
         if let Err(fault) = result {
             // The store may hold part of a failed write: its blocks are copied.

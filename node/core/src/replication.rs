@@ -24,9 +24,10 @@
 //! asks the peer to report it as soon as it arrives (or once it is written
 //! and synced, in the same job). Only a write alone in its extents sends
 //! its buffer: with another write to them in flight the store may end with
-//! either's bytes, so such a write (and one that finds another started
-//! beside it when it is done) sends its blocks once written, read back from
-//! the store. A waiting write stays a write in flight (its extents are
+//! either's bytes, so such a write sends nothing of its own; and one that
+//! finds its extents changed when it is done (another write admitted or
+//! ended, blocks queued for a read back by a resync) sends its blocks again,
+//! read back from the store. A waiting write stays a write in flight (its extents are
 //! neither handed out nor released) and is acknowledged when the peer
 //! reports a copy position at or past the one its blocks went out in.
 //!

@@ -947,3 +947,18 @@ fn copies_queued_behind_an_apply_are_written_in_one_job_and_the_last_durable_one
     let out = drain(&mut b);
     assert!(sends(&out).iter().any(|m| matches!(m, Message::CopyProgress { received: CopySeq(3), durable: CopySeq(3), .. })), "{out:?}");
 }
+
+#[test]
+fn blocks_queued_for_a_read_back_while_a_direct_copy_flies_change_its_count() {
+    let mut c = Claims::new(&settings(8, 8, 0), true);
+    own(&mut c, 1, t(0));
+    assert_eq!(c.begin_write(1..=1, t(1), PeerAccess::Ready), WriteAccess::Admitted);
+    let (_, _, changes) = c.direct_copy(EXTENT, BLOCK, 8).expect("alone in its extent");
+    assert_eq!(c.changes_in(EXTENT, BLOCK), changes, "nothing happened meanwhile");
+    assert!(!c.has_unsent(), "its blocks are in flight, not queued");
+    // A resync or a checksum comparison queues its block for a read back
+    // (which may read the bytes from before the write): the write must
+    // send its blocks again when it is done.
+    c.mark_written(EXTENT, BLOCK);
+    assert_ne!(c.changes_in(EXTENT, BLOCK), changes);
+}
