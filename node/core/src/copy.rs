@@ -390,7 +390,7 @@ impl NodeCore {
         }
         r.applied = r.applied.max(seq);
         r.durable = r.durable.max(seq);
-        let (received, durable) = (r.applied.max(r.arrived), r.durable);
+        let (received, durable) = (r.applied, r.durable);
         let volume = self.volumes[vi].index;
         self.send(Lane::Priority, Message::CopyProgress { volume, received, durable });
         self.schedule_receiver_sync(vi);

@@ -96,12 +96,6 @@ pub(crate) struct Receiver {
     pub last_seq: geomirror_wire::peer::CopySeq,
     /// Every copy up to here is applied (in our page cache).
     pub applied: geomirror_wire::peer::CopySeq,
-    /// Every copy up to here is in our memory, applied or queued (the
-    /// copies asked to report [`CopyReport::Received`] are reported at
-    /// arrival).
-    ///
-    /// [`CopyReport::Received`]: geomirror_wire::peer::CopyReport::Received
-    pub arrived: geomirror_wire::peer::CopySeq,
     /// Every copy up to here is durable.
     pub durable: geomirror_wire::peer::CopySeq,
     /// When the grouped fdatasync is due.

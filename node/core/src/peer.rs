@@ -478,7 +478,6 @@ impl NodeCore {
         let session = self.session.as_ref().expect("frames arrive on a session").id;
         let r = &mut self.volumes[vi].receiver;
         r.queue.push_back(ApplyJob::Copy { session, seq, items, report });
-        r.arrived = seq;
         if report == geomirror_wire::peer::CopyReport::Received {
             // A host at the sender waits until we hold it (`sync-memory`):
             // in our memory now. Should it never be applied here (a crash,

@@ -155,7 +155,6 @@ impl NodeCore {
             r.session = Some(sid);
             r.last_seq = Default::default();
             r.applied = Default::default();
-            r.arrived = Default::default();
             r.durable = Default::default();
             r.urgent = Default::default();
             r.sync_at = None;
