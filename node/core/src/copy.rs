@@ -11,7 +11,9 @@
 //! at arrival; copies it waits for durably are synced in the same job as
 //! their write when nothing waits behind them, or by the grouped fdatasync
 //! at once; the rest are reported received when the grouped fdatasync
-//! starts (after `COPY_SYNC_LINGER`), and durable when it ends.
+//! starts (after `COPY_SYNC_LINGER`, or the shorter
+//! `ACKED_COPY_SYNC_LINGER` while a copy answered for from memory is not
+//! durable), and durable when it ends.
 //!
 //! Sending: a write of a sync mode sends its own buffer (see
 //! `replication`); otherwise batches of unsent blocks are read back from
@@ -27,7 +29,7 @@ use crate::host::DirectCopy;
 use crate::ids::SessionGen;
 use crate::io::{Event, IoFault, IoOp, StoreWrite, ZeroMode};
 use crate::limits::{
-    APPLY_JOB_BYTES_MAX, COPY_BATCH_BYTES_MAX, COPY_BATCH_RUNS_MAX, COPY_INFLIGHT_MESSAGES_MAX, COPY_LINGER, COPY_READS_INFLIGHT_MAX,
+    ACKED_COPY_SYNC_LINGER, APPLY_JOB_BYTES_MAX, COPY_BATCH_BYTES_MAX, COPY_BATCH_RUNS_MAX, COPY_INFLIGHT_MESSAGES_MAX, COPY_LINGER, COPY_READS_INFLIGHT_MAX,
     COPY_SYNC_LINGER, COPY_WINDOW_BYTES, HANDOVER_PART_BYTES_MAX,
 };
 use crate::node::{ApplyJob, DurableWaiter, Give, GiveStage, IoPurpose, NodeCore, Serving};
@@ -373,8 +375,9 @@ impl NodeCore {
         }
         r.applied = r.applied.max(seq);
         match report {
-            // (Received: reported at arrival.)
-            CopyReport::Lazy | CopyReport::Received => {}
+            CopyReport::Lazy => {}
+            // (Reported at arrival.)
+            CopyReport::Received => r.acked_in_memory = r.acked_in_memory.max(seq),
             CopyReport::Durable => r.urgent = r.urgent.max(seq),
         }
         self.schedule_receiver_sync(vi);
@@ -416,7 +419,8 @@ impl NodeCore {
         if r.syncing.is_some() || r.applied <= r.durable {
             return;
         }
-        let due = if r.urgent > r.durable && r.urgent <= r.applied { now } else { now + COPY_SYNC_LINGER };
+        let linger = if r.acked_in_memory > r.durable { ACKED_COPY_SYNC_LINGER } else { COPY_SYNC_LINGER };
+        let due = if r.urgent > r.durable && r.urgent <= r.applied { now } else { now + linger };
         r.sync_at = Some(r.sync_at.map_or(due, |t| t.min(due)));
         if due == now {
             self.changed.insert(vi);

@@ -31,26 +31,39 @@ pub const COPY_INFLIGHT_MESSAGES_MAX: usize = 1024;
 /// Reads of blocks for the copy stream in flight at once per volume.
 pub const COPY_READS_INFLIGHT_MAX: usize = 4;
 /// How long the copy stream waits, when it wakes for a trickle of writes,
-/// to gather more into one message (the peer lags by this much more).
-/// Measured against 0.5 ms (site A and fio pinned to one CPU, 20 ms RTT,
-/// side by side with qemu-nbd): 0.5 ms cut site A's QD1 p99 from 2.1-2.7x
-/// qemu-nbd's to 1.54x, but cost CPU per write (QD32: 1.37x qemu-nbd's
-/// against 1.13-1.19x) and throughput (QD32 0.77x against 0.88-0.98x, QD1
-/// 0.84x against 0.96-0.98x): small batches pay the per-message work (a
-/// copy read, a frame, a TLS record, the peer's apply) more often. Again
-/// after host writes ran on the connection's thread (commit 0f440b6): 1 ms
-/// gave p99 1.59x against 1.70x at 5 ms, still above 1.5x, with the
-/// throughput to spare (QD32 2.05x); not kept, as it combines fewer
-/// rewrites and sends up to five times the messages for little.
-pub const COPY_LINGER: Duration = Duration::from_millis(5);
+/// to gather more into one message (the peer lags by this much more, and
+/// so does what a site loss at that moment would lose in `async`).
+/// Every batch costs site A a burst of work (the frame, its encryption,
+/// the socket write, on loopback the kernel's delivery too); a host
+/// request arriving during one waits for it, which is where site A's QD1
+/// tail came from. Measured side by side with qemu-nbd (site A and fio
+/// pinned to one CPU, 20 ms RTT, total latency p99 ratio): 0.5 ms 1.54x
+/// (but CPU per write 1.37x qemu-nbd's and QD32 0.77x: small batches pay
+/// the per-message work more often), 1 ms 1.59x, 5 ms 1.64-1.70x, 20 ms
+/// 1.20x (commit 1128546 against this value; QD1 IOPS 1.29-1.38x and QD32
+/// 2.10x either way). Fewer, larger bursts delay fewer requests; each
+/// delayed one waits longer (p99.9 about 430 us against 375 us at 5 ms in
+/// quick pinned runs), and a trickle's copies reach the peer up to 20 ms
+/// later (reads there pull meanwhile, so they stay fresh).
+pub const COPY_LINGER: Duration = Duration::from_millis(20);
 /// How long the receiver waits after applying a copy before its fdatasync,
 /// so that one fdatasync covers the copies of that window. The copies are
 /// in the receiver's page cache meanwhile (reported received): only a
-/// crash of the receiver too loses them, and the sender still tracks them.
-/// Measured (pinned, 4 KiB random copies): the receiver's CPU per copied
-/// block is about a third lower at 50 ms than at 5 or 20 ms, ext4's
-/// writeback walking each large folio once for more of its dirty blocks.
-pub const COPY_SYNC_LINGER: Duration = Duration::from_millis(50);
+/// crash of the receiver too loses them, and the sender still tracks them
+/// and sends them again. Measured (pinned, 4 KiB random copies): the
+/// receiver's CPU per copied block is about a third lower at 50 ms than at
+/// 5 or 20 ms, ext4's writeback walking each large folio once for more of
+/// its dirty blocks. Both sites writing 4 KiB QD8 each at 20 ms RTT
+/// (unpinned, alternating builds, two runs each): 21.5k and 24.4k IOPS
+/// summed at 50 ms, 25.2k and 26.9k at 250 ms (1 s gave no more): every
+/// fdatasync also writes back the host's own dirty pages of the volume,
+/// and a host write into a page just written back costs ext4 more.
+pub const COPY_SYNC_LINGER: Duration = Duration::from_millis(250);
+/// [`COPY_SYNC_LINGER`] while a copy that a host at the sender was
+/// answered for at its arrival (`sync-memory`) is not durable: that
+/// mode promises the write is lost only if both sites crash before this
+/// fdatasync, so its window stays short.
+pub const ACKED_COPY_SYNC_LINGER: Duration = Duration::from_millis(50);
 /// Copy messages received and waiting to be applied, per volume; beyond it
 /// the runtime stops reading the bulk lane (back-pressure on the sender).
 pub const APPLY_QUEUE_MAX: usize = 64;

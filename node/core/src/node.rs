@@ -104,6 +104,12 @@ pub(crate) struct Receiver {
     pub syncing: Option<geomirror_wire::peer::CopySeq>,
     /// The sender waits for copies up to here to be durable: sync at once.
     pub urgent: geomirror_wire::peer::CopySeq,
+    /// The newest applied copy a host at the sender was answered for at
+    /// its arrival (`sync-memory`): while it is not durable, the grouped
+    /// fdatasync lingers only [`ACKED_COPY_SYNC_LINGER`].
+    ///
+    /// [`ACKED_COPY_SYNC_LINGER`]: crate::limits::ACKED_COPY_SYNC_LINGER
+    pub acked_in_memory: geomirror_wire::peer::CopySeq,
     /// Peer data waiting to be written, in arrival order.
     pub queue: VecDeque<ApplyJob>,
     /// The write in flight.

@@ -157,6 +157,7 @@ impl NodeCore {
             r.applied = Default::default();
             r.durable = Default::default();
             r.urgent = Default::default();
+            r.acked_in_memory = Default::default();
             r.sync_at = None;
             r.queue.retain(|job| !matches!(job, crate::node::ApplyJob::Copy { .. }));
             self.changed.insert(vi);

@@ -519,6 +519,31 @@ fn copies_are_reported_received_then_durable_after_the_grouped_sync() {
 }
 
 #[test]
+fn a_copy_answered_for_from_memory_is_synced_after_the_short_linger() {
+    use crate::limits::{ACKED_COPY_SYNC_LINGER, COPY_SYNC_LINGER};
+    assert!(ACKED_COPY_SYNC_LINGER < COPY_SYNC_LINGER);
+    let synced_at = |report: CopyReport| {
+        let mut b = accepter_that_granted_extent_1();
+        let Message::Copy { seq, volume, items, .. } = copy_of_block_4() else { unreachable!() };
+        b.handle(t(2), Input::Frame { session: S, lane: Lane::Bulk, message: Message::Copy { seq, volume, items, report } });
+        let write = io_token(&drain(&mut b), |op| matches!(op, IoOp::Write { .. }));
+        b.handle(t(2), Input::IoDone { token: write, result: Ok(IoOutcome::Done) });
+        drain(&mut b);
+        let mut at = t(2);
+        loop {
+            at += Duration::from_millis(1);
+            b.handle(at, Input::Tick);
+            if drain(&mut b).iter().any(|o| matches!(o, Output::Io { op: IoOp::Sync, .. })) {
+                return at.since(t(2));
+            }
+            assert!(at < t(2) + COPY_SYNC_LINGER * 2, "no fdatasync");
+        }
+    };
+    assert_eq!(synced_at(CopyReport::Received), ACKED_COPY_SYNC_LINGER);
+    assert_eq!(synced_at(CopyReport::Lazy), COPY_SYNC_LINGER);
+}
+
+#[test]
 fn a_protocol_violation_closes_the_session_and_changes_nothing() {
     let mut b = ready_accepter();
     let bad = Message::Claim { id: RequestId(7), volume: VolumeIndex(9), counter: Epoch(0), extents: vec![Extent(1)], releases: vec![] };
