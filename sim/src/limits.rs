@@ -67,6 +67,12 @@ pub const TIMER_ENTRIES_PURGE_AT: usize = 4096;
 /// delivered; lateness above it is not compensated.
 pub const TIMER_LEAD_MAX: Duration = Duration::from_micros(2000);
 
+/// Largest credit a chunk gets for the time its bytes waited in the simulator's socket before
+/// it read them (its delay counts from the kernel's receive stamp, see `proxy::stamped`).
+/// Covers the wake-up of the reading task; bytes that waited longer (the simulator's queue
+/// was full) count as arriving when read.
+pub const ARRIVAL_CREDIT_MAX: Duration = Duration::from_millis(1);
+
 const _: () = assert!(DIRECTION_QUEUE_BYTES_MAX >= READ_CHUNK_BYTES_MAX);
 const _: () = assert!(DIRECTION_QUEUE_CHUNKS_MAX > 0 && CONNECTIONS_MAX > 0);
 const _: () = assert!(BANDWIDTH_BPS_MIN > 0);

@@ -3,6 +3,7 @@
 
 mod pipe;
 mod shared;
+mod stamped;
 mod task;
 
 use std::net::SocketAddr;

@@ -10,10 +10,12 @@ use std::collections::VecDeque;
 use std::io;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::shared::{DirState, Shared};
+use super::stamped;
 use crate::limits::{DIRECTION_QUEUE_BYTES_MAX, DIRECTION_QUEUE_CHUNKS_MAX, READ_CHUNK_BYTES_MAX};
 use crate::link::{LinkTime, StreamClock};
 use crate::settings::Dir;
@@ -140,8 +142,9 @@ impl Pipe {
     }
 }
 
-/// Reads from `src` into the pipe until end of stream, stopping while the pipe is full.
-pub(crate) async fn forward_reads<R: AsyncRead + Unpin>(src: &mut R, pipe: &Pipe, shared: &Shared) -> io::Result<()> {
+/// Reads from `src` into the pipe until end of stream, stopping while the pipe is full. Each
+/// chunk is offered to the link at the moment its bytes arrived (see [`stamped`]).
+pub(crate) async fn forward_reads(src: &TcpStream, pipe: &Pipe, shared: &Shared) -> io::Result<()> {
     let link = shared.dir(pipe.dir);
     let mut buf = vec![0u8; READ_CHUNK_BYTES_MAX];
     loop {
@@ -149,8 +152,8 @@ pub(crate) async fn forward_reads<R: AsyncRead + Unpin>(src: &mut R, pipe: &Pipe
             // Backpressure: the sender's TCP window fills while we wait.
             pipe.space_freed.notified().await;
         }
-        let n = src.read(&mut buf).await?;
-        let now = shared.now();
+        let (n, waited) = stamped::read(src, &mut buf).await?;
+        let now = LinkTime(shared.now().0.saturating_sub(waited));
         if n == 0 {
             pipe.push(Bytes::new(), true, now, link);
             return Ok(());

@@ -9,6 +9,7 @@ use tokio::task::JoinSet;
 
 use super::pipe::{Pipe, forward_reads, forward_writes};
 use super::shared::Shared;
+use super::stamped;
 use crate::limits::{ACCEPT_ERROR_BACKOFF, SHUTDOWN_GRACE, UPSTREAM_CONNECT_TIMEOUT};
 use crate::settings::Dir;
 
@@ -94,6 +95,11 @@ async fn handle_connection(shared: Arc<Shared>, client: TcpStream, peer: SocketA
         }
     };
     let _ = upstream.set_nodelay(true);
+    for (stream, side) in [(&client, "client"), (&upstream, "upstream")] {
+        if let Err(e) = stamped::enable(stream) {
+            tracing::debug!(conn = %peer, "no receive timestamps on the {side} side ({e}): its delays count from each read");
+        }
+    }
 
     let pipes = [Arc::new(Pipe::new(Dir::Ab)), Arc::new(Pipe::new(Dir::Ba))];
     let (kill_tx, kill_rx) = watch::channel(false);
@@ -134,11 +140,11 @@ async fn run_connection(
     pipes: &[Arc<Pipe>; 2],
     mut kill: watch::Receiver<bool>,
 ) -> Outcome {
-    let (mut client_rx, mut client_tx) = client.split();
-    let (mut upstream_rx, mut upstream_tx) = upstream.split();
+    let (client_rx, mut client_tx) = client.split();
+    let (upstream_rx, mut upstream_tx) = upstream.split();
     let [ab, ba] = pipes;
-    let ab = async { tokio::try_join!(forward_reads(&mut client_rx, ab, shared), forward_writes(&mut upstream_tx, ab, shared),) };
-    let ba = async { tokio::try_join!(forward_reads(&mut upstream_rx, ba, shared), forward_writes(&mut client_tx, ba, shared),) };
+    let ab = async { tokio::try_join!(forward_reads(client_rx.as_ref(), ab, shared), forward_writes(&mut upstream_tx, ab, shared),) };
+    let ba = async { tokio::try_join!(forward_reads(upstream_rx.as_ref(), ba, shared), forward_writes(&mut client_tx, ba, shared),) };
     tokio::select! {
         result = async { tokio::try_join!(ab, ba) } => match result {
             Ok(_) => Outcome::Closed,
