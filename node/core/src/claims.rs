@@ -315,6 +315,14 @@ pub struct Claims {
     /// [`Claims::releases_to_carry`]), and a lost one is sent again
     /// at the next session's sync instead of the extent being taken back.
     released: BTreeMap<Extent, PendingRelease>,
+    /// Releases the peer sent that arrived while this session's sync rounds
+    /// were still running (the newest epoch per extent). The peer may have
+    /// sent its last sync answer, listing such an extent as its own, just
+    /// before the release; the release travels on the bulk lane and can
+    /// arrive first. Merging that answer must not take the released extent
+    /// back as the peer's. Cleared when the session is ready (or a new one
+    /// starts); at most one entry per extent.
+    released_during_sync: BTreeMap<Extent, Epoch>,
     /// Store syncs issued so far, and the latest completed (a release
     /// needs one issued after the extent's last write to have completed).
     syncs_issued: u64,
@@ -434,6 +442,7 @@ impl Claims {
             gives: BTreeMap::new(),
             releases: Vec::new(),
             released: BTreeMap::new(),
+            released_during_sync: BTreeMap::new(),
             syncs_issued: 0,
             syncs_done: 0,
             file_durable: 0,
@@ -1506,6 +1515,24 @@ impl Claims {
         }
     }
 
+    /// The peer released extents while this session's sync rounds run:
+    /// besides [`on_release`](Self::on_release), remembered until the
+    /// session is ready so that a sync answer the peer sent before the
+    /// release does not give it the extents back.
+    pub fn on_release_during_sync(&mut self, released: &[ExtentClaim]) {
+        for c in released.iter().filter(|c| c.extent.0 < self.geometry.extents()) {
+            let newest = self.released_during_sync.entry(c.extent).or_insert(c.epoch);
+            *newest = (*newest).max(c.epoch);
+        }
+        self.on_release(released);
+    }
+
+    /// The session is ready (or a new one starts): sync answers no longer
+    /// arrive, so releases seen during the rounds need not be remembered.
+    pub fn forget_releases_during_sync(&mut self) {
+        self.released_during_sync.clear();
+    }
+
     /// Whether we can answer a pull of extent `e` with our store's data.
     pub fn can_serve_pull(&self, e: Extent) -> bool {
         self.read_source(e) == ReadSource::Local
@@ -1591,6 +1618,10 @@ impl Claims {
                 self.touched.insert(c.extent);
                 self.gives.remove(&c.extent);
                 self.file_version += 1;
+            }
+            if self.released_during_sync.get(&c.extent).is_some_and(|released| *released >= c.epoch) {
+                // The peer released it after it sent this answer.
+                continue;
             }
             match self.extents.get(&c.extent).cloned() {
                 None | Some(ExtentState::Claiming) | Some(ExtentState::ClaimUnknown) => {

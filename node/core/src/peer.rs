@@ -434,7 +434,13 @@ impl NodeCore {
             }
             Message::Release { volume, extents } => {
                 let Some(vi) = self.volume_of(volume, "a release") else { return };
-                self.volumes[vi].claims.on_release(&extents);
+                // On the bulk lane: it may overtake the peer's last sync
+                // answer (priority lane), sent before it.
+                if self.session.as_ref().is_some_and(|s| s.ready) {
+                    self.volumes[vi].claims.on_release(&extents);
+                } else {
+                    self.volumes[vi].claims.on_release_during_sync(&extents);
+                }
                 self.changed.insert(vi);
             }
             other => self.close_session(format!("protocol violation: unexpected {} on the bulk lane", other.kind())),

@@ -151,6 +151,7 @@ impl NodeCore {
                 let index = v.index;
                 self.event(Event::Serving { volume: index, problem });
             }
+            self.volumes[vi].claims.forget_releases_during_sync();
             let r = &mut self.volumes[vi].receiver;
             r.session = Some(sid);
             r.last_seq = Default::default();
@@ -284,6 +285,7 @@ impl NodeCore {
         for vi in 0..self.volumes.len() {
             let v = &mut self.volumes[vi];
             v.claims.on_copy_session_reset();
+            v.claims.forget_releases_during_sync();
             v.sender.sent_at.clear();
             v.sender.idle = true;
             v.sender.linger_until = None;

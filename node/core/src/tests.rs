@@ -254,6 +254,30 @@ fn a_stale_release_does_not_undo_a_newer_claim() {
 }
 
 #[test]
+fn a_release_that_overtakes_the_last_sync_answer_is_not_taken_back_by_it() {
+    // Found by the simulator (seed 4568): the peer answered the last sync
+    // round listing extent 1 as its own, then released it on the bulk lane;
+    // the release arrived first, and merging the answer made the peer the
+    // owner again for good (neither side held it any more).
+    let claim = ExtentClaim { extent: Extent(1), epoch: Epoch(1) };
+    let answer = |b: &mut Claims| {
+        let own = [claim];
+        b.on_sync(&view(1, &own, &[], &[]), t(1));
+    };
+    let mut b = Claims::new(&settings(16, 8, 0), false);
+    b.on_claim_request(&[Extent(1)], Epoch(0));
+    b.on_release_during_sync(&[claim]);
+    answer(&mut b);
+    assert!(b.extent(Extent(1)).is_none(), "still released: {:?}", b.extent(Extent(1)));
+    b.check();
+    // Once the session is ready the memory is gone: a later answer (a new
+    // session, the peer owning it again) is merged as before.
+    b.forget_releases_during_sync();
+    answer(&mut b);
+    assert!(matches!(b.extent(Extent(1)), Some(ExtentState::PeerOwned { epoch: Epoch(1) })));
+}
+
+#[test]
 fn a_release_crossing_our_handover_request_keeps_it_pending() {
     let mut b = Claims::new(&settings(16, 8, 0), false);
     b.on_claim_request(&[Extent(1)], Epoch(0));

@@ -801,11 +801,27 @@ impl World {
         self.nodes[n].over_limit_allowed = true;
         let t = self.now;
         for e in taken {
+            // The lost node can hold writes of its own in the extent only if
+            // it owned it (or was receiving it, or gave it and the give was
+            // never applied) by its memory or its claims file: a write is
+            // acknowledged only under a recorded claim. Elsewhere its blocks
+            // are a replica of ours, and a takeover discards nothing of its.
+            let peer_may_own = {
+                let ext = Extent(e);
+                let file = self.nodes[1 - n].disk.claims();
+                let in_file = file.own.iter().chain(&file.gives).any(|c| c.extent == ext);
+                let in_memory = self.nodes[1 - n].core.as_ref().is_some_and(|c| {
+                    let claims = c.claims(VOLUME);
+                    matches!(claims.extent(ext), Some(ExtentState::Owned(_)) | Some(ExtentState::Receiving { .. }))
+                        || claims.gives().iter().any(|g| g.extent == ext)
+                });
+                in_file || in_memory
+            };
             for b in e * per..(e + 1) * per {
                 let mine = self.nodes[n].disk.volatile[b as usize];
                 let peer = &self.nodes[1 - n].disk;
                 let theirs = [peer.volatile[b as usize].value, peer.durable[b as usize].value];
-                if theirs.iter().any(|v| *v != mine.value) {
+                if peer_may_own && theirs.iter().any(|v| *v != mine.value) {
                     self.expected_conflicts.push((1 - n, b, theirs));
                 }
                 // From now on the block holds what this node has: a write

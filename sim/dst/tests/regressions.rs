@@ -61,3 +61,13 @@ fn seed_25_a_deadline_that_never_moved() {
 fn seed_5_the_two_sites_handed_one_extent_back_and_forth_without_writing() {
     passes(5);
 }
+
+#[test]
+fn seed_4568_a_release_that_overtook_the_last_sync_answer_was_taken_back() {
+    passes(4568);
+}
+
+#[test]
+fn seed_5840_a_takeover_of_an_extent_the_lost_node_never_owned_expected_its_replica_blocks_in_its_conflict_file() {
+    passes(5840);
+}
