@@ -87,6 +87,14 @@ impl History {
         self.blocks.entry(block).or_default().push(Op { kind: OpKind::Havoc, invoke: now, complete: now, optional: false });
     }
 
+    /// Whether a write of `value` to `block` was acknowledged (completed,
+    /// not failed).
+    pub fn acknowledged_write(&self, block: u64, value: u64) -> bool {
+        self.blocks
+            .get(&block)
+            .is_some_and(|ops| ops.iter().any(|op| op.kind == OpKind::Write(value) && !op.optional && op.complete != u64::MAX))
+    }
+
     /// The latest value a completed, non-optional write gave `block`
     /// (None when a crash or a failed write makes it uncertain).
     pub fn certain_value(&self, block: u64) -> Option<u64> {

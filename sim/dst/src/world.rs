@@ -825,12 +825,16 @@ impl World {
                     self.expected_conflicts.push((1 - n, b, theirs));
                 }
                 // From now on the block holds what this node has: a write
-                // at this instant in the block's history (in `sync` with
-                // `suspend` none: every write the lost node acknowledged is
-                // durable here, and the history must show it). If this
-                // node's copy of it is not durable yet, a crash may take it
-                // back.
-                if !self.p.takeover_loses_nothing() {
+                // at this instant in the block's history. In `sync` with
+                // `suspend`, only where the lost node held the value of a
+                // write it never acknowledged (a host there may have read
+                // it; its write failed, so the takeover may discard it):
+                // every write it acknowledged is durable here, and the
+                // history must show that. If this node's copy of it is not
+                // durable yet, a crash may take it back.
+                let discards_unacknowledged = theirs.iter().any(|v| *v != mine.value)
+                    && !theirs.iter().any(|v| *v != mine.value && self.history.acknowledged_write(b, *v));
+                if !self.p.takeover_loses_nothing() || discards_unacknowledged {
                     let r = self.history.write(b..b + 1, mine.value, t);
                     self.history.complete(&r, t, None);
                 }

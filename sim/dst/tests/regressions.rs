@@ -71,3 +71,13 @@ fn seed_4568_a_release_that_overtook_the_last_sync_answer_was_taken_back() {
 fn seed_5840_a_takeover_of_an_extent_the_lost_node_never_owned_expected_its_replica_blocks_in_its_conflict_file() {
     passes(5840);
 }
+
+#[test]
+fn seed_12813_a_witness_takeover_of_an_extent_the_live_peer_did_not_own_expected_its_replica_blocks_in_its_conflict_file() {
+    passes(12813);
+}
+
+#[test]
+fn seed_22694_a_sync_takeover_discarded_a_failed_write_a_host_had_read_and_the_model_called_it_lost() {
+    passes(22694);
+}
