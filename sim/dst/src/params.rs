@@ -25,6 +25,9 @@ pub struct WitnessParams {
     pub cut_every: Option<Duration>,
 }
 
+/// The longest stall of the bulk lane alone.
+pub const BULK_STALL_MAX: Duration = Duration::from_millis(300);
+
 /// The parameters of one run.
 #[derive(Clone, Debug)]
 pub struct Params {
@@ -150,8 +153,13 @@ impl Params {
             // request must succeed, so a request that times out shows a
             // livelock or a lost wakeup. Contention may make a request wait
             // a few dozen round trips; the timeout leaves room for that.
+            // A stall of the bulk lane (not a fault: a connection
+            // retransmitting) holds copies, and a sync mode's acknowledgements
+            // with them: two back to back fit in the timeout too (seed 33336:
+            // a 311 ms timeout, stalls of up to 300 ms).
             let rtt = 2 * (p.latency.0 + p.latency.1);
-            p.peer_timeout = p.peer_timeout.max(rtt * 100);
+            let stalls = if p.bulk_stall_every.is_some() { 2 * BULK_STALL_MAX } else { Duration::ZERO };
+            p.peer_timeout = p.peer_timeout.max(rtt * 100 + stalls);
             p.max_owned = p.extents as usize;
             p.liveness = true;
         }

@@ -590,7 +590,7 @@ impl World {
             }
             Ev::BulkStall => {
                 if self.faults_on() {
-                    let length = self.rng.random_range(ns(Duration::from_millis(10))..ns(Duration::from_millis(300)));
+                    let length = self.rng.random_range(ns(Duration::from_millis(10))..ns(crate::params::BULK_STALL_MAX));
                     self.net.bulk_stalled_until = self.net.bulk_stalled_until.max(self.now + length);
                     self.mix(&[9, length]);
                     let every = ns(self.p.bulk_stall_every.expect("stalls configured"));

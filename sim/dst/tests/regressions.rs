@@ -81,3 +81,8 @@ fn seed_12813_a_witness_takeover_of_an_extent_the_live_peer_did_not_own_expected
 fn seed_22694_a_sync_takeover_discarded_a_failed_write_a_host_had_read_and_the_model_called_it_lost() {
     passes(22694);
 }
+
+#[test]
+fn seed_33336_a_liveness_run_gave_a_sync_write_less_time_than_two_bulk_lane_stalls() {
+    passes(33336);
+}
