@@ -821,7 +821,8 @@ impl World {
                 let mine = self.nodes[n].disk.volatile[b as usize];
                 let peer = &self.nodes[1 - n].disk;
                 let theirs = [peer.volatile[b as usize].value, peer.durable[b as usize].value];
-                if peer_may_own && theirs.iter().any(|v| *v != mine.value) {
+                let differs = theirs.iter().any(|v| *v != mine.value);
+                if peer_may_own && differs {
                     self.expected_conflicts.push((1 - n, b, theirs));
                 }
                 // From now on the block holds what this node has: a write
@@ -832,8 +833,7 @@ impl World {
                 // every write it acknowledged is durable here, and the
                 // history must show that. If this node's copy of it is not
                 // durable yet, a crash may take it back.
-                let discards_unacknowledged = theirs.iter().any(|v| *v != mine.value)
-                    && !theirs.iter().any(|v| *v != mine.value && self.history.acknowledged_write(b, *v));
+                let discards_unacknowledged = differs && !theirs.iter().any(|v| *v != mine.value && self.history.acknowledged_write(b, *v));
                 if !self.p.takeover_loses_nothing() || discards_unacknowledged {
                     let r = self.history.write(b..b + 1, mine.value, t);
                     self.history.complete(&r, t, None);
