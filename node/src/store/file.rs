@@ -285,9 +285,16 @@ impl BlockStore for FileStore {
         Ok(pread_into_new(&self.file, offset, length, libc::RWF_NOWAIT)?)
     }
 
+    /// In pieces of at most [`PAGE_CACHE_WRITE_PIECE_BYTES`], aligned to
+    /// that size: see the constant for why.
+    ///
+    /// [`PAGE_CACHE_WRITE_PIECE_BYTES`]: crate::limits::PAGE_CACHE_WRITE_PIECE_BYTES
     fn write_at(&self, data: &[u8], offset: u64) -> Result<(), StoreError> {
         self.check_range(offset, data.len() as u64)?;
-        Ok(self.file.write_all_at(data, offset)?)
+        for (at, range) in write_pieces(offset, data.len(), crate::limits::PAGE_CACHE_WRITE_PIECE_BYTES) {
+            self.file.write_all_at(&data[range], at)?;
+        }
+        Ok(())
     }
 
     fn sync(&self) -> Result<(), StoreError> {
@@ -319,6 +326,23 @@ impl BlockStore for FileStore {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Splits a write of `length` bytes at `offset` into pieces that never
+/// cross a multiple of `piece` bytes: `(file offset, range of the data)`.
+fn write_pieces(offset: u64, length: usize, piece: usize) -> impl Iterator<Item = (u64, std::ops::Range<usize>)> {
+    let piece = piece.max(1) as u64;
+    let mut done = 0usize;
+    std::iter::from_fn(move || {
+        if done >= length {
+            return None;
+        }
+        let at = offset + done as u64;
+        let n = ((piece - at % piece) as usize).min(length - done);
+        let range = done..done + n;
+        done += n;
+        Some((at, range))
+    })
 }
 
 /// Reads `length` bytes at `offset` of `file` into a new buffer, without
@@ -359,6 +383,35 @@ mod tests {
 
     fn geometry(size: u64) -> VolumeGeometry {
         VolumeGeometry { name: "vol0".into(), size, block_bytes: 4096, extent_bytes: 1 << 20 }
+    }
+
+    #[test]
+    fn a_write_is_split_at_every_multiple_of_the_piece_and_nowhere_else() {
+        let piece = 64 << 10;
+        let pieces: Vec<_> = write_pieces(60 << 10, 200 << 10, piece).collect();
+        assert_eq!(
+            pieces,
+            vec![
+                (60 << 10, 0..4 << 10),
+                (64 << 10, 4 << 10..68 << 10),
+                (128 << 10, 68 << 10..132 << 10),
+                (192 << 10, 132 << 10..196 << 10),
+                (256 << 10, 196 << 10..200 << 10)
+            ]
+        );
+        // Inside one piece: one write. Empty: none.
+        assert_eq!(write_pieces(4096, 8192, piece).collect::<Vec<_>>(), vec![(4096, 0..8192)]);
+        assert_eq!(write_pieces(4096, 0, piece).count(), 0);
+        // Every byte once, in order, whatever the alignment.
+        for (offset, length) in [(0, 1 << 20), (1, 65_536), (65_535, 2), (12_345, 300_000)] {
+            let mut next = 0;
+            for (at, range) in write_pieces(offset, length, piece) {
+                assert_eq!((range.start, at), (next, offset + next as u64));
+                assert!(range.len() <= piece && at / piece as u64 == (at + range.len() as u64 - 1) / piece as u64);
+                next = range.end;
+            }
+            assert_eq!(next, length);
+        }
     }
 
     #[test]
