@@ -109,6 +109,10 @@ const _: () = assert!(
 /// own thread instead of the blocking pool (two thread switches less per
 /// write; a larger copy would hold the thread too long).
 pub const INLINE_WRITE_BYTES_MAX: usize = 64 << 10;
+/// Most small page-cache writes the core asks for that one input carries
+/// out on its own thread (`engine::InlineWrites`); more go to the blocking
+/// pool, so one input never holds a runtime thread for long.
+pub const INLINE_IO_PER_INPUT_MAX: usize = 4;
 /// Messages queued for the bulk lane's writer; as above. The copy stream
 /// keeps at most `COPY_INFLIGHT_MESSAGES_MAX` copies unacknowledged.
 pub const BULK_LANE_QUEUE_MESSAGES: usize =

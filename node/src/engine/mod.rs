@@ -171,11 +171,20 @@ impl Engine {
 
     /// Runs `f` on the core, then carries out its outputs and re-arms the timer.
     fn with_core<R>(self: &Arc<Self>, f: impl FnOnce(&mut NodeCore, Time) -> R) -> R {
+        let mut inline = InlineWrites::new();
+        let result = self.locked(f, &mut inline);
+        self.run_inline(inline);
+        result
+    }
+
+    /// [`with_core`](Self::with_core) without the inline writes: those the
+    /// outputs asked for are added to `inline` (within its budget).
+    fn locked<R>(self: &Arc<Self>, f: impl FnOnce(&mut NodeCore, Time) -> R, inline: &mut InlineWrites) -> R {
         tracing::trace!(parent: &self.span, "core input");
         let mut core = self.core.lock().expect("core lock");
         let now = self.now();
         let result = f(&mut core, now);
-        self.execute(&mut core);
+        self.execute(&mut core, inline);
         let next = core.poll_timeout();
         drop(core);
         if let Some(t) = next {
@@ -183,6 +192,16 @@ impl Engine {
         }
         self.room.notify_waiters();
         result
+    }
+
+    /// Carries out the small page-cache writes the core's outputs asked
+    /// for, on this thread and after the core's lock is released, and hands
+    /// each result back (which may ask for more, within the budget).
+    fn run_inline(self: &Arc<Self>, mut inline: InlineWrites) {
+        while let Some((token, volume, op)) = inline.next() {
+            let result = self.run_io_here(volume, op);
+            self.locked(|core, now| core.handle(now, Input::IoDone { token, result }), &mut inline);
+        }
     }
 
     fn arm(&self, at: u64) {
@@ -211,8 +230,9 @@ impl Engine {
         }
     }
 
-    /// Carries out the core's outputs; nothing here blocks.
-    fn execute(self: &Arc<Self>, core: &mut NodeCore) {
+    /// Carries out the core's outputs; nothing here blocks (small
+    /// page-cache writes are put in `inline`, done once the lock is released).
+    fn execute(self: &Arc<Self>, core: &mut NodeCore, inline: &mut InlineWrites) {
         while let Some(output) = core.poll_output() {
             tracing::trace!(parent: &self.span, ?output, "core output");
             match output {
@@ -222,7 +242,11 @@ impl Engine {
                         io.close(reason);
                     }
                 }
-                Output::Io { token, volume, op } => self.spawn_io(token, volume, op),
+                Output::Io { token, volume, op } => {
+                    if let Some((token, volume, op)) = inline.offer(token, volume, op) {
+                        self.spawn_io(token, volume, op);
+                    }
+                }
                 Output::Reply { id, result } => {
                     if let Some((_, tx)) = self.replies.remove(&id) {
                         let _ = tx.send(result);
@@ -345,16 +369,18 @@ impl Engine {
 
     fn spawn_io(self: &Arc<Self>, token: IoToken, volume: VolumeIndex, op: IoOp) {
         let me = self.clone();
-        let v = volume.0 as usize;
-        let store = self.volumes[v].store.clone();
-        let file = self.volumes[v].file.clone();
-        let conflicts = self.volumes[v].conflicts.clone();
         crate::tasks::spawn_blocking_in(&self.handle, self.span.clone(), move || {
-            let kept = KeptWrites { recent: &me.recent[v], metrics: &me.metrics[v] };
-            let result = run_io(&*store, kept, &file, &conflicts, op);
+            let result = me.run_io_here(volume, op);
             tracing::trace!(token = token.0, ok = result.is_ok(), "I/O done");
             me.with_core(|core, now| core.handle(now, Input::IoDone { token, result }));
         });
+    }
+
+    /// Runs one of the core's I/O operations on this thread.
+    fn run_io_here(&self, volume: VolumeIndex, op: IoOp) -> Result<IoOutcome, IoFault> {
+        let v = volume.0 as usize;
+        let kept = KeptWrites { recent: &self.recent[v], metrics: &self.metrics[v] };
+        run_io(&*self.volumes[v].store, kept, &self.volumes[v].file, &self.volumes[v].conflicts, op)
     }
 
     /// Keeps `event` in the ring of recent events (`GET /events`); stale
@@ -645,7 +671,60 @@ struct KeptWrites<'a> {
     metrics: &'a ReplicationMetrics,
 }
 
-/// Carries out one I/O of the core (on the blocking pool).
+/// The core's small page-cache writes done on the thread that handled the
+/// input, instead of the blocking pool: a write of at most
+/// [`INLINE_WRITE_BYTES_MAX`] bytes of data, not synced (copies applied at
+/// the peer, a `sync-memory` or `sync` host write's local write), saves the
+/// two thread switches of a trip through the pool, which on a round trip
+/// per write (the sync modes) sit on the host's critical path. At most
+/// [`INLINE_IO_PER_INPUT_MAX`] per input, so one input never holds its
+/// thread for long; the rest go to the pool.
+///
+/// [`INLINE_WRITE_BYTES_MAX`]: crate::limits::INLINE_WRITE_BYTES_MAX
+/// [`INLINE_IO_PER_INPUT_MAX`]: crate::limits::INLINE_IO_PER_INPUT_MAX
+struct InlineWrites {
+    queued: std::collections::VecDeque<(IoToken, VolumeIndex, IoOp)>,
+    budget: usize,
+}
+
+impl InlineWrites {
+    fn new() -> InlineWrites {
+        InlineWrites { queued: std::collections::VecDeque::new(), budget: crate::limits::INLINE_IO_PER_INPUT_MAX }
+    }
+
+    /// Keeps `op` to run inline if it is a small unsynced data write and
+    /// the budget allows; gives it back otherwise.
+    fn offer(&mut self, token: IoToken, volume: VolumeIndex, op: IoOp) -> Option<(IoToken, VolumeIndex, IoOp)> {
+        if self.budget > 0 && is_small_page_cache_write(&op) {
+            self.budget -= 1;
+            self.queued.push_back((token, volume, op));
+            None
+        } else {
+            Some((token, volume, op))
+        }
+    }
+
+    fn next(&mut self) -> Option<(IoToken, VolumeIndex, IoOp)> {
+        self.queued.pop_front()
+    }
+}
+
+/// A write of data only (no trim or zeroing, which may take long), not
+/// synced, of at most [`INLINE_WRITE_BYTES_MAX`] bytes in all.
+///
+/// [`INLINE_WRITE_BYTES_MAX`]: crate::limits::INLINE_WRITE_BYTES_MAX
+fn is_small_page_cache_write(op: &IoOp) -> bool {
+    let IoOp::Write { writes, sync: false } = op else { return false };
+    let mut bytes = 0usize;
+    for w in writes {
+        let StoreWrite::Data { data, .. } = w else { return false };
+        bytes += data.len();
+    }
+    bytes <= crate::limits::INLINE_WRITE_BYTES_MAX
+}
+
+/// Carries out one I/O of the core (on the blocking pool, or a small write
+/// inline: [`InlineWrites`]).
 fn run_io(
     store: &dyn BlockStore,
     kept: KeptWrites<'_>,
@@ -767,6 +846,30 @@ mod tests {
     /// Every timer of the core runs on tokio's clock: with the clock paused,
     /// a write that needs the absent peer fails after `peer_timeout` of
     /// virtual time, at once in real time.
+    #[test]
+    fn only_small_unsynced_data_writes_run_inline_and_at_most_the_budget() {
+        let data = |n: usize| StoreWrite::Data { offset: 0, data: Bytes::from(vec![7u8; n]) };
+        let write = |writes: Vec<StoreWrite>, sync: bool| IoOp::Write { writes, sync };
+        let max = crate::limits::INLINE_WRITE_BYTES_MAX;
+        assert!(is_small_page_cache_write(&write(vec![data(4096)], false)));
+        assert!(is_small_page_cache_write(&write(vec![data(max / 2), data(max / 2)], false)));
+        assert!(!is_small_page_cache_write(&write(vec![data(max / 2), data(max / 2 + 1)], false)), "over the size");
+        assert!(!is_small_page_cache_write(&write(vec![data(4096)], true)), "an fdatasync follows");
+        assert!(!is_small_page_cache_write(&write(vec![StoreWrite::Trim { offset: 0, length: 4096 }], false)), "a trim");
+        assert!(!is_small_page_cache_write(&IoOp::Sync));
+
+        let mut inline = InlineWrites::new();
+        let v = VolumeIndex(0);
+        for t in 0..crate::limits::INLINE_IO_PER_INPUT_MAX as u64 {
+            assert!(inline.offer(IoToken(t), v, write(vec![data(4096)], false)).is_none(), "kept within the budget");
+        }
+        let over = inline.offer(IoToken(99), v, write(vec![data(4096)], false));
+        assert!(over.is_some_and(|(t, _, _)| t == IoToken(99)), "past the budget it goes to the pool");
+        assert!(inline.offer(IoToken(100), v, IoOp::Sync).is_some());
+        let order: Vec<u64> = std::iter::from_fn(|| inline.next()).map(|(t, _, _)| t.0).collect();
+        assert_eq!(order, (0..crate::limits::INLINE_IO_PER_INPUT_MAX as u64).collect::<Vec<_>>(), "in the order the core asked");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_paused_clock_drives_the_cores_timers() {
         let dir = tempfile::tempdir().unwrap();
