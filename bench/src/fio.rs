@@ -167,6 +167,11 @@ pub struct DirStats {
     pub lat_p50_us: Option<f64>,
     /// 99th percentile of total latency, µs.
     pub lat_p99_us: Option<f64>,
+    /// Median total latency from fio's log of every I/O, µs: present when
+    /// the job ran with [`per_io_latency_options`]. fio's own percentiles
+    /// are the middles of histogram bins 1/64 of a power of two wide (32.8 µs
+    /// between 2.1 and 4.2 ms); this one is the measured value.
+    pub lat_p50_exact_us: Option<f64>,
 }
 
 /// Parsed results of one fio job.
@@ -217,6 +222,8 @@ pub fn run_two_sites(job: &Job, uri_a: &str, uri_b: &str, offset_b: u64, work_di
 }
 
 fn run_args(job: &Job, args: Vec<String>, uri: &str, work_dir: &Path) -> Result<Run> {
+    let per_io = args.iter().any(|a| *a == per_io_latency_options(work_dir)[0]);
+    remove_per_io_logs(work_dir)?;
     let output = procs::run_to_completion("fio", &args, work_dir, &job.name, job.deadline())
         .with_context(|| format!("run fio job `{}` on {uri}", job.name))?;
     if !output.status.success() {
@@ -229,9 +236,34 @@ fn run_args(job: &Job, args: Vec<String>, uri: &str, work_dir: &Path) -> Result<
             procs::tail_lines(&output.stdout, 15),
         );
     }
-    let (stats, raw) = parse_output(&output.stdout)
+    let (mut stats, raw) = parse_output(&output.stdout)
         .with_context(|| format!("read fio's JSON for job `{}`; stderr (tail):\n{}", job.name, procs::tail_lines(&output.stderr, 15)))?;
+    if per_io {
+        let texts = per_io_log_files(work_dir)
+            .iter()
+            .filter(|f| f.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{PER_IO_LOG_PREFIX}_lat."))))
+            .map(|f| std::fs::read_to_string(f).with_context(|| format!("read fio's latency log {}", f.display())))
+            .collect::<Result<Vec<_>>>()?;
+        let [reads, writes] = per_io_latencies(&texts).with_context(|| format!("fio job `{}`", job.name))?;
+        for (d, values) in [(&mut stats.read, reads), (&mut stats.write, writes)] {
+            // The log holds the measured period only (fio starts it after
+            // the ramp): as many entries as fio counted I/Os, give or take
+            // those in flight at the end.
+            if (values.len() as u64).abs_diff(d.total_ios) > u64::from(job.iodepth) {
+                bail!("fio job `{}`: {} entries in the latency log, {} I/Os in its JSON", job.name, values.len(), d.total_ios);
+            }
+            d.lat_p50_exact_us = exact_median(values).map(|ns| ns / 1000.0);
+        }
+        remove_per_io_logs(work_dir)?;
+    }
     Ok(Run { stats, raw })
+}
+
+fn remove_per_io_logs(work_dir: &Path) -> Result<()> {
+    for f in per_io_log_files(work_dir) {
+        std::fs::remove_file(&f).with_context(|| format!("remove {}", f.display()))?;
+    }
+    Ok(())
 }
 
 /// Parses fio's `--output-format=json` stdout (possibly preceded by log lines)
@@ -282,7 +314,64 @@ fn dir_stats(job: &Value, half: &str) -> Result<DirStats> {
         lat_mean_us: mean_us("lat_ns"),
         lat_p50_us: pct_us("lat_ns", 50.0),
         lat_p99_us: pct_us("lat_ns", 99.0),
+        lat_p50_exact_us: None,
     })
+}
+
+/// File name prefix of the per-I/O latency logs (in the job's work dir;
+/// removed after the run).
+const PER_IO_LOG_PREFIX: &str = "per-io";
+
+/// fio options that log the total latency of every I/O after the ramp, in
+/// `work_dir` (pass the same to [`run`] or its siblings, which then fill
+/// [`DirStats::lat_p50_exact_us`] and remove the logs).
+pub fn per_io_latency_options(work_dir: &Path) -> Vec<String> {
+    vec![format!("--write_lat_log={}", work_dir.join(PER_IO_LOG_PREFIX).display()), "--log_avg_msec=0".into()]
+}
+
+/// The log files fio writes for [`per_io_latency_options`] (one set per job
+/// of the command line, numbered from 1).
+fn per_io_log_files(work_dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for index in 1.. {
+        let names = ["lat", "clat", "slat"].map(|kind| work_dir.join(format!("{PER_IO_LOG_PREFIX}_{kind}.{index}.log")));
+        let present: Vec<_> = names.into_iter().filter(|f| f.exists()).collect();
+        if present.is_empty() {
+            break;
+        }
+        files.extend(present);
+    }
+    files
+}
+
+/// Total latencies (ns) per direction, read and write, from the text of
+/// fio's `_lat` logs: lines `time_ms, value_ns, direction, block_size, ...`
+/// (direction 0 read, 1 write; others, e.g. trims, are skipped).
+fn per_io_latencies(texts: &[String]) -> Result<[Vec<u64>; 2]> {
+    let mut out = [Vec::new(), Vec::new()];
+    for text in texts {
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let mut fields = line.split(',').map(str::trim);
+            let parse = |f: Option<&str>| f.and_then(|v| v.parse::<u64>().ok());
+            let (_time, value, direction) = (fields.next(), parse(fields.next()), parse(fields.next()));
+            let (Some(value), Some(direction)) = (value, direction) else {
+                bail!("line {} of a per-I/O latency log does not parse: {line:?}", n + 1);
+            };
+            if let Some(list) = out.get_mut(direction as usize) {
+                list.push(value);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The median (the lower middle for an even count) of `values`, unsorted.
+fn exact_median(mut values: Vec<u64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_unstable();
+    Some(values[(values.len() - 1) / 2] as f64)
 }
 
 /// The `p`th percentile (µs) of the latency of fio's first job's syncs
@@ -303,6 +392,22 @@ fn percentile_ns(section: &Value, p: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_io_logs_give_the_exact_median_per_direction() {
+        // fio 3.33's `_lat` log lines: time ms, latency ns, direction, bs, priority.
+        let one = "0, 2261000, 1, 4096, 0\n1, 2300000, 1, 4096, 0\n3, 90000, 0, 4096, 0\n".to_string();
+        let two = "2, 2250000, 1, 4096, 0\n5, 2400000, 1, 4096, 0\n6, 1000, 2, 4096, 0\n".to_string();
+        let [reads, writes] = per_io_latencies(&[one, two.clone()]).unwrap();
+        assert_eq!(reads, [90_000]);
+        assert_eq!(writes.len(), 4, "both jobs' logs, the trim skipped");
+        // Sorted: 2,250,000 2,261,000 2,300,000 2,400,000: the lower middle.
+        assert_eq!(exact_median(writes), Some(2_261_000.0));
+        assert_eq!(exact_median(vec![5, 1, 3]), Some(3.0));
+        assert_eq!(exact_median(Vec::new()), None);
+        let broken = per_io_latencies(&[two, "7, fast, 1, 4096, 0\n".into()]).unwrap_err();
+        assert!(broken.to_string().contains("line 1"), "{broken}");
+    }
 
     /// Shape of fio 3.33's output with the nbd engine (trimmed), including
     /// the line the engine prints before the JSON document.
