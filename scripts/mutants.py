@@ -14,7 +14,7 @@ import os, re, subprocess, sys, time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORE = os.path.join(ROOT, "node/core/src")
 
-# (name, file, original text, mutated text)
+# (name, file, original text, mutated text[, simulator arguments: a scenario])
 MUTANTS = [
     ("skip persist-before-grant (a claim is answered before the claims file records it)",
      "peer.rs",
@@ -88,6 +88,11 @@ MUTANTS = [
      "resync.rs",
      "            JobKind::Conflict(_) if runs.is_empty() => {",
      "            JobKind::Conflict(_) if true => {"),
+    ("a resync's or checksum comparison's marking is not counted as a change to a flying sync write's extents",
+     "claims.rs",
+     "            if let Some(ExtentState::Owned(o)) = self.extents.get_mut(&e) {\n                o.changes += 1;\n",
+     "            if let Some(ExtentState::Owned(o)) = self.extents.get_mut(&e) {\n",
+     ["--scenario", "resync-race"]),
 ]
 
 EXTRA = {}
@@ -103,7 +108,8 @@ def main():
         seeds = int(sys.argv[sys.argv.index("--seeds") + 1])
     wanted = [sys.argv[i + 1] for i, a in enumerate(sys.argv) if a == "--match"]
     rows = []
-    for name, fname, old, new in MUTANTS:
+    for name, fname, old, new, *dst_args in MUTANTS:
+        dst_args = dst_args[0] if dst_args else []
         if wanted and not any(w in name for w in wanted):
             continue
         edits = [(fname, old, new)]
@@ -124,14 +130,15 @@ def main():
                 print(build.stderr[-2000:], file=sys.stderr)
                 continue
             started = time.time()
-            run = sh(["target/debug/geomirror-dst", "--seeds", str(seeds), "--threads", "2"])
+            run = sh(["target/debug/geomirror-dst", "--seeds", str(seeds), "--threads", "2", *dst_args])
             secs = time.time() - started
             m = re.search(r"seed (\d+) FAILED: (.*)", run.stdout)
             if m:
                 seed, why = m.group(1), re.sub(r"^block \d+: ", "", m.group(2))
                 rule = re.match(r"(invariant \d+ \([^)]*\)|[^:]*history not linearizable|convergence|node [^:]*: [A-Za-z]+ \{[^}]*\} failed in a run without faults|[^:]+)", why)
                 caught = rule.group(1) if rule else why[:80]
-                rows.append((name, f"seed {seed}", caught, f"{secs:.0f} s"))
+                where = f" ({' '.join(dst_args)})" if dst_args else ""
+                rows.append((name, f"seed {seed}{where}", caught, f"{secs:.0f} s"))
             else:
                 rows.append((name, "NOT CAUGHT", f"{seeds} seeds passed", f"{secs:.0f} s"))
             print(f"{name}: {rows[-1][1]} — {rows[-1][2]}", file=sys.stderr)

@@ -44,9 +44,14 @@ pub struct Report {
     pub failure: Option<String>,
 }
 
-/// Runs one seed to its end.
+/// Runs one seed to its end (every parameter drawn from it).
 pub fn run(seed: u64) -> Report {
-    let mut world = World::new(seed);
+    run_scenario(seed, params::Scenario::Random)
+}
+
+/// Runs one seed of `scenario` to its end.
+pub fn run_scenario(seed: u64, scenario: params::Scenario) -> Report {
+    let mut world = World::with_params(seed, params::Params::of_scenario(seed, scenario));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| world.run()));
     let failure = match outcome {
         Ok(Ok(())) => None,
@@ -58,5 +63,13 @@ pub fn run(seed: u64) -> Report {
 
 /// The command that replays a seed.
 pub fn replay_command(seed: u64) -> String {
-    format!("cargo run --profile dst -p geomirror-dst -- --seed {seed}")
+    replay_scenario_command(seed, params::Scenario::Random)
+}
+
+/// The command that replays a seed of `scenario`.
+pub fn replay_scenario_command(seed: u64, scenario: params::Scenario) -> String {
+    match scenario {
+        params::Scenario::Random => format!("cargo run --profile dst -p geomirror-dst -- --seed {seed}"),
+        s => format!("cargo run --profile dst -p geomirror-dst -- --scenario {} --seed {seed}", s.name()),
+    }
 }

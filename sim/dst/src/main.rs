@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use geomirror_dst::params::Scenario;
 
 #[derive(Parser, Debug)]
 #[command(name = "geomirror-dst", about = "Deterministic simulation of two geomirror nodes")]
@@ -29,6 +30,9 @@ struct Args {
     /// Threads (default: the machine's cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Which parameters the seeds draw (`random`: all of them).
+    #[arg(long, value_enum, default_value_t = Scenario::Random)]
+    scenario: Scenario,
 }
 
 fn main() {
@@ -41,7 +45,7 @@ fn main() {
         std::process::exit(2);
     }
     if let Some(seed) = args.seed {
-        let r = geomirror_dst::run(seed);
+        let r = geomirror_dst::run_scenario(seed, args.scenario);
         println!(
             "seed {seed}: trace hash {:016x}; {} events, {:.3} s simulated; {} writes, {} reads, {} failed, {} crashes, {} sessions, {} io faults, {} block histories too large to check; mode {}, {} writes acknowledged durable at both sites, {} degradations",
             r.hash,
@@ -54,7 +58,7 @@ fn main() {
             r.stats.sessions,
             r.stats.io_faults,
             r.stats.too_large,
-            geomirror_dst::params::Params::of(seed).mode.as_str(),
+            geomirror_dst::params::Params::of_scenario(seed, args.scenario).mode.as_str(),
             r.stats.sync_acks,
             r.stats.degradations
         );
@@ -73,7 +77,7 @@ fn main() {
     let started = Instant::now();
     let workers: Vec<_> = (0..threads)
         .map(|_| {
-            let (next, done, failed) = (next.clone(), done.clone(), failed.clone());
+            let (next, done, failed, scenario) = (next.clone(), done.clone(), failed.clone(), args.scenario);
             std::thread::spawn(move || {
                 loop {
                     if failed.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
@@ -83,10 +87,10 @@ fn main() {
                     if seed >= args.start.saturating_add(limit) {
                         return;
                     }
-                    let r = geomirror_dst::run(seed);
+                    let r = geomirror_dst::run_scenario(seed, scenario);
                     if let Some(f) = r.failure {
                         failed.store(true, Ordering::Relaxed);
-                        println!("seed {seed} FAILED: {f}\nreplay: {}", geomirror_dst::replay_command(seed));
+                        println!("seed {seed} FAILED: {f}\nreplay: {}", geomirror_dst::replay_scenario_command(seed, scenario));
                         return;
                     }
                     done.fetch_add(1, Ordering::Relaxed);

@@ -248,9 +248,14 @@ fn ns(d: Duration) -> u64 {
 }
 
 impl World {
-    /// A world for `seed`.
+    /// A world for `seed` (every parameter drawn from it).
     pub fn new(seed: u64) -> World {
-        let p = Params::of(seed);
+        World::with_params(seed, Params::of(seed))
+    }
+
+    /// A world for `seed` with parameters `p` (e.g. a scenario's, see
+    /// [`Params::of_scenario`]); the schedule is still drawn from `seed`.
+    pub fn with_params(seed: u64, p: Params) -> World {
         let blocks = p.blocks();
         let node = |clients: usize| Node {
             core: None,
@@ -394,6 +399,7 @@ impl World {
     fn io_latency(&mut self, op: &IoOp) -> u64 {
         match op {
             IoOp::Write { sync: true, .. } => self.rng.random_range(5_000..200_000) + self.rng.random_range(100_000..2_000_000),
+            IoOp::Write { .. } if self.p.slow_store_writes => self.rng.random_range(2_000_000..20_000_000),
             IoOp::Read { .. } | IoOp::Write { .. } => self.rng.random_range(5_000..200_000),
             IoOp::Sync => self.rng.random_range(100_000..2_000_000),
             IoOp::Persist { .. } | IoOp::SaveConflicts { .. } => self.rng.random_range(200_000..3_000_000),
