@@ -177,12 +177,16 @@ impl FileStore {
         if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
     }
 
+    /// Zeroes by writing them (a filesystem without the `fallocate`
+    /// modes), in the same pieces as [`write_at`](BlockStore::write_at).
     fn write_zeroes_slowly(&self, offset: u64, length: u64) -> Result<(), StoreError> {
         let zeroes = vec![0u8; ZERO_FALLBACK_CHUNK_BYTES.min(length as usize)];
         let mut done = 0;
         while done < length {
             let n = (length - done).min(zeroes.len() as u64) as usize;
-            self.file.write_all_at(&zeroes[..n], offset + done)?;
+            for (at, range) in write_pieces(offset + done, n, crate::limits::PAGE_CACHE_WRITE_PIECE_BYTES) {
+                self.file.write_all_at(&zeroes[range], at)?;
+            }
             done += n as u64;
         }
         Ok(())
@@ -412,6 +416,23 @@ mod tests {
             }
             assert_eq!(next, length);
         }
+    }
+
+    #[test]
+    fn zeroes_written_by_the_fallback_cover_exactly_the_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = FileStore::open_or_create(dir.path(), &geometry(8 << 20)).unwrap();
+        let ones = vec![0xffu8; 3 << 20];
+        store.write_at(&ones, 0).unwrap();
+        // Unaligned, longer than a fallback chunk, across many pieces.
+        let (offset, length) = (12_345u64, (ZERO_FALLBACK_CHUNK_BYTES + 200_000) as u64);
+        store.write_zeroes_slowly(offset, length).unwrap();
+        let mut back = vec![0u8; 3 << 20];
+        store.read_at(&mut back, 0).unwrap();
+        let (start, end) = (offset as usize, (offset + length) as usize);
+        assert!(back[..start].iter().all(|&b| b == 0xff), "before the range");
+        assert!(back[start..end].iter().all(|&b| b == 0), "the range");
+        assert!(back[end..].iter().all(|&b| b == 0xff), "after the range");
     }
 
     #[test]
