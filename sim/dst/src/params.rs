@@ -36,7 +36,7 @@ pub enum Scenario {
     /// after a restart) queues the same blocks for the copy stream, whose
     /// read may see the store before the write lands. Store writes are
     /// slow (2–20 ms, reads stay fast), outages and takeovers frequent,
-    /// writes concentrated on few blocks.
+    /// the shared hot blocks cut to at most two.
     ResyncRace,
 }
 
