@@ -171,7 +171,10 @@ impl Engine {
 
     /// Runs `f` on the core, then carries out its outputs and re-arms the timer.
     fn with_core<R>(self: &Arc<Self>, f: impl FnOnce(&mut NodeCore, Time) -> R) -> R {
-        let mut inline = InlineWrites::new();
+        self.with_core_on(InlineWrites::on_runtime(), f)
+    }
+
+    fn with_core_on<R>(self: &Arc<Self>, mut inline: InlineWrites, f: impl FnOnce(&mut NodeCore, Time) -> R) -> R {
         let result = self.locked(f, &mut inline);
         self.run_inline(inline);
         result
@@ -198,9 +201,14 @@ impl Engine {
     /// for, on this thread and after the core's lock is released, and hands
     /// each result back (which may ask for more, within the budget).
     fn run_inline(self: &Arc<Self>, mut inline: InlineWrites) {
-        while let Some((token, volume, op)) = inline.next() {
-            let result = self.run_io_here(volume, op);
-            self.locked(|core, now| core.handle(now, Input::IoDone { token, result }), &mut inline);
+        while let Some(next) = inline.next() {
+            match next {
+                Queued::Here(token, volume, op) => {
+                    let result = self.run_io_here(volume, op);
+                    self.locked(|core, now| core.handle(now, Input::IoDone { token, result }), &mut inline);
+                }
+                Queued::Pool(token, volume, op) => self.spawn_io(token, volume, op),
+            }
         }
     }
 
@@ -236,7 +244,10 @@ impl Engine {
         while let Some(output) = core.poll_output() {
             tracing::trace!(parent: &self.span, ?output, "core output");
             match output {
-                Output::Send { session, lane, message } => self.send(session, lane, message),
+                Output::Send { session, lane, message } => {
+                    self.send(session, lane, message);
+                    inline.note_sent();
+                }
                 Output::CloseSession { session, reason } => {
                     if let Some(io) = self.sessions.lock().expect("sessions lock").get(&session) {
                         io.close(reason);
@@ -372,7 +383,7 @@ impl Engine {
         crate::tasks::spawn_blocking_in(&self.handle, self.span.clone(), move || {
             let result = me.run_io_here(volume, op);
             tracing::trace!(token = token.0, ok = result.is_ok(), "I/O done");
-            me.with_core(|core, now| core.handle(now, Input::IoDone { token, result }));
+            me.with_core_on(InlineWrites::on_pool(), |core, now| core.handle(now, Input::IoDone { token, result }));
         });
     }
 
@@ -678,18 +689,54 @@ struct KeptWrites<'a> {
 /// two thread switches of a trip through the pool, which on a round trip
 /// per write (the sync modes) sit on the host's critical path. At most
 /// [`INLINE_IO_PER_INPUT_MAX`] per input, so one input never holds its
-/// thread for long; the rest go to the pool.
+/// thread for long; the rest go to the pool. Once the outputs queued a
+/// message for the peer, the writes still queued go to the pool too: the
+/// lane's writer task runs on this thread only after the input's handling
+/// yields, and nobody waits for these writes as much as the other site
+/// waits for that message (a sync mode's copy leaving with the write's own
+/// buffer; a `sync-memory` copy reported received at arrival).
 ///
 /// [`INLINE_WRITE_BYTES_MAX`]: crate::limits::INLINE_WRITE_BYTES_MAX
 /// [`INLINE_IO_PER_INPUT_MAX`]: crate::limits::INLINE_IO_PER_INPUT_MAX
 struct InlineWrites {
     queued: std::collections::VecDeque<(IoToken, VolumeIndex, IoOp)>,
     budget: usize,
+    /// A message for the peer was queued while handling this input.
+    sent: bool,
+    /// This is a runtime thread: a lane's writer task woken here runs only
+    /// when the input's handling yields (on a blocking-pool thread, which
+    /// hands a finished I/O back, it runs on a runtime thread meanwhile).
+    sends_wait: bool,
+}
+
+/// Where a kept write runs ([`InlineWrites::next`]).
+enum Queued {
+    /// On this thread, now.
+    Here(IoToken, VolumeIndex, IoOp),
+    /// On the blocking pool, because a message to the peer waits for this
+    /// thread to yield.
+    Pool(IoToken, VolumeIndex, IoOp),
 }
 
 impl InlineWrites {
-    fn new() -> InlineWrites {
-        InlineWrites { queued: std::collections::VecDeque::new(), budget: crate::limits::INLINE_IO_PER_INPUT_MAX }
+    /// For an input handled on a runtime thread.
+    fn on_runtime() -> InlineWrites {
+        InlineWrites {
+            queued: std::collections::VecDeque::new(),
+            budget: crate::limits::INLINE_IO_PER_INPUT_MAX,
+            sent: false,
+            sends_wait: true,
+        }
+    }
+
+    /// For an I/O's completion handled on the blocking-pool thread that ran it.
+    fn on_pool() -> InlineWrites {
+        InlineWrites { sends_wait: false, ..InlineWrites::on_runtime() }
+    }
+
+    /// The outputs queued a message for the peer.
+    fn note_sent(&mut self) {
+        self.sent = true;
     }
 
     /// Keeps `op` to run inline if it is a small unsynced data write and
@@ -704,8 +751,10 @@ impl InlineWrites {
         }
     }
 
-    fn next(&mut self) -> Option<(IoToken, VolumeIndex, IoOp)> {
-        self.queued.pop_front()
+    /// The next kept write, in the order the core asked, and where it runs.
+    fn next(&mut self) -> Option<Queued> {
+        let (token, volume, op) = self.queued.pop_front()?;
+        Some(if self.sent && self.sends_wait { Queued::Pool(token, volume, op) } else { Queued::Here(token, volume, op) })
     }
 }
 
@@ -858,7 +907,7 @@ mod tests {
         assert!(!is_small_page_cache_write(&write(vec![StoreWrite::Trim { offset: 0, length: 4096 }], false)), "a trim");
         assert!(!is_small_page_cache_write(&IoOp::Sync));
 
-        let mut inline = InlineWrites::new();
+        let mut inline = InlineWrites::on_runtime();
         let v = VolumeIndex(0);
         for t in 0..crate::limits::INLINE_IO_PER_INPUT_MAX as u64 {
             assert!(inline.offer(IoToken(t), v, write(vec![data(4096)], false)).is_none(), "kept within the budget");
@@ -866,8 +915,23 @@ mod tests {
         let over = inline.offer(IoToken(99), v, write(vec![data(4096)], false));
         assert!(over.is_some_and(|(t, _, _)| t == IoToken(99)), "past the budget it goes to the pool");
         assert!(inline.offer(IoToken(100), v, IoOp::Sync).is_some());
-        let order: Vec<u64> = std::iter::from_fn(|| inline.next()).map(|(t, _, _)| t.0).collect();
-        assert_eq!(order, (0..crate::limits::INLINE_IO_PER_INPUT_MAX as u64).collect::<Vec<_>>(), "in the order the core asked");
+        let first = inline.next();
+        assert!(matches!(first, Some(Queued::Here(IoToken(0), ..))), "in the order the core asked, here");
+        // A message for the peer queued: it goes first, the rest to the pool.
+        inline.note_sent();
+        let rest: Vec<u64> = std::iter::from_fn(|| inline.next())
+            .map(|q| match q {
+                Queued::Pool(t, _, _) => t.0,
+                Queued::Here(t, _, _) => panic!("write {} ran here after a message was queued", t.0),
+            })
+            .collect();
+        assert_eq!(rest, (1..crate::limits::INLINE_IO_PER_INPUT_MAX as u64).collect::<Vec<_>>());
+        // On the pool thread that finished an I/O, a message does not wait
+        // for it: the writes stay here.
+        let mut pool = InlineWrites::on_pool();
+        assert!(pool.offer(IoToken(1), v, write(vec![data(4096)], false)).is_none());
+        pool.note_sent();
+        assert!(matches!(pool.next(), Some(Queued::Here(IoToken(1), ..))));
     }
 
     #[tokio::test(start_paused = true)]
