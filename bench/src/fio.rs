@@ -239,10 +239,10 @@ fn run_args(job: &Job, args: Vec<String>, uri: &str, work_dir: &Path) -> Result<
     let (mut stats, raw) = parse_output(&output.stdout)
         .with_context(|| format!("read fio's JSON for job `{}`; stderr (tail):\n{}", job.name, procs::tail_lines(&output.stderr, 15)))?;
     if per_io {
-        let texts = per_io_log_files(work_dir)
-            .iter()
-            .filter(|f| f.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{PER_IO_LOG_PREFIX}_lat."))))
-            .map(|f| std::fs::read_to_string(f).with_context(|| format!("read fio's latency log {}", f.display())))
+        let texts = (1..)
+            .map(|index| per_io_log(work_dir, "lat", index))
+            .take_while(|f| f.exists())
+            .map(|f| std::fs::read_to_string(&f).with_context(|| format!("read fio's latency log {}", f.display())))
             .collect::<Result<Vec<_>>>()?;
         let [reads, writes] = per_io_latencies(&texts).with_context(|| format!("fio job `{}`", job.name))?;
         // One fio job per `--name` of the command line, each with its own
@@ -339,13 +339,19 @@ pub fn per_io_latency_options(work_dir: &Path) -> Vec<String> {
     vec![format!("--write_lat_log={}", work_dir.join(PER_IO_LOG_PREFIX).display()), "--log_avg_msec=0".into()]
 }
 
-/// The log files fio writes for [`per_io_latency_options`] (one set per job
-/// of the command line, numbered from 1).
+/// One log file fio writes for [`per_io_latency_options`]: `kind` is
+/// `lat`, `clat` or `slat`, `index` the job's number on the command line
+/// (from 1).
+fn per_io_log(work_dir: &Path, kind: &str, index: usize) -> std::path::PathBuf {
+    work_dir.join(format!("{PER_IO_LOG_PREFIX}_{kind}.{index}.log"))
+}
+
+/// Every log file fio wrote for [`per_io_latency_options`].
 fn per_io_log_files(work_dir: &Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     for index in 1.. {
-        let names = ["lat", "clat", "slat"].map(|kind| work_dir.join(format!("{PER_IO_LOG_PREFIX}_{kind}.{index}.log")));
-        let present: Vec<_> = names.into_iter().filter(|f| f.exists()).collect();
+        let present: Vec<_> =
+            ["lat", "clat", "slat"].map(|kind| per_io_log(work_dir, kind, index)).into_iter().filter(|f| f.exists()).collect();
         if present.is_empty() {
             break;
         }

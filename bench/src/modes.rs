@@ -288,7 +288,7 @@ fn measure_fdatasync(args: &Args, dir: &Path, round: u32, think_us: u64) -> Resu
     let load = probe.finish();
     let (p50_us, p99_us) = (fio::sync_latency_us(&run.raw, 50.0), fio::sync_latency_us(&run.raw, 99.0));
     eprintln!(
-        "round {round}/{}: one fdatasync after a 4 KiB write, {think_us} µs between: p50 {} µs, p99 {} µs",
+        "round {round}/{}: one fdatasync after a 4 KiB write, fio pausing {think_us} µs after each write: p50 {} µs, p99 {} µs",
         args.rounds,
         table::cell(p50_us, Format::OneDecimal),
         table::cell(p99_us, Format::OneDecimal)
