@@ -110,7 +110,7 @@ const _: () = assert!(
 /// write; a larger copy would hold the thread too long).
 pub const INLINE_WRITE_BYTES_MAX: usize = 64 << 10;
 /// Most small page-cache writes the core asks for that one input carries
-/// out on its own thread (`engine::InlineWrites`); more go to the blocking
+/// out on its own thread (`engine::AfterLock`); more go to the blocking
 /// pool, so one input never holds a runtime thread for long.
 pub const INLINE_IO_PER_INPUT_MAX: usize = 4;
 /// Messages queued for the bulk lane's writer; as above. The copy stream

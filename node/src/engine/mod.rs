@@ -5,8 +5,10 @@
 //! decides nothing: every rule lives in the core.
 //!
 //! One lock guards the core; outputs are executed under it, and none of
-//! them blocks (sends go to bounded per-lane channels, I/O to the blocking
-//! pool), so the order of messages on a lane is the core's. Owned-extent
+//! them blocks (sends are queued on bounded per-lane outboxes, I/O goes to
+//! the blocking pool), so the order of messages on a lane is the core's.
+//! Once the lock is released, the thread that handled the input writes the
+//! lanes it queued on and runs the small writes it asked for ([`AfterLock`]). Owned-extent
 //! writes and local reads take the core's synchronous fast paths and touch
 //! the store directly.
 //!
@@ -39,19 +41,20 @@ use self::claims_file::ClaimsFile;
 use self::conflict_file::ConflictFile;
 use self::recent::RecentWrites;
 use crate::metrics::ReplicationMetrics;
+use crate::peer::outbox::{CountSent, Outbox, OutboxFull, Written};
 use crate::store::{BlockStore, StoreError};
 
-/// The channels of one session's lanes, as the core's sends need them.
+/// The outboxes of one session's lanes, as the core's sends need them.
 pub struct SessionIo {
     /// Cancelled when the session ends (either lane failed, or the core
     /// closed it); the link then reports the end.
     pub cancel: CancellationToken,
     /// Why it ended, if the core or the runtime closed it.
     pub reason: Arc<Mutex<Option<String>>>,
-    /// The priority lane's writer.
-    pub priority: mpsc::Sender<Message>,
-    /// The bulk lane's writer, once attached.
-    pub bulk: Option<mpsc::Sender<Message>>,
+    /// The priority lane's outbox.
+    pub priority: Arc<Outbox>,
+    /// The bulk lane's outbox, once attached.
+    pub bulk: Option<Arc<Outbox>>,
 }
 
 impl SessionIo {
@@ -171,25 +174,27 @@ impl Engine {
 
     /// Runs `f` on the core, then carries out its outputs and re-arms the timer.
     fn with_core<R>(self: &Arc<Self>, f: impl FnOnce(&mut NodeCore, Time) -> R) -> R {
-        self.with_core_on(InlineWrites::on_runtime(), f)
+        self.with_core_on(AfterLock::on_runtime(), f)
     }
 
-    fn with_core_on<R>(self: &Arc<Self>, mut inline: InlineWrites, f: impl FnOnce(&mut NodeCore, Time) -> R) -> R {
-        let result = self.locked(f, &mut inline);
-        self.run_inline(inline);
+    fn with_core_on<R>(self: &Arc<Self>, mut after: AfterLock, f: impl FnOnce(&mut NodeCore, Time) -> R) -> R {
+        let result = self.locked(f, &mut after);
+        self.run_inline(after);
         result
     }
 
     /// [`with_core`](Self::with_core) without the inline writes: those the
-    /// outputs asked for are added to `inline` (within its budget).
-    fn locked<R>(self: &Arc<Self>, f: impl FnOnce(&mut NodeCore, Time) -> R, inline: &mut InlineWrites) -> R {
+    /// outputs asked for are added to `after` (within its budget). The lanes
+    /// they queued messages on are written once the lock is released.
+    fn locked<R>(self: &Arc<Self>, f: impl FnOnce(&mut NodeCore, Time) -> R, after: &mut AfterLock) -> R {
         tracing::trace!(parent: &self.span, "core input");
         let mut core = self.core.lock().expect("core lock");
         let now = self.now();
         let result = f(&mut core, now);
-        self.execute(&mut core, inline);
+        self.execute(&mut core, after);
         let next = core.poll_timeout();
         drop(core);
+        after.write_lanes();
         if let Some(t) = next {
             self.arm(t.as_nanos());
         }
@@ -200,12 +205,12 @@ impl Engine {
     /// Carries out the small page-cache writes the core's outputs asked
     /// for, on this thread and after the core's lock is released, and hands
     /// each result back (which may ask for more, within the budget).
-    fn run_inline(self: &Arc<Self>, mut inline: InlineWrites) {
-        while let Some(next) = inline.next() {
+    fn run_inline(self: &Arc<Self>, mut after: AfterLock) {
+        while let Some(next) = after.next() {
             match next {
                 Queued::Here(token, volume, op) => {
                     let result = self.run_io_here(volume, op);
-                    self.locked(|core, now| core.handle(now, Input::IoDone { token, result }), &mut inline);
+                    self.locked(|core, now| core.handle(now, Input::IoDone { token, result }), &mut after);
                 }
                 Queued::Pool(token, volume, op) => self.spawn_io(token, volume, op),
             }
@@ -238,23 +243,21 @@ impl Engine {
         }
     }
 
-    /// Carries out the core's outputs; nothing here blocks (small
-    /// page-cache writes are put in `inline`, done once the lock is released).
-    fn execute(self: &Arc<Self>, core: &mut NodeCore, inline: &mut InlineWrites) {
+    /// Carries out the core's outputs; nothing here blocks (messages are
+    /// queued and small page-cache writes kept in `after`, both done once
+    /// the lock is released).
+    fn execute(self: &Arc<Self>, core: &mut NodeCore, after: &mut AfterLock) {
         while let Some(output) = core.poll_output() {
             tracing::trace!(parent: &self.span, ?output, "core output");
             match output {
-                Output::Send { session, lane, message } => {
-                    self.send(session, lane, message);
-                    inline.note_sent();
-                }
+                Output::Send { session, lane, message } => self.send(session, lane, message, after),
                 Output::CloseSession { session, reason } => {
                     if let Some(io) = self.sessions.lock().expect("sessions lock").get(&session) {
                         io.close(reason);
                     }
                 }
                 Output::Io { token, volume, op } => {
-                    if let Some((token, volume, op)) = inline.offer(token, volume, op) {
+                    if let Some((token, volume, op)) = after.offer(token, volume, op) {
                         self.spawn_io(token, volume, op);
                     }
                 }
@@ -358,23 +361,22 @@ impl Engine {
         self.core.lock().expect("core lock").may_serve()
     }
 
-    fn send(&self, session: SessionGen, lane: Lane, message: Message) {
+    /// Queues `message` on its lane; `after` writes the lane once the core's
+    /// lock is released.
+    fn send(&self, session: SessionGen, lane: Lane, message: Message, after: &mut AfterLock) {
         let sessions = self.sessions.lock().expect("sessions lock");
         let Some(io) = sessions.get(&session) else { return };
-        let tx = match lane {
+        let outbox = match lane {
             Lane::Priority => Some(&io.priority),
             Lane::Bulk => io.bulk.as_ref(),
         };
-        let Some(tx) = tx else {
+        let Some(outbox) = outbox else {
             io.close(format!("the core sent on the {lane:?} lane before it was attached"));
             return;
         };
-        match tx.try_send(message) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                io.close(format!("the {lane:?} lane's queue is full: the peer does not read fast enough"));
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        match outbox.push(message) {
+            Ok(()) => after.note_queued(outbox),
+            Err(OutboxFull) => io.close(format!("the {lane:?} lane's queue is full: the peer does not read fast enough")),
         }
     }
 
@@ -383,7 +385,7 @@ impl Engine {
         crate::tasks::spawn_blocking_in(&self.handle, self.span.clone(), move || {
             let result = me.run_io_here(volume, op);
             tracing::trace!(token = token.0, ok = result.is_ok(), "I/O done");
-            me.with_core_on(InlineWrites::on_pool(), |core, now| core.handle(now, Input::IoDone { token, result }));
+            me.with_core_on(AfterLock::on_pool(), |core, now| core.handle(now, Input::IoDone { token, result }));
         });
     }
 
@@ -584,7 +586,7 @@ impl Engine {
     }
 
     /// The accepter's bulk lane attached. False: no such session.
-    pub fn bulk_up(self: &Arc<Self>, session: SessionGen, bulk: mpsc::Sender<Message>) -> bool {
+    pub fn bulk_up(self: &Arc<Self>, session: SessionGen, bulk: Arc<Outbox>) -> bool {
         {
             let mut sessions = self.sessions.lock().expect("sessions lock");
             let Some(io) = sessions.get_mut(&session) else { return false };
@@ -620,7 +622,7 @@ impl Engine {
 
     /// Bytes of a frame sent: the link's total, and the per-volume
     /// counters of the bulk lane's copy-stream messages.
-    pub fn count_sent(&self, message: &Message, bytes: usize) {
+    fn count_frame(&self, message: &Message, bytes: usize) {
         self.link_sent_bytes.fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         let volume = match message {
             Message::Copy { volume, .. } | Message::Release { volume, .. } | Message::Destage { volume, .. } => *volume,
@@ -663,6 +665,12 @@ impl Engine {
     }
 }
 
+impl CountSent for Engine {
+    fn count_sent(&self, message: &Message, bytes: usize) {
+        self.count_frame(message, bytes);
+    }
+}
+
 /// The fault a store error is to the core.
 pub fn fault_of(e: &StoreError) -> IoFault {
     let kind = match e {
@@ -682,34 +690,43 @@ struct KeptWrites<'a> {
     metrics: &'a ReplicationMetrics,
 }
 
-/// The core's small page-cache writes done on the thread that handled the
-/// input, instead of the blocking pool: a write of at most
+/// What an input's outputs leave for after the core's lock is released, on
+/// the thread that handled the input.
+///
+/// First the lanes they queued messages on: this thread writes them itself
+/// if that needs no waiting ([`Outbox::write_here`]), so a sync mode's copy
+/// leaves before the input's other work, and the answer to a `sync` write
+/// leaves from the pool thread that made it durable, without waking a
+/// runtime thread for the lane's writer task.
+///
+/// Then the small page-cache writes: a write of at most
 /// [`INLINE_WRITE_BYTES_MAX`] bytes of data, not synced (copies applied at
-/// the peer, a `sync-memory` or `sync` host write's local write), saves the
-/// two thread switches of a trip through the pool, which on a round trip
-/// per write (the sync modes) sit on the host's critical path. At most
-/// [`INLINE_IO_PER_INPUT_MAX`] per input, so one input never holds its
-/// thread for long; the rest go to the pool. Once the outputs queued a
-/// message for the peer, the writes still queued go to the pool too: the
-/// lane's writer task runs on this thread only after the input's handling
-/// yields, and nobody waits for these writes as much as the other site
-/// waits for that message (a sync mode's copy leaving with the write's own
-/// buffer; a `sync-memory` copy reported received at arrival).
+/// the peer, a `sync-memory` or `sync` host write's local write), runs here
+/// instead of on the blocking pool, which saves the two thread switches of
+/// a trip through the pool (on a round trip per write, the sync modes, they
+/// sit on the host's critical path). At most [`INLINE_IO_PER_INPUT_MAX`]
+/// per input, so one input never holds its thread for long; the rest go to
+/// the pool. If a message was left to a lane's writer task on a runtime
+/// thread, the writes still kept go to the pool too: that task runs on this
+/// thread only after the input's handling yields, and nobody waits for
+/// these writes as much as the other site waits for that message.
 ///
 /// [`INLINE_WRITE_BYTES_MAX`]: crate::limits::INLINE_WRITE_BYTES_MAX
 /// [`INLINE_IO_PER_INPUT_MAX`]: crate::limits::INLINE_IO_PER_INPUT_MAX
-struct InlineWrites {
+struct AfterLock {
+    /// Lanes with messages queued by this input's outputs.
+    lanes: Vec<Arc<Outbox>>,
     queued: std::collections::VecDeque<(IoToken, VolumeIndex, IoOp)>,
     budget: usize,
-    /// A message for the peer was queued while handling this input.
-    sent: bool,
+    /// A message of this input was left to a lane's writer task.
+    left_to_writer: bool,
     /// This is a runtime thread: a lane's writer task woken here runs only
     /// when the input's handling yields (on a blocking-pool thread, which
     /// hands a finished I/O back, it runs on a runtime thread meanwhile).
-    sends_wait: bool,
+    writer_waits_for_us: bool,
 }
 
-/// Where a kept write runs ([`InlineWrites::next`]).
+/// Where a kept write runs ([`AfterLock::next`]).
 enum Queued {
     /// On this thread, now.
     Here(IoToken, VolumeIndex, IoOp),
@@ -718,25 +735,37 @@ enum Queued {
     Pool(IoToken, VolumeIndex, IoOp),
 }
 
-impl InlineWrites {
+impl AfterLock {
     /// For an input handled on a runtime thread.
-    fn on_runtime() -> InlineWrites {
-        InlineWrites {
+    fn on_runtime() -> AfterLock {
+        AfterLock {
+            lanes: Vec::new(),
             queued: std::collections::VecDeque::new(),
             budget: crate::limits::INLINE_IO_PER_INPUT_MAX,
-            sent: false,
-            sends_wait: true,
+            left_to_writer: false,
+            writer_waits_for_us: true,
         }
     }
 
     /// For an I/O's completion handled on the blocking-pool thread that ran it.
-    fn on_pool() -> InlineWrites {
-        InlineWrites { sends_wait: false, ..InlineWrites::on_runtime() }
+    fn on_pool() -> AfterLock {
+        AfterLock { writer_waits_for_us: false, ..AfterLock::on_runtime() }
     }
 
-    /// The outputs queued a message for the peer.
-    fn note_sent(&mut self) {
-        self.sent = true;
+    /// The outputs queued a message on `outbox`.
+    fn note_queued(&mut self, outbox: &Arc<Outbox>) {
+        if !self.lanes.iter().any(|o| Arc::ptr_eq(o, outbox)) {
+            self.lanes.push(outbox.clone());
+        }
+    }
+
+    /// Writes the lanes the outputs queued on (called without the core's lock).
+    fn write_lanes(&mut self) {
+        for outbox in self.lanes.drain(..) {
+            if outbox.write_here() == Written::LeftToWriter {
+                self.left_to_writer = true;
+            }
+        }
     }
 
     /// Keeps `op` to run inline if it is a small unsynced data write and
@@ -754,7 +783,11 @@ impl InlineWrites {
     /// The next kept write, in the order the core asked, and where it runs.
     fn next(&mut self) -> Option<Queued> {
         let (token, volume, op) = self.queued.pop_front()?;
-        Some(if self.sent && self.sends_wait { Queued::Pool(token, volume, op) } else { Queued::Here(token, volume, op) })
+        Some(if self.left_to_writer && self.writer_waits_for_us {
+            Queued::Pool(token, volume, op)
+        } else {
+            Queued::Here(token, volume, op)
+        })
     }
 }
 
@@ -773,7 +806,7 @@ fn is_small_page_cache_write(op: &IoOp) -> bool {
 }
 
 /// Carries out one I/O of the core (on the blocking pool, or a small write
-/// inline: [`InlineWrites`]).
+/// inline: [`AfterLock`]).
 fn run_io(
     store: &dyn BlockStore,
     kept: KeptWrites<'_>,
@@ -907,7 +940,7 @@ mod tests {
         assert!(!is_small_page_cache_write(&write(vec![StoreWrite::Trim { offset: 0, length: 4096 }], false)), "a trim");
         assert!(!is_small_page_cache_write(&IoOp::Sync));
 
-        let mut inline = InlineWrites::on_runtime();
+        let mut inline = AfterLock::on_runtime();
         let v = VolumeIndex(0);
         for t in 0..crate::limits::INLINE_IO_PER_INPUT_MAX as u64 {
             assert!(inline.offer(IoToken(t), v, write(vec![data(4096)], false)).is_none(), "kept within the budget");
@@ -917,8 +950,9 @@ mod tests {
         assert!(inline.offer(IoToken(100), v, IoOp::Sync).is_some());
         let first = inline.next();
         assert!(matches!(first, Some(Queued::Here(IoToken(0), ..))), "in the order the core asked, here");
-        // A message for the peer queued: it goes first, the rest to the pool.
-        inline.note_sent();
+        // A message for the peer left to the lane's writer task, which runs
+        // on this thread only after the input: the rest go to the pool.
+        inline.left_to_writer = true;
         let rest: Vec<u64> = std::iter::from_fn(|| inline.next())
             .map(|q| match q {
                 Queued::Pool(t, _, _) => t.0,
@@ -928,9 +962,9 @@ mod tests {
         assert_eq!(rest, (1..crate::limits::INLINE_IO_PER_INPUT_MAX as u64).collect::<Vec<_>>());
         // On the pool thread that finished an I/O, a message does not wait
         // for it: the writes stay here.
-        let mut pool = InlineWrites::on_pool();
+        let mut pool = AfterLock::on_pool();
         assert!(pool.offer(IoToken(1), v, write(vec![data(4096)], false)).is_none());
-        pool.note_sent();
+        pool.left_to_writer = true;
         assert!(matches!(pool.next(), Some(Queued::Here(IoToken(1), ..))));
     }
 

@@ -3,8 +3,8 @@
 //! node whose name sorts first dials both, the other accepts. After the
 //! hello (versions, names, the volumes compared), the session is handed to
 //! the engine; from then on each lane has a reader (frames to the core, in
-//! arrival order, pausing while the core has no room) and a writer (the
-//! core's sends, in the order it produced them). The link knows sessions and
+//! arrival order, pausing while the core has no room) and an outbox (the
+//! core's sends, in the order it produced them: [`super::outbox`]). The link knows sessions and
 //! frames, not volumes: every protocol decision, the session-start sync,
 //! heartbeats and the idle deadline included, is the core's.
 
@@ -13,23 +13,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use geomirror_core::{Role, SessionGen};
 use geomirror_wire::peer::{Lane, Message, PROTOCOL_VERSION, VolumeInfo};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_util::codec::{Framed, FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::codec::{codec, encode_frame};
+use super::codec::codec;
+use super::outbox::{CountSent, Outbox};
 use super::tls::PeerTls;
 use crate::engine::{Engine, SessionIo};
 use crate::limits::{
-    BULK_LANE_QUEUE_MESSAGES, LANE_WRITE_BATCH_BYTES, LANE_WRITE_SLICE_BYTES, PEER_BACKOFF_MAX, PEER_CONNECT_TIMEOUT,
-    PRIORITY_LANE_QUEUE_MESSAGES,
+    BULK_LANE_QUEUE_MESSAGES, LANE_WRITE_BATCH_BYTES, PEER_BACKOFF_MAX, PEER_CONNECT_TIMEOUT, PRIORITY_LANE_QUEUE_MESSAGES,
 };
 
 /// Settings of the link, from `[peer]`.
@@ -172,13 +170,11 @@ impl PeerLink {
         let session = self.new_session();
         let cancel = CancellationToken::new();
         let reason = Arc::new(Mutex::new(None));
-        let (ptx, prx) = mpsc::channel(PRIORITY_LANE_QUEUE_MESSAGES);
-        let (btx, brx) = mpsc::channel(BULK_LANE_QUEUE_MESSAGES);
         let handles = Handles { cancel: cancel.clone(), reason: reason.clone() };
-        self.spawn_lane(session, Lane::Priority, priority, prx, &handles);
-        self.spawn_lane(session, Lane::Bulk, bulk, brx, &handles);
+        let priority = self.spawn_lane(session, Lane::Priority, priority, &handles);
+        let bulk = self.spawn_lane(session, Lane::Bulk, bulk, &handles);
         let errors = volume_errors.into_iter().map(|e| (!e.is_empty()).then_some(e)).collect();
-        self.engine.session_up(session, Role::Dialer, errors, SessionIo { cancel, reason, priority: ptx, bulk: Some(btx) });
+        self.engine.session_up(session, Role::Dialer, errors, SessionIo { cancel, reason, priority, bulk: Some(bulk) });
         Ok((session, handles))
     }
 
@@ -309,9 +305,8 @@ impl PeerLink {
                 if let Some((_, old)) = self.accepting.lock().expect("accepting lock").replace((session, cancel.clone())) {
                     old.cancel();
                 }
-                let (ptx, prx) = mpsc::channel(PRIORITY_LANE_QUEUE_MESSAGES);
-                self.spawn_lane(session, Lane::Priority, framed, prx, &handles);
-                self.engine.session_up(session, Role::Accepter, ours, SessionIo { cancel, reason, priority: ptx, bulk: None });
+                let priority = self.spawn_lane(session, Lane::Priority, framed, &handles);
+                self.engine.session_up(session, Role::Accepter, ours, SessionIo { cancel, reason, priority, bulk: None });
                 info!(peer = %self.config.peer_name, session = session.0, "peer link up");
                 self.set_status("up", None);
                 let link = self.clone();
@@ -326,9 +321,8 @@ impl PeerLink {
                     anyhow::bail!("bulk connection without a priority connection");
                 };
                 let handles = Handles { cancel, reason: Arc::new(Mutex::new(None)) };
-                let (btx, brx) = mpsc::channel(BULK_LANE_QUEUE_MESSAGES);
-                self.spawn_lane(session, Lane::Bulk, framed, brx, &handles);
-                if !self.engine.bulk_up(session, btx) {
+                let bulk = self.spawn_lane(session, Lane::Bulk, framed, &handles);
+                if !self.engine.bulk_up(session, bulk) {
                     handles.cancel.cancel();
                     anyhow::bail!("bulk connection for a session that has ended");
                 }
@@ -339,30 +333,25 @@ impl PeerLink {
 
     // ---------------------------------------------------------------- lanes
 
-    /// The reader and the writer of one lane. Either failing ends the session.
-    fn spawn_lane<S>(
-        self: &Arc<Self>,
-        session: SessionGen,
-        lane: Lane,
-        framed: PeerFramed<S>,
-        mut outgoing: mpsc::Receiver<Message>,
-        h: &Handles,
-    ) where
+    /// The reader and the writer of one lane; returns the lane's outbox.
+    /// Either failing ends the session.
+    fn spawn_lane<S>(self: &Arc<Self>, session: SessionGen, lane: Lane, framed: PeerFramed<S>, h: &Handles) -> Arc<Outbox>
+    where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         // The hello is done: the reader keeps the codec (and any bytes it
-        // read past the hello); the writer writes whole batches of frames.
+        // read past the hello); the outbox writes whole batches of frames.
         let parts = framed.into_parts();
-        let (read_half, mut write_half) = tokio::io::split(parts.io);
+        let (read_half, write_half) = tokio::io::split(parts.io);
         let mut stream = FramedRead::new(read_half, codec());
         stream.read_buffer_mut().extend_from_slice(&parts.read_buf);
-        let (cancel, reason) = (h.cancel.clone(), h.reason.clone());
-        let engine = self.engine.clone();
-        crate::tasks::spawn(async move {
-            if let Err(why) = write_batches(lane, &mut outgoing, &mut write_half, &engine, &cancel).await {
-                close_with(&cancel, &reason, why);
-            }
-        });
+        let capacity = match lane {
+            Lane::Priority => PRIORITY_LANE_QUEUE_MESSAGES,
+            Lane::Bulk => BULK_LANE_QUEUE_MESSAGES,
+        };
+        let counter: Arc<dyn CountSent> = self.engine.clone();
+        let outbox = Outbox::new(lane, capacity, Box::new(write_half), counter, h.cancel.clone(), h.reason.clone());
+        crate::tasks::spawn(outbox.clone().run());
         let (cancel, reason) = (h.cancel.clone(), h.reason.clone());
         let engine = self.engine.clone();
         crate::tasks::spawn(async move {
@@ -387,55 +376,8 @@ impl PeerLink {
             };
             close_with(&cancel, &reason, why);
         });
+        outbox
     }
-}
-
-/// A lane's writer: every message queued, up to [`LANE_WRITE_BATCH_BYTES`],
-/// encoded straight into one buffer and written at once. Ends quietly when
-/// the session is cancelled or its sender is gone; an error is why the lane
-/// failed.
-async fn write_batches<W: AsyncWrite + Unpin>(
-    lane: Lane,
-    outgoing: &mut mpsc::Receiver<Message>,
-    writer: &mut W,
-    engine: &Engine,
-    cancel: &CancellationToken,
-) -> Result<(), String> {
-    let mut out = BytesMut::with_capacity(LANE_WRITE_BATCH_BYTES);
-    loop {
-        let first = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            m = outgoing.recv() => match m { Some(m) => m, None => return Ok(()) },
-        };
-        let mut next = Some(first);
-        while let Some(message) = next.take() {
-            let bytes = encode_frame(&message, &mut out).map_err(|e| format!("{lane:?} lane: {e}"))?;
-            engine.count_sent(&message, bytes);
-            if out.len() < LANE_WRITE_BATCH_BYTES {
-                next = outgoing.try_recv().ok();
-            }
-        }
-        write_in_slices(writer, &out).await.map_err(|e| format!("{lane:?} lane write failed: {e}"))?;
-        out.clear();
-        if out.capacity() > 2 * LANE_WRITE_BATCH_BYTES {
-            // One large frame grew it: do not keep that much per lane.
-            out = BytesMut::with_capacity(LANE_WRITE_BATCH_BYTES);
-        }
-    }
-}
-
-/// Writes `bytes` and flushes, [`LANE_WRITE_SLICE_BYTES`] at a time, letting
-/// the thread's other tasks run between slices.
-async fn write_in_slices<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> std::io::Result<()> {
-    let mut slices = bytes.chunks(LANE_WRITE_SLICE_BYTES).peekable();
-    while let Some(slice) = slices.next() {
-        writer.write_all(slice).await?;
-        writer.flush().await?;
-        if slices.peek().is_some() {
-            tokio::task::yield_now().await;
-        }
-    }
-    Ok(())
 }
 
 /// What a session's tasks share: the token that ends it and the first reason.
@@ -508,24 +450,5 @@ mod tests {
         let raw = "Priority connection error: peer closed connection without sending TLS close_notify: https://docs.rs/rustls/latest/rustls/manual/_03_howto/index.html#unexpected-eof";
         assert_eq!(super::plain_reason(raw), "Priority connection error: the peer closed the connection");
         assert_eq!(super::plain_reason("heartbeat timeout"), "heartbeat timeout");
-    }
-
-    /// A batch larger than a slice arrives whole and in order, and another
-    /// task of the same (single) thread runs while it is being written.
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_large_batch_is_written_in_slices_that_let_other_tasks_run() {
-        use tokio::io::AsyncReadExt;
-        let batch: Vec<u8> = (0..3 * super::LANE_WRITE_SLICE_BYTES + 123).map(|i| (i % 251) as u8).collect();
-        let (mut tx, mut rx) = tokio::io::duplex(batch.len() * 2);
-        let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = ran.clone();
-        let other = tokio::spawn(async move { flag.store(true, std::sync::atomic::Ordering::SeqCst) });
-        super::write_in_slices(&mut tx, &batch).await.unwrap();
-        assert!(ran.load(std::sync::atomic::Ordering::SeqCst), "the other task waited for the whole batch");
-        drop(tx);
-        let mut got = Vec::new();
-        rx.read_to_end(&mut got).await.unwrap();
-        assert!(got == batch, "bytes lost or reordered");
-        other.await.unwrap();
     }
 }
