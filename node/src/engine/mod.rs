@@ -602,7 +602,7 @@ impl Engine {
         self.with_core(|core, now| core.handle(now, Input::Frame { session, lane, message }));
     }
 
-    /// The session ended: tells the core (`LinkDown`) and forgets its channels.
+    /// The session ended: tells the core (`LinkDown`) and forgets its outboxes.
     pub fn session_down(self: &Arc<Self>, session: SessionGen, reason: String) {
         self.sessions.lock().expect("sessions lock").remove(&session);
         self.with_core(|core, now| core.handle(now, Input::LinkDown { session, reason }));

@@ -76,7 +76,7 @@ pub struct PeerLink {
     engine: Arc<Engine>,
     next_session: AtomicU64,
     /// The session the accepter's next bulk connection belongs to.
-    accepting: Mutex<Option<(SessionGen, CancellationToken)>>,
+    accepting: Mutex<Option<(SessionGen, Handles)>>,
     status: Mutex<LinkStatus>,
 }
 
@@ -121,8 +121,8 @@ impl PeerLink {
             shutdown.cancelled().await;
         }
         acceptor.abort();
-        if let Some((_, cancel)) = self.accepting.lock().expect("accepting lock").take() {
-            cancel.cancel();
+        if let Some((_, handles)) = self.accepting.lock().expect("accepting lock").take() {
+            handles.cancel.cancel();
         }
     }
 
@@ -302,8 +302,8 @@ impl PeerLink {
                 let cancel = CancellationToken::new();
                 let reason = Arc::new(Mutex::new(None));
                 let handles = Handles { cancel: cancel.clone(), reason: reason.clone() };
-                if let Some((_, old)) = self.accepting.lock().expect("accepting lock").replace((session, cancel.clone())) {
-                    old.cancel();
+                if let Some((_, old)) = self.accepting.lock().expect("accepting lock").replace((session, handles.clone())) {
+                    old.cancel.cancel();
                 }
                 let priority = self.spawn_lane(session, Lane::Priority, framed, &handles);
                 self.engine.session_up(session, Role::Accepter, ours, SessionIo { cancel, reason, priority, bulk: None });
@@ -317,10 +317,11 @@ impl PeerLink {
             }
             Lane::Bulk => {
                 let current = self.accepting.lock().expect("accepting lock").clone();
-                let Some((session, cancel)) = current.filter(|(_, c)| !c.is_cancelled()) else {
+                // The bulk lane shares the session's token and reason: its
+                // failure is the reason the session's end is logged with.
+                let Some((session, handles)) = current.filter(|(_, h)| !h.cancel.is_cancelled()) else {
                     anyhow::bail!("bulk connection without a priority connection");
                 };
-                let handles = Handles { cancel, reason: Arc::new(Mutex::new(None)) };
                 let bulk = self.spawn_lane(session, Lane::Bulk, framed, &handles);
                 if !self.engine.bulk_up(session, bulk) {
                     handles.cancel.cancel();

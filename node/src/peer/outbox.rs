@@ -11,9 +11,15 @@
 //! write, waking pool threads). It never waits: when another thread is
 //! writing the lane, when the batch is larger than a slice, or when the
 //! socket is full, the lane's writer task ([`Outbox::run`]) finishes the
-//! work, as it did all of it before. Whoever writes holds the writer lock
-//! from taking messages off the queue until their bytes are handed to the
-//! stream, so bytes go out in queue order.
+//! work, as it did all of it before.
+//!
+//! Order: messages come off the queue only under the writer lock, and only
+//! while the writer holds no bytes it has not handed to the stream (nor an
+//! unfinished flush): whoever takes later messages first finishes, or
+//! leaves to the writer task, what was taken before. So bytes go out in
+//! queue order. Messages are encoded one at a time outside the queue's
+//! lock: the engine pushes while it holds the core's lock, and must not
+//! wait for an encoding.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -136,11 +142,15 @@ impl Outbox {
 
     /// Writes what is queued on this thread if that needs no waiting (module
     /// docs); otherwise leaves it to the writer task. A write error ends
-    /// the session.
+    /// the session. Once the session has ended nothing is written (its
+    /// messages are dropped with it, as the core expects of a closed session).
     pub fn write_here(&self) -> Written {
+        if self.cancel.is_cancelled() {
+            return Written::All;
+        }
         let Ok(mut w) = self.writer.try_lock() else {
-            // The writer task (or another thread) is writing: it takes the
-            // queue after what it holds.
+            // Someone is writing; the writer task, woken, takes what is
+            // queued after that.
             self.wake_writer();
             return Written::LeftToWriter;
         };
@@ -215,12 +225,13 @@ impl Outbox {
     }
 
     /// Encodes queued messages into the writer's buffer, in order, until it
-    /// holds `bytes` or more (one larger message goes alone).
+    /// holds `bytes` or more (one larger message goes alone). The caller
+    /// holds the writer lock; the queue's lock is held only to take each
+    /// message, not while it is encoded.
     fn take_queued(&self, w: &mut Writer, bytes: usize) -> Result<(), String> {
         let lane = self.lane;
-        let mut queue = self.queue.lock().expect("outbox lock");
         while w.buf.len() < bytes {
-            let Some(message) = queue.pop_front() else { break };
+            let Some(message) = self.queue.lock().expect("outbox lock").pop_front() else { break };
             let n = encode_frame(&message, &mut w.buf).map_err(|e| format!("{lane:?} lane: {e}"))?;
             self.counter.count_sent(&message, n);
         }
