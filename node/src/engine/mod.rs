@@ -714,8 +714,9 @@ struct KeptWrites<'a> {
 /// [`INLINE_WRITE_BYTES_MAX`]: crate::limits::INLINE_WRITE_BYTES_MAX
 /// [`INLINE_IO_PER_INPUT_MAX`]: crate::limits::INLINE_IO_PER_INPUT_MAX
 struct AfterLock {
-    /// Lanes with messages queued by this input's outputs.
-    lanes: Vec<Arc<Outbox>>,
+    /// Lanes with messages queued by this input's outputs (a session has
+    /// two: no allocation per input).
+    lanes: smallvec::SmallVec<[Arc<Outbox>; 2]>,
     queued: std::collections::VecDeque<(IoToken, VolumeIndex, IoOp)>,
     budget: usize,
     /// A message of this input was left to a lane's writer task.
@@ -739,7 +740,7 @@ impl AfterLock {
     /// For an input handled on a runtime thread.
     fn on_runtime() -> AfterLock {
         AfterLock {
-            lanes: Vec::new(),
+            lanes: smallvec::SmallVec::new(),
             queued: std::collections::VecDeque::new(),
             budget: crate::limits::INLINE_IO_PER_INPUT_MAX,
             left_to_writer: false,
