@@ -620,19 +620,6 @@ impl Engine {
         }
     }
 
-    /// Bytes of a frame sent: the link's total, and the per-volume
-    /// counters of the bulk lane's copy-stream messages.
-    fn count_frame(&self, message: &Message, bytes: usize) {
-        self.link_sent_bytes.fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
-        let volume = match message {
-            Message::Copy { volume, .. } | Message::Release { volume, .. } | Message::Destage { volume, .. } => *volume,
-            _ => return,
-        };
-        if let Some(m) = self.metrics.get(volume.0 as usize) {
-            m.bulk_sent_bytes.increment(bytes as u64);
-        }
-    }
-
     // ------------------------------------------------------------ status
 
     /// The core's status.
@@ -666,8 +653,17 @@ impl Engine {
 }
 
 impl CountSent for Engine {
+    /// Bytes of a frame sent: the link's total, and the per-volume
+    /// counters of the bulk lane's copy-stream messages.
     fn count_sent(&self, message: &Message, bytes: usize) {
-        self.count_frame(message, bytes);
+        self.link_sent_bytes.fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+        let volume = match message {
+            Message::Copy { volume, .. } | Message::Release { volume, .. } | Message::Destage { volume, .. } => *volume,
+            _ => return,
+        };
+        if let Some(m) = self.metrics.get(volume.0 as usize) {
+            m.bulk_sent_bytes.increment(bytes as u64);
+        }
     }
 }
 
