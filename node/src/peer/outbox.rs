@@ -125,7 +125,8 @@ impl Outbox {
     }
 
     /// Queues `message` after every message queued before it. Nothing is
-    /// written: [`write_here`](Self::write_here) or [`wake_writer`](Self::wake_writer) follows.
+    /// written: [`write_here`](Self::write_here) follows, once the caller
+    /// holds no lock the writer could wait for.
     pub fn push(&self, message: Message) -> Result<(), OutboxFull> {
         let mut queue = self.queue.lock().expect("outbox lock");
         if queue.len() >= self.capacity {
@@ -136,7 +137,7 @@ impl Outbox {
     }
 
     /// Lets the writer task write what is queued.
-    pub fn wake_writer(&self) {
+    fn wake_writer(&self) {
         self.work.notify_one();
     }
 
