@@ -140,6 +140,7 @@ mod modes;
 mod nbd;
 mod node_status;
 mod pair;
+mod ping;
 mod procs;
 mod qemu_mirror;
 mod qmp;
