@@ -139,13 +139,19 @@ fn fio_verify_at_both_sites_on_disjoint_ranges() {
 }
 
 /// Starts a node named `name` that dials B with the certificates in `certs`.
-fn start_rogue(s: &TwoSites, name: &str, certs: &std::path::Path) -> NodeProcess {
+/// Where site B accepts its peer (the one listen address of its config
+/// that is not port 0).
+fn b_peer_listen(s: &TwoSites) -> String {
     let b_config = std::fs::read_to_string(&s.b_config).unwrap();
-    let b_listen = b_config
+    b_config
         .lines()
         .find(|l| l.starts_with("listen = ") && !l.contains("127.0.0.1:0\""))
         .map(|l| l.trim_start_matches("listen = ").trim_matches('"').to_string())
-        .expect("B's peer listen address");
+        .expect("B's peer listen address")
+}
+
+fn start_rogue(s: &TwoSites, name: &str, certs: &std::path::Path) -> NodeProcess {
+    let b_listen = b_peer_listen(s);
     let rogue_dir = s.dir.path().join(format!("rogue-{name}"));
     std::fs::create_dir_all(&rogue_dir).unwrap();
     let config = rogue_dir.join("rogue.toml");
@@ -161,6 +167,64 @@ fn start_rogue(s: &TwoSites, name: &str, certs: &std::path::Path) -> NodeProcess
     )
     .unwrap();
     NodeProcess::start(&config)
+}
+
+/// Dials `addr` as `site-a` with the pair's certificates, says hello for
+/// `lane`, and returns the refusal in B's hello reply (empty: accepted).
+fn hello_as_site_a(s: &TwoSites, addr: &str, lane: geomirror_wire::peer::Lane) -> String {
+    use geomirror_wire::peer::{Message, PROTOCOL_VERSION};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certs = s.dir.path().join("certs");
+    let tls = geomirror_node::peer::tls::PeerTls::load(
+        &certs.join("ca.pem"),
+        &certs.join("site-a.pem"),
+        &certs.join("site-a-key.pem"),
+        "site-a",
+        "site-b",
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut stream = tls.connect(tcp).await.unwrap();
+        // The peer protocol's framing: a 4-byte big-endian length, then the frame.
+        let hello = Message::Hello { protocol_version: PROTOCOL_VERSION, node: "site-a".into(), lane, volumes: vec![] }.encode();
+        stream.write_all(&u32::try_from(hello.len()).unwrap().to_be_bytes()).await.unwrap();
+        stream.write_all(&hello).await.unwrap();
+        stream.flush().await.unwrap();
+        let mut len = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut len)).await.expect("a hello reply").unwrap();
+        let mut reply = vec![0u8; u32::from_be_bytes(len) as usize];
+        stream.read_exact(&mut reply).await.unwrap();
+        match Message::decode(&reply).unwrap() {
+            Message::HelloReply { refusal, .. } => refusal,
+            other => panic!("expected a hello reply, got {}", other.kind()),
+        }
+    })
+}
+
+#[test]
+fn a_second_bulk_connection_for_a_session_is_refused_and_the_session_goes_on() {
+    require_tool("qemu-io");
+    let s = TwoSites::start(TwoSiteOptions::default());
+    // The pair's session has its priority and bulk connections; an
+    // authenticated site-a opens one more bulk connection.
+    let refusal = hello_as_site_a(&s, &b_peer_listen(&s), geomirror_wire::peer::Lane::Bulk);
+    assert!(refusal.contains("already has its bulk connection"), "B must refuse it in its hello reply, got {refusal:?}");
+    assert!(
+        eventually(Duration::from_secs(5), || refusals(&s.b).iter().any(|l| l.contains("already has its bulk connection"))),
+        "B must log the refusal:\n{}",
+        s.b.logs().join("\n")
+    );
+    // The session goes on: no link down at either site, and data still flows
+    // both ways (a write at A read back at B, through a pull or the copy).
+    assert_eq!(link_state(&s.a), "up");
+    assert_eq!(link_state(&s.b), "up");
+    qemu_io(&uri(&s.a), &["write -P 0x5c 2M 64k".into()]);
+    qemu_io(&uri(&s.b), &["read -P 0x5c 2M 64k".into()]);
+    for node in [&s.a, &s.b] {
+        assert!(!node.logs().iter().any(|l| l.contains("peer link down")), "the session must not end:\n{}", node.logs().join("\n"));
+    }
 }
 
 fn refusals(node: &NodeProcess) -> Vec<String> {

@@ -585,15 +585,24 @@ impl Engine {
         self.with_core(|core, now| core.handle(now, Input::LinkUp { session, role, volume_errors }));
     }
 
-    /// The accepter's bulk lane attached. False: no such session.
-    pub fn bulk_up(self: &Arc<Self>, session: SessionGen, bulk: Arc<Outbox>) -> bool {
+    /// The accepter's bulk lane attaches to `session` (refused if the
+    /// session has ended or already has one: nothing changes then).
+    pub fn bulk_up(self: &Arc<Self>, session: SessionGen, bulk: Arc<Outbox>) -> Result<(), BulkRefused> {
         {
             let mut sessions = self.sessions.lock().expect("sessions lock");
-            let Some(io) = sessions.get_mut(&session) else { return false };
+            let Some(io) = sessions.get_mut(&session) else { return Err(BulkRefused::SessionEnded) };
+            if io.bulk.is_some() {
+                return Err(BulkRefused::AlreadyAttached);
+            }
             io.bulk = Some(bulk);
         }
         self.with_core(|core, now| core.handle(now, Input::BulkUp { session }));
-        true
+        Ok(())
+    }
+
+    /// Whether `session` has its bulk lane.
+    pub fn has_bulk(&self, session: SessionGen) -> bool {
+        self.sessions.lock().expect("sessions lock").get(&session).is_some_and(|io| io.bulk.is_some())
     }
 
     /// A frame arrived.
@@ -721,6 +730,15 @@ struct AfterLock {
     /// when the input's handling yields (on a blocking-pool thread, which
     /// hands a finished I/O back, it runs on a runtime thread meanwhile).
     writer_waits_for_us: bool,
+}
+
+/// Why a bulk lane was not attached ([`Engine::bulk_up`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BulkRefused {
+    #[error("a bulk connection for a session that has ended")]
+    SessionEnded,
+    #[error("a second bulk connection for a session that has one")]
+    AlreadyAttached,
 }
 
 /// Where a kept write runs ([`AfterLock::next`]).

@@ -278,6 +278,25 @@ impl PeerLink {
         } else if self.config.dials() {
             refusal = format!("both nodes think they dial: `{}` dials `{}`", self.config.own_name, self.config.peer_name);
         }
+        // A bulk connection joins the session its priority connection set
+        // up, once: a second one is refused and the session goes on.
+        let bulk_for = match lane {
+            Lane::Bulk if refusal.is_empty() => {
+                let current = self.accepting.lock().expect("accepting lock").clone();
+                match current.filter(|(_, h)| !h.cancel.is_cancelled()) {
+                    None => {
+                        refusal = "a bulk connection without a priority connection".into();
+                        None
+                    }
+                    Some((session, _)) if self.engine.has_bulk(session) => {
+                        refusal = format!("session {} already has its bulk connection", session.0);
+                        None
+                    }
+                    Some(current) => Some(current),
+                }
+            }
+            _ => None,
+        };
         let volume_errors = compare_volumes(&self.volumes, &volumes);
         let reply = Message::HelloReply {
             protocol_version: PROTOCOL_VERSION,
@@ -316,16 +335,17 @@ impl PeerLink {
                 });
             }
             Lane::Bulk => {
-                let current = self.accepting.lock().expect("accepting lock").clone();
                 // The bulk lane shares the session's token and reason: its
                 // failure is the reason the session's end is logged with.
-                let Some((session, handles)) = current.filter(|(_, h)| !h.cancel.is_cancelled()) else {
-                    anyhow::bail!("bulk connection without a priority connection");
+                let Some((session, handles)) = bulk_for else {
+                    anyhow::bail!("a bulk connection without a session to join");
                 };
                 let bulk = self.spawn_lane(session, Lane::Bulk, framed, &handles);
-                if !self.engine.bulk_up(session, bulk) {
-                    handles.cancel.cancel();
-                    anyhow::bail!("bulk connection for a session that has ended");
+                if let Err(refused) = self.engine.bulk_up(session, bulk) {
+                    // Its tasks share the session's token: only ending the
+                    // session stops them (two bulk connections raced).
+                    close_with(&handles.cancel, &handles.reason, refused.to_string());
+                    anyhow::bail!("{refused}");
                 }
             }
         }
