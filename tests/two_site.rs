@@ -225,6 +225,12 @@ fn a_second_bulk_connection_for_a_session_is_refused_and_the_session_goes_on() {
     for node in [&s.a, &s.b] {
         assert!(!node.logs().iter().any(|l| l.contains("peer link down")), "the session must not end:\n{}", node.logs().join("\n"));
     }
+    // Without a session (site A gone), a bulk connection has nothing to join.
+    let mut s = s;
+    s.a.kill9();
+    assert!(eventually(Duration::from_secs(10), || link_state(&s.b) != "up"), "B must see the link down");
+    let refusal = hello_as_site_a(&s, &b_peer_listen(&s), geomirror_wire::peer::Lane::Bulk);
+    assert!(refusal.contains("no session"), "B must refuse a bulk connection without a session, got {refusal:?}");
 }
 
 fn refusals(node: &NodeProcess) -> Vec<String> {

@@ -22,8 +22,8 @@
 //! second `geomirror sim` with the same settings, which is what the
 //! simulated link really takes (its delay, its own two extra loopback hops,
 //! timer and wake-ups, and the wake-ups of the two ends); no write that
-//! waits for site B can beat it. The plain-loopback round trip is measured
-//! beside it, for scale.
+//! waits for site B crosses fewer hops. The plain-loopback round trip is
+//! measured beside it, for scale.
 //!
 //! Each reference is measured twice per round: back to back (the next
 //! write at once, as fast as it goes) and paced like the QD1 workload of a
@@ -36,7 +36,7 @@
 //! reported; the paced one is the closer to what a write of these
 //! workloads can reach here. The first set of targets printed takes every
 //! term as the workload meets it (the measured round trip, the paced
-//! references): the physical limit on this machine.
+//! references): the closest to the physical limit measurable here.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -196,7 +196,7 @@ impl References {
         match self {
             References::Measured => {
                 "the link's measured round trip, references paced one write per RTT (every term as the workload meets it: the \
-                 physical limit here)"
+                 closest to the physical limit measurable here)"
             }
             References::Paced => "the nominal RTT, references paced one write per RTT (as the workload runs)",
             References::BackToBack => {

@@ -4,12 +4,13 @@
 //! TCP that is the cost of the two hops and two wake-ups; through a
 //! `geomirror sim` it is what the simulated WAN really takes for one round
 //! trip, its configured delay plus its own forwarding (two more hops, its
-//! timer, its wake-ups). No write that waits for the other site can finish
-//! faster than that, whatever the product does, so the `modes` targets can
-//! use it for the RTT term.
+//! timer, its wake-ups). A write that waits for the other site crosses the
+//! same hops and wake-ups, so the `modes` targets can use it for the RTT
+//! term.
 //!
-//! Plain blocking sockets and threads: the cheapest way two processes can
-//! exchange a message, so the figure is a lower bound for any protocol.
+//! Plain blocking sockets and threads, no TLS: about the cheapest exchange
+//! two processes that sleep while they wait can make (busy polling would
+//! be faster, at a CPU each).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -73,9 +74,11 @@ impl EchoServer {
 impl Drop for EchoServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // Wakes the accept loop so that it sees the flag.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(t) = self.thread.take() {
+        // Wakes the accept loop so that it sees the flag; if that cannot
+        // connect, the thread is left behind rather than waited for.
+        if TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).is_ok()
+            && let Some(t) = self.thread.take()
+        {
             let _ = t.join();
         }
     }
@@ -133,7 +136,12 @@ pub fn measure(addr: &str, ramp: Duration, runtime: Duration) -> Result<RoundTri
             break;
         }
         conn.write_all(&request).with_context(|| format!("send a round-trip message to {addr}"))?;
-        conn.read_exact(&mut reply).with_context(|| format!("read a round-trip answer from {addr}"))?;
+        if let Err(e) = conn.read_exact(&mut reply) {
+            if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
+                bail!("no round-trip answer from {addr} within {IO_TIMEOUT:?}");
+            }
+            return Err(e).with_context(|| format!("read a round-trip answer from {addr}"));
+        }
         if since_start >= ramp {
             micros.push(now.elapsed().as_secs_f64() * 1e6);
         }

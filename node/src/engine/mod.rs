@@ -55,6 +55,9 @@ pub struct SessionIo {
     pub priority: Arc<Outbox>,
     /// The bulk lane's outbox, once attached.
     pub bulk: Option<Arc<Outbox>>,
+    /// A bulk connection was accepted for this session (from its hello on;
+    /// see [`Engine::reserve_bulk`]), attached or not yet.
+    pub bulk_reserved: bool,
 }
 
 impl SessionIo {
@@ -585,8 +588,25 @@ impl Engine {
         self.with_core(|core, now| core.handle(now, Input::LinkUp { session, role, volume_errors }));
     }
 
-    /// The accepter's bulk lane attaches to `session` (refused if the
-    /// session has ended or already has one: nothing changes then).
+    /// Reserves `session`'s bulk lane for a bulk connection whose hello is
+    /// being answered: at most one per session, checked and taken at once,
+    /// so two bulk connections arriving together cannot both be accepted.
+    /// Refused (nothing changes) if the session has ended or its bulk lane
+    /// is taken.
+    pub fn reserve_bulk(&self, session: SessionGen) -> Result<(), BulkRefused> {
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        let Some(io) = sessions.get_mut(&session) else { return Err(BulkRefused::SessionEnded) };
+        if io.bulk_reserved || io.bulk.is_some() {
+            return Err(BulkRefused::AlreadyAttached);
+        }
+        io.bulk_reserved = true;
+        Ok(())
+    }
+
+    /// The accepter's bulk lane, reserved by [`reserve_bulk`](Self::reserve_bulk),
+    /// attaches to `session`. Refused (nothing changes here; the caller ends
+    /// the session, whose token the lane's tasks share) if the session has
+    /// ended meanwhile.
     pub fn bulk_up(self: &Arc<Self>, session: SessionGen, bulk: Arc<Outbox>) -> Result<(), BulkRefused> {
         {
             let mut sessions = self.sessions.lock().expect("sessions lock");
@@ -598,11 +618,6 @@ impl Engine {
         }
         self.with_core(|core, now| core.handle(now, Input::BulkUp { session }));
         Ok(())
-    }
-
-    /// Whether `session` has its bulk lane.
-    pub fn has_bulk(&self, session: SessionGen) -> bool {
-        self.sessions.lock().expect("sessions lock").get(&session).is_some_and(|io| io.bulk.is_some())
     }
 
     /// A frame arrived.
@@ -735,9 +750,9 @@ struct AfterLock {
 /// Why a bulk lane was not attached ([`Engine::bulk_up`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BulkRefused {
-    #[error("a bulk connection for a session that has ended")]
+    #[error("the session this bulk connection would join has ended")]
     SessionEnded,
-    #[error("a second bulk connection for a session that has one")]
+    #[error("the session already has its bulk connection")]
     AlreadyAttached,
 }
 

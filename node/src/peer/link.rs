@@ -174,7 +174,12 @@ impl PeerLink {
         let priority = self.spawn_lane(session, Lane::Priority, priority, &handles);
         let bulk = self.spawn_lane(session, Lane::Bulk, bulk, &handles);
         let errors = volume_errors.into_iter().map(|e| (!e.is_empty()).then_some(e)).collect();
-        self.engine.session_up(session, Role::Dialer, errors, SessionIo { cancel, reason, priority, bulk: Some(bulk) });
+        self.engine.session_up(
+            session,
+            Role::Dialer,
+            errors,
+            SessionIo { cancel, reason, priority, bulk: Some(bulk), bulk_reserved: true },
+        );
         Ok((session, handles))
     }
 
@@ -285,14 +290,16 @@ impl PeerLink {
                 let current = self.accepting.lock().expect("accepting lock").clone();
                 match current.filter(|(_, h)| !h.cancel.is_cancelled()) {
                     None => {
-                        refusal = "a bulk connection without a priority connection".into();
+                        refusal = "no session (priority connection) for this bulk connection to join".into();
                         None
                     }
-                    Some((session, _)) if self.engine.has_bulk(session) => {
-                        refusal = format!("session {} already has its bulk connection", session.0);
-                        None
-                    }
-                    Some(current) => Some(current),
+                    Some((session, handles)) => match self.engine.reserve_bulk(session) {
+                        Ok(()) => Some((session, handles)),
+                        Err(refused) => {
+                            refusal = format!("session {}: {refused}", session.0);
+                            None
+                        }
+                    },
                 }
             }
             _ => None,
@@ -325,7 +332,12 @@ impl PeerLink {
                     old.cancel.cancel();
                 }
                 let priority = self.spawn_lane(session, Lane::Priority, framed, &handles);
-                self.engine.session_up(session, Role::Accepter, ours, SessionIo { cancel, reason, priority, bulk: None });
+                self.engine.session_up(
+                    session,
+                    Role::Accepter,
+                    ours,
+                    SessionIo { cancel, reason, priority, bulk: None, bulk_reserved: false },
+                );
                 info!(peer = %self.config.peer_name, session = session.0, "peer link up");
                 self.set_status("up", None);
                 let link = self.clone();
@@ -338,12 +350,12 @@ impl PeerLink {
                 // The bulk lane shares the session's token and reason: its
                 // failure is the reason the session's end is logged with.
                 let Some((session, handles)) = bulk_for else {
-                    anyhow::bail!("a bulk connection without a session to join");
+                    anyhow::bail!("internal: a bulk connection accepted without a reserved session");
                 };
                 let bulk = self.spawn_lane(session, Lane::Bulk, framed, &handles);
                 if let Err(refused) = self.engine.bulk_up(session, bulk) {
-                    // Its tasks share the session's token: only ending the
-                    // session stops them (two bulk connections raced).
+                    // The session ended while the hello was answered; its
+                    // token (which the lane's tasks share) says so too.
                     close_with(&handles.cancel, &handles.reason, refused.to_string());
                     anyhow::bail!("{refused}");
                 }
