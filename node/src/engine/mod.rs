@@ -596,7 +596,8 @@ impl Engine {
     pub fn reserve_bulk(&self, session: SessionGen) -> Result<(), BulkRefused> {
         let mut sessions = self.sessions.lock().expect("sessions lock");
         let Some(io) = sessions.get_mut(&session) else { return Err(BulkRefused::SessionEnded) };
-        if io.bulk_reserved || io.bulk.is_some() {
+        // Set for every session with a bulk lane (the dialer's from the start).
+        if io.bulk_reserved {
             return Err(BulkRefused::AlreadyAttached);
         }
         io.bulk_reserved = true;
