@@ -999,6 +999,44 @@ mod tests {
         assert!(matches!(pool.next(), Some(Queued::Here(IoToken(1), ..))));
     }
 
+    /// Bulk connections of one session whose hellos are answered at the
+    /// same time: exactly one reserves the lane, every other is refused as
+    /// `AlreadyAttached`, and a session that is not there refuses all.
+    #[test]
+    fn of_bulk_connections_racing_for_one_session_exactly_one_is_accepted() {
+        const ROUNDS: u64 = 300;
+        const RACERS: usize = 4;
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let _guard = runtime.enter();
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path(), Duration::from_secs(10));
+        for round in 0..ROUNDS {
+            let session = SessionGen(round);
+            let cancel = CancellationToken::new();
+            let reason = Arc::new(Mutex::new(None));
+            let priority = Outbox::new(Lane::Priority, 16, Box::new(tokio::io::sink()), e.clone(), cancel.clone(), reason.clone());
+            let io = SessionIo { cancel, reason, priority, bulk: None, bulk_reserved: false };
+            e.sessions.lock().unwrap().insert(session, io);
+            let start = std::sync::Barrier::new(RACERS);
+            let results: Vec<Result<(), BulkRefused>> = std::thread::scope(|s| {
+                let racers: Vec<_> = (0..RACERS)
+                    .map(|_| {
+                        s.spawn(|| {
+                            start.wait();
+                            e.reserve_bulk(session)
+                        })
+                    })
+                    .collect();
+                racers.into_iter().map(|r| r.join().unwrap()).collect()
+            });
+            let accepted = results.iter().filter(|r| r.is_ok()).count();
+            assert_eq!(accepted, 1, "round {round}: {results:?}");
+            assert!(results.iter().all(|r| matches!(r, Ok(()) | Err(BulkRefused::AlreadyAttached))), "{results:?}");
+            assert_eq!(e.reserve_bulk(session), Err(BulkRefused::AlreadyAttached), "and any later one");
+        }
+        assert_eq!(e.reserve_bulk(SessionGen(ROUNDS + 1)), Err(BulkRefused::SessionEnded));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_paused_clock_drives_the_cores_timers() {
         let dir = tempfile::tempdir().unwrap();
