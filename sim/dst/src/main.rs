@@ -2,11 +2,14 @@
 //!
 //! `--seed N` replays one run and prints its trace hash; `--seeds K`
 //! (from `--start S`) and `--minutes M` run many, on `--threads T`
-//! threads. A failing seed prints its violation and replay command, and the
-//! exit status is 1.
+//! threads. A batch that fails prints its lowest failing seed's violation
+//! and replay command (every seed below it has run, whatever the thread
+//! count, so the same batch always names the same seed), and the exit
+//! status is 1.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -73,24 +76,32 @@ fn main() {
     let deadline = args.minutes.map(|m| Instant::now() + Duration::from_secs_f64(m * 60.0));
     let next = Arc::new(AtomicU64::new(args.start));
     let done = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicBool::new(false));
+    // The lowest failing seed so far (u64::MAX: none) and its violation.
+    // Seeds are handed out in order and a worker stops only at a seed at or
+    // above it, so every seed below the one reported has run.
+    let lowest_failed = Arc::new(AtomicU64::new(u64::MAX));
+    let failure: Arc<Mutex<Option<(u64, String)>>> = Arc::new(Mutex::new(None));
     let started = Instant::now();
     let workers: Vec<_> = (0..threads)
         .map(|_| {
-            let (next, done, failed, scenario) = (next.clone(), done.clone(), failed.clone(), args.scenario);
+            let (next, done, lowest_failed, failure, scenario) =
+                (next.clone(), done.clone(), lowest_failed.clone(), failure.clone(), args.scenario);
             std::thread::spawn(move || {
                 loop {
-                    if failed.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
                         return;
                     }
                     let seed = next.fetch_add(1, Ordering::Relaxed);
-                    if seed >= args.start.saturating_add(limit) {
+                    if seed >= args.start.saturating_add(limit) || seed >= lowest_failed.load(Ordering::Relaxed) {
                         return;
                     }
                     let r = geomirror_dst::run_scenario(seed, scenario);
                     if let Some(f) = r.failure {
-                        failed.store(true, Ordering::Relaxed);
-                        println!("seed {seed} FAILED: {f}\nreplay: {}", geomirror_dst::replay_scenario_command(seed, scenario));
+                        lowest_failed.fetch_min(seed, Ordering::Relaxed);
+                        let mut first = failure.lock().expect("failure lock");
+                        if first.as_ref().is_none_or(|(s, _)| seed < *s) {
+                            *first = Some((seed, f));
+                        }
                         return;
                     }
                     done.fetch_add(1, Ordering::Relaxed);
@@ -101,10 +112,14 @@ fn main() {
     for w in workers {
         w.join().expect("worker");
     }
+    let failure = failure.lock().expect("failure lock").take();
+    if let Some((seed, f)) = &failure {
+        println!("seed {seed} FAILED: {f}\nreplay: {}", geomirror_dst::replay_scenario_command(*seed, args.scenario));
+    }
     let n = done.load(Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64();
     println!("{n} seeds passed in {secs:.1} s ({:.1} seeds/s on {threads} threads)", n as f64 / secs);
-    if failed.load(Ordering::Relaxed) {
+    if failure.is_some() {
         std::process::exit(1);
     }
 }
