@@ -76,28 +76,26 @@ fn main() {
     let deadline = args.minutes.map(|m| Instant::now() + Duration::from_secs_f64(m * 60.0));
     let next = Arc::new(AtomicU64::new(args.start));
     let done = Arc::new(AtomicU64::new(0));
-    // The lowest failing seed so far (u64::MAX: none) and its violation.
-    // Seeds are handed out in order and a worker stops only at a seed at or
-    // above it, so every seed below the one reported has run.
-    let lowest_failed = Arc::new(AtomicU64::new(u64::MAX));
+    // The lowest failing seed so far and its violation. Seeds are handed
+    // out in order and a worker stops only at a seed at or above it, so
+    // every seed below the one reported has run.
     let failure: Arc<Mutex<Option<(u64, String)>>> = Arc::new(Mutex::new(None));
     let started = Instant::now();
     let workers: Vec<_> = (0..threads)
         .map(|_| {
-            let (next, done, lowest_failed, failure, scenario) =
-                (next.clone(), done.clone(), lowest_failed.clone(), failure.clone(), args.scenario);
+            let (next, done, failure, scenario) = (next.clone(), done.clone(), failure.clone(), args.scenario);
             std::thread::spawn(move || {
                 loop {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return;
                     }
                     let seed = next.fetch_add(1, Ordering::Relaxed);
-                    if seed >= args.start.saturating_add(limit) || seed >= lowest_failed.load(Ordering::Relaxed) {
+                    let above_a_failure = failure.lock().expect("failure lock").as_ref().is_some_and(|(s, _)| seed >= *s);
+                    if seed >= args.start.saturating_add(limit) || above_a_failure {
                         return;
                     }
                     let r = geomirror_dst::run_scenario(seed, scenario);
                     if let Some(f) = r.failure {
-                        lowest_failed.fetch_min(seed, Ordering::Relaxed);
                         let mut first = failure.lock().expect("failure lock");
                         if first.as_ref().is_none_or(|(s, _)| seed < *s) {
                             *first = Some((seed, f));
